@@ -1,0 +1,361 @@
+"""PPO for continuous control, faithful to CleanRL's ``ppo_continuous_action.py``, compiled end to end.
+
+One *update* = a rollout of ``num_steps`` steps in ``num_envs`` envs per seed (env steps inside
+``lax.scan``), GAE, then ``update_epochs`` epochs of ``num_minibatches`` minibatches of the clipped PPO
+loss. ``make_chunk_fn`` compiles ``K`` updates for every seed at once: per-seed work is ``vmap``-ed over a
+leading seed axis, and the env pool (one env group per seed) is stepped once per step for all seeds.
+
+Differences from CleanRL, all deliberate:
+- envpool resets an env on the step *after* its episode ends; that "reset step" (action ignored, reward 0)
+  does not exist in CleanRL's same-step autoreset, so it is masked out (``Transition.valid``) of the loss,
+  of advantage normalisation, of reward statistics and of episode statistics. GAE never crosses it since
+  the step before it is ``done``. A minibatch therefore holds up to ``minibatch_size`` valid samples.
+- Logged losses are means over every minibatch of the update (CleanRL logs the last minibatch).
+- The global grad-norm clip is optax's (``max_norm / norm``) instead of PyTorch's
+  ``max_norm / (norm + 1e-6)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from plastix.config import TrainConfig
+from plastix.envs import normalize as nz
+from plastix.nets import ActorCritic
+
+LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+# ----------------------------------------------------------------------------------------------- state
+@struct.dataclass
+class EnvState:
+    """Per-seed env-side state: normalisation statistics, current observation, episode bookkeeping.
+
+    Shapes are per seed (``n`` = envs per seed). ``episode_actions``/``episode_lengths``/``num_resets``
+    record what ``EnvpoolBridge.restore`` needs to rebuild the simulator exactly on resume.
+    """
+
+    obs_rms: nz.RunningMeanStd  # [n, D] float64
+    reward_norm: nz.RewardNormState  # [n]
+    obs: jax.Array  # [n, D] float32: the normalised observation the policy acts on next
+    done: jax.Array  # [n] bool: the last step ended an episode (so the next step is an envpool reset step)
+    episode_return: jax.Array  # [n] float64, raw reward (CleanRL's RecordEpisodeStatistics)
+    episode_length: jax.Array  # [n] int32
+    episode_actions: jax.Array  # [n, max_episode_steps, A] float32: clipped actions since the last reset
+    actions_recorded: jax.Array  # [n] int32: how many of those are filled (kept after `done` until the reset)
+    num_resets: jax.Array  # [n] int32: auto-resets since the initial reset
+
+
+@struct.dataclass
+class TrainState:
+    """Everything one seed's training carries from update to update (checkpointed as a whole)."""
+
+    params: Any
+    opt_state: Any
+    key: jax.Array
+    update: jax.Array  # int32: updates done so far
+    env: EnvState
+
+
+@struct.dataclass
+class Transition:
+    """One env step of one env (CleanRL's ``obs, actions, logprobs, rewards, dones, values`` + mask)."""
+
+    obs: jax.Array
+    action: jax.Array
+    logprob: jax.Array
+    value: jax.Array
+    reward: jax.Array  # normalised and clipped
+    done: jax.Array  # the episode ended at this step (terminated or truncated)
+    valid: jax.Array  # False for envpool's reset steps
+    finished_return: jax.Array  # raw episodic return where an episode ended here, else NaN
+    finished_length: jax.Array
+
+
+# ------------------------------------------------------------------------------------------ math pieces
+def gaussian_log_prob(action: jax.Array, mean: jax.Array, log_std: jax.Array) -> jax.Array:
+    """``sum_d log N(a_d; mu_d, exp(log_std_d)^2)`` over the last axis."""
+    z = (action - mean) * jnp.exp(-log_std)
+    return jnp.sum(-0.5 * z**2 - log_std - LOG_SQRT_2PI, axis=-1)
+
+
+def gaussian_entropy(log_std: jax.Array) -> jax.Array:
+    """``sum_d (0.5 + 0.5 log(2 pi) + log_std_d)``, the entropy of the diagonal Gaussian policy."""
+    return jnp.sum(0.5 + LOG_SQRT_2PI + log_std, axis=-1)
+
+
+def gae(
+    rewards: jax.Array, values: jax.Array, dones: jax.Array, next_value: jax.Array, gamma: float, lam: float
+) -> tuple[jax.Array, jax.Array]:
+    """Generalised advantage estimation, time-major ``[T, ...]`` (CleanRL's loop).
+
+    ``dones[t]`` = the episode ended at step t (so ``values[t+1]`` belongs to a new episode).
+    ``delta_t = r_t + gamma * V_{t+1} * (1 - d_t) - V_t``, ``A_t = delta_t + gamma * lam * (1 - d_t) * A_{t+1}``,
+    with ``V_T = next_value``. Returns ``(advantages, returns = advantages + values)``.
+    """
+    next_values = jnp.concatenate([values[1:], next_value[None]], axis=0)
+    not_done = 1.0 - dones.astype(values.dtype)
+    deltas = rewards + gamma * next_values * not_done - values
+
+    def backward(carry, x):
+        delta, nd = x
+        carry = delta + gamma * lam * nd * carry
+        return carry, carry
+
+    _, advantages = jax.lax.scan(backward, jnp.zeros_like(next_value), (deltas, not_done), reverse=True)
+    return advantages, advantages + values
+
+
+def masked_mean(x: jax.Array, weight: jax.Array) -> jax.Array:
+    """``sum(w x) / max(sum(w), 1)``."""
+    return jnp.sum(weight * x) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def normalize_advantages(adv: jax.Array, weight: jax.Array) -> jax.Array:
+    """``(A - mean) / (std + 1e-8)`` over the valid entries, with PyTorch's unbiased std (ddof=1)."""
+    n = jnp.sum(weight)
+    mean = masked_mean(adv, weight)
+    std = jnp.sqrt(jnp.sum(weight * (adv - mean) ** 2) / jnp.maximum(n - 1.0, 1.0))
+    return (adv - mean) / (std + 1e-8)
+
+
+@struct.dataclass
+class Minibatch:
+    obs: jax.Array
+    action: jax.Array
+    logprob: jax.Array
+    value: jax.Array
+    advantage: jax.Array
+    ret: jax.Array
+    valid: jax.Array
+
+
+def ppo_loss(params, apply_fn: Callable, mb: Minibatch, cfg: TrainConfig) -> tuple[jax.Array, dict]:
+    """CleanRL's PPO loss on one minibatch: ``pg_loss - ent_coef * entropy + vf_coef * v_loss``.
+
+    ``pg_loss = mean(max(-A r, -A clip(r, 1-c, 1+c)))`` with ``r = exp(logp_new - logp_old)``;
+    ``v_loss = 0.5 mean(max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2))`` (or unclipped);
+    means are over valid samples. Returns ``(loss, aux metrics)``.
+    """
+    mean, log_std, value = apply_fn(params, mb.obs)
+    w = mb.valid.astype(jnp.float32)
+    logratio = gaussian_log_prob(mb.action, mean, log_std) - mb.logprob
+    ratio = jnp.exp(logratio)
+    adv = normalize_advantages(mb.advantage, w) if cfg.norm_adv else mb.advantage
+    pg_loss = masked_mean(jnp.maximum(-adv * ratio, -adv * jnp.clip(ratio, 1 - cfg.clip_coef, 1 + cfg.clip_coef)), w)
+    v_unclipped = (value - mb.ret) ** 2
+    if cfg.clip_vloss:
+        v_clipped = mb.value + jnp.clip(value - mb.value, -cfg.clip_coef, cfg.clip_coef)
+        v_loss = 0.5 * masked_mean(jnp.maximum(v_unclipped, (v_clipped - mb.ret) ** 2), w)
+    else:
+        v_loss = 0.5 * masked_mean(v_unclipped, w)
+    entropy = gaussian_entropy(log_std)  # state-independent std: the same for every sample
+    loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
+    aux = {
+        "loss/policy": pg_loss,
+        "loss/value": v_loss,
+        "loss/entropy": entropy,
+        "loss/approx_kl": masked_mean((ratio - 1.0) - logratio, w),
+        "loss/old_approx_kl": masked_mean(-logratio, w),
+        "loss/clipfrac": masked_mean((jnp.abs(ratio - 1.0) > cfg.clip_coef).astype(jnp.float32), w),
+    }
+    return loss, aux
+
+
+# ------------------------------------------------------------------------------------------- optimizer
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    """Gradient direction *before* the learning rate: clip global norm -> [coupled L2] -> Adam.
+
+    The order is PyTorch's ``clip_grad_norm_`` then ``Adam(weight_decay=wd)`` (which adds ``wd * theta``
+    to the clipped gradient). The trainer multiplies by ``-lr`` itself so the annealed rate is explicit.
+    """
+    parts = [optax.clip_by_global_norm(cfg.max_grad_norm)]
+    if cfg.weight_decay > 0:
+        parts.append(optax.add_decayed_weights(cfg.weight_decay))
+    parts.append(optax.scale_by_adam(eps=cfg.adam_eps))
+    return optax.chain(*parts)
+
+
+def learning_rate(cfg: TrainConfig, update: jax.Array) -> jax.Array:
+    """CleanRL's anneal: ``lr * (1 - update / num_updates)`` with ``update`` counted from 0."""
+    if not cfg.anneal_lr:
+        return jnp.asarray(cfg.learning_rate, jnp.float32)
+    frac = 1.0 - update.astype(jnp.float32) / cfg.num_updates
+    return (frac * cfg.learning_rate).astype(jnp.float32)
+
+
+# ------------------------------------------------------------------------------------------------ agent
+class Agent:
+    """The network, optimizer and config of one PPO learner; all methods are per seed and pure."""
+
+    def __init__(self, cfg: TrainConfig, obs_dim: int, action_dim: int, action_low, action_high, max_episode_steps):
+        self.cfg = cfg
+        self.obs_dim, self.action_dim = obs_dim, action_dim
+        self.action_low = jnp.asarray(action_low, jnp.float32)
+        self.action_high = jnp.asarray(action_high, jnp.float32)
+        self.max_episode_steps = max_episode_steps
+        self.net = ActorCritic(action_dim, tuple(cfg.hidden_sizes), cfg.activation, cfg.layer_norm)
+        self.tx = make_optimizer(cfg)
+
+    def apply(self, params, obs):
+        return self.net.apply({"params": params}, obs)
+
+    def init_state(self, key: jax.Array, raw_obs: jax.Array) -> TrainState:
+        """Fresh train state of one seed; ``raw_obs`` ``[n, D]`` is the pool's first observation."""
+        key, init_key = jax.random.split(key)
+        params = self.net.init(init_key, jnp.zeros((1, self.obs_dim), jnp.float32))["params"]
+        n = raw_obs.shape[0]
+        obs_rms = jax.vmap(lambda o: nz.rms_update(nz.rms_init((self.obs_dim,)), o[None]))(raw_obs)
+        env = EnvState(
+            obs_rms=obs_rms,
+            reward_norm=jax.vmap(lambda _: nz.reward_norm_init())(jnp.arange(n)),
+            obs=jax.vmap(nz.normalize_obs, in_axes=(0, 0, None))(obs_rms, raw_obs, self.cfg.obs_clip),
+            done=jnp.zeros((n,), bool),
+            episode_return=jnp.zeros((n,), jnp.float64),
+            episode_length=jnp.zeros((n,), jnp.int32),
+            episode_actions=jnp.zeros((n, self.max_episode_steps, self.action_dim), jnp.float32),
+            actions_recorded=jnp.zeros((n,), jnp.int32),
+            num_resets=jnp.zeros((n,), jnp.int32),
+        )
+        return TrainState(params, self.tx.init(params), key, jnp.zeros((), jnp.int32), env)
+
+    def act(self, state: TrainState) -> tuple[TrainState, tuple]:
+        """Sample actions for the current observations: ``(action, clipped action, logprob, value)``."""
+        key, sample_key = jax.random.split(state.key)
+        mean, log_std, value = self.apply(state.params, state.env.obs)
+        action = mean + jnp.exp(log_std) * jax.random.normal(sample_key, mean.shape, jnp.float32)
+        clipped = jnp.clip(action, self.action_low, self.action_high)  # CleanRL's ClipAction
+        return state.replace(key=key), (action, clipped, gaussian_log_prob(action, mean, log_std), value)
+
+    def observe(self, env: EnvState, clipped_action, raw_obs, reward, terminated, truncated):
+        """Advance the env-side state by one step of the pool; returns ``(env, reward_norm, valid, finished)``."""
+        cfg = self.cfg
+        valid = ~env.done  # the step after an episode end is envpool's reset step
+        obs_rms = jax.vmap(nz.rms_update_masked, in_axes=(0, 0, None))(env.obs_rms, raw_obs, True)
+        obs = jax.vmap(nz.normalize_obs, in_axes=(0, 0, None))(obs_rms, raw_obs, cfg.obs_clip)
+        reward_norm, norm_reward = jax.vmap(nz.normalize_reward, in_axes=(0, 0, 0, None, None, 0))(
+            env.reward_norm, reward, terminated, cfg.gamma, cfg.reward_clip, valid
+        )
+        done = (terminated | truncated) & valid
+        ep_return = env.episode_return + jnp.where(valid, reward.astype(jnp.float64), 0.0)
+        ep_length = env.episode_length + valid.astype(jnp.int32)
+        finished = (jnp.where(done, ep_return, jnp.nan), jnp.where(done, ep_length, 0))
+        # Actions since the last reset; a reset step empties the record.
+        index = jnp.minimum(env.actions_recorded, self.max_episode_steps - 1)
+        recorded = jax.vmap(lambda buf, i, a: buf.at[i].set(a))(env.episode_actions, index, clipped_action)
+        env = EnvState(
+            obs_rms=obs_rms,
+            reward_norm=reward_norm,
+            obs=obs,
+            done=done,
+            episode_return=jnp.where(done | ~valid, 0.0, ep_return),
+            episode_length=jnp.where(done | ~valid, 0, ep_length),
+            episode_actions=jnp.where(valid[:, None, None], recorded, env.episode_actions),
+            actions_recorded=jnp.where(valid, env.actions_recorded + 1, 0),
+            num_resets=env.num_resets + (~valid).astype(jnp.int32),
+        )
+        return env, norm_reward, valid, finished
+
+    def learn(self, state: TrainState, traj: Transition) -> tuple[TrainState, dict]:
+        """GAE then ``update_epochs`` x ``num_minibatches`` PPO steps on one seed's rollout ``[T, n]``."""
+        cfg = self.cfg
+        _, _, next_value = self.apply(state.params, state.env.obs)
+        advantages, returns = gae(traj.reward, traj.value, traj.done, next_value, cfg.gamma, cfg.gae_lambda)
+        flat = lambda x: x.reshape((cfg.batch_size,) + x.shape[2:])
+        batch = Minibatch(
+            flat(traj.obs), flat(traj.action), flat(traj.logprob), flat(traj.value), flat(advantages), flat(returns), flat(traj.valid)
+        )
+        lr = learning_rate(cfg, state.update)
+        loss_grad = jax.value_and_grad(lambda p, mb: ppo_loss(p, self.apply, mb, cfg), has_aux=True)
+
+        def minibatch_step(carry, idx):
+            params, opt_state, stopped = carry
+            mb = jax.tree.map(lambda x: x[idx], batch)
+            (_, aux), grads = loss_grad(params, mb)
+            direction, new_opt_state = self.tx.update(grads, opt_state, params)
+            new_params = jax.tree.map(lambda p, d: p - lr * d, params, direction)
+            if cfg.target_kl is not None:  # CleanRL stops the remaining epochs; keep shapes static instead
+                new_params, new_opt_state = jax.tree.map(
+                    lambda new, old: jnp.where(stopped, old, new), (new_params, new_opt_state), (params, opt_state)
+                )
+            aux = dict(aux, **{"optim/grad_norm": optax.global_norm(grads)})
+            return (new_params, new_opt_state, stopped), aux
+
+        def epoch(carry, key):
+            perm = jax.random.permutation(key, cfg.batch_size).reshape(cfg.num_minibatches, cfg.minibatch_size)
+            (params, opt_state, stopped), aux = jax.lax.scan(minibatch_step, carry, perm)
+            if cfg.target_kl is not None:
+                stopped = stopped | (aux["loss/approx_kl"][-1] > cfg.target_kl)
+            return (params, opt_state, stopped), aux
+
+        key, *epoch_keys = jax.random.split(state.key, cfg.update_epochs + 1)
+        (params, opt_state, _), aux = jax.lax.scan(
+            epoch, (state.params, state.opt_state, jnp.zeros((), bool)), jnp.stack(epoch_keys)
+        )
+        metrics = {k: v.mean() for k, v in aux.items()}
+        w = batch.valid.astype(jnp.float32)
+        var_returns = masked_mean((batch.ret - masked_mean(batch.ret, w)) ** 2, w)
+        resid = batch.ret - batch.value
+        var_resid = masked_mean((resid - masked_mean(resid, w)) ** 2, w)
+        metrics["loss/explained_variance"] = jnp.where(var_returns == 0, jnp.nan, 1.0 - var_resid / var_returns)
+        metrics["optim/lr"] = lr
+        state = state.replace(params=params, opt_state=opt_state, key=key, update=state.update + 1)
+        return state, metrics
+
+
+def episode_metrics(traj: Transition) -> dict:
+    """Mean raw return and length of the episodes that ended in this rollout (NaN when none did)."""
+    ended = ~jnp.isnan(traj.finished_return)
+    count = jnp.sum(ended)
+    mean_return = jnp.where(count > 0, jnp.nansum(traj.finished_return) / jnp.maximum(count, 1), jnp.nan)
+    mean_length = jnp.where(count > 0, jnp.sum(traj.finished_length) / jnp.maximum(count, 1), jnp.nan)
+    return {"return/episodic": mean_return, "return/episode_length": mean_length, "return/episodes": count}
+
+
+def make_update_fn(agent: Agent, env_step: Callable) -> Callable:
+    """One PPO update for every seed: ``(states [S], handle) -> (states, handle, metrics [S])``.
+
+    ``env_step(handle, clipped_action [S, n, A]) -> handle, (raw_obs, reward, terminated, truncated)``.
+    """
+
+    def rollout_step(carry, _):
+        states, handle = carry
+        states, (action, clipped, logprob, value) = jax.vmap(agent.act)(states)
+        handle, (raw_obs, reward, terminated, truncated) = env_step(handle, clipped)
+        obs = states.env.obs
+        env, norm_reward, valid, (ret, length) = jax.vmap(agent.observe)(
+            states.env, clipped, raw_obs, reward, terminated, truncated
+        )
+        transition = Transition(obs, action, logprob, value, norm_reward, env.done, valid, ret, length)
+        return (states.replace(env=env), handle), transition
+
+    def update(states: TrainState, handle):
+        (states, handle), traj = jax.lax.scan(rollout_step, (states, handle), None, length=agent.cfg.num_steps)
+        traj = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), traj)  # [T, S, ...] -> [S, T, ...]
+        states, metrics = jax.vmap(agent.learn)(states, traj)
+        metrics.update(jax.vmap(episode_metrics)(traj))
+        return states, handle, metrics
+
+    return update
+
+
+def make_chunk_fn(agent: Agent, env_step: Callable, num_updates: int) -> Callable:
+    """Compile ``num_updates`` consecutive updates: ``(states, handle) -> (states, handle, metrics [K, S])``."""
+    update = make_update_fn(agent, env_step)
+
+    def chunk(states, handle):
+        def body(carry, _):
+            states, handle = carry
+            states, handle, metrics = update(states, handle)
+            return (states, handle), metrics
+
+        (states, handle), metrics = jax.lax.scan(body, (states, handle), None, length=num_updates)
+        return states, handle, metrics
+
+    return jax.jit(chunk, donate_argnums=(0,))

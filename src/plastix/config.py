@@ -1,0 +1,210 @@
+"""Training configuration: one frozen dataclass whose fields are the ``plastix train`` flags.
+
+Field names follow CleanRL's ``ppo_continuous_action.py`` ``Args`` where it has one, so ``--env-id``,
+``--total-timesteps``, ``--learning-rate``, ``--num-envs``, ``--num-steps``... mean what they mean there.
+Derived sizes are properties, never written back. ``PRESETS`` holds the named defaults:
+
+- ``cleanrl``: CleanRL's defaults (tanh, lr 3e-4 annealed, 1M steps, no weight decay).
+- ``ocp``: the OCP paper's Appendix B (SCIENCE.md section 1): lr 1e-4 annealed to 0, coupled weight
+  decay 1e-4, 20M steps, ReLU hidden units (the paper's "PPO-ReLU"; ``--activation none`` is "No-Act").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from plastix.nets import ACTIVATIONS
+
+
+class ConfigError(ValueError):
+    """Bad user input, detected before any compute; the message names the option and what is allowed."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """PPO for continuous control (CleanRL semantics), trained for one or many seeds at once."""
+
+    preset: Literal["cleanrl", "ocp"] = "cleanrl"
+    """named defaults: `cleanrl` (CleanRL's) or `ocp` (the OCP paper's Appendix B); other flags override"""
+    env_id: str = "HalfCheetah-v4"
+    """the id of the environment (an envpool id with continuous actions)"""
+    seeds: str = "0"
+    """comma-separated integer seeds trained together in one process (vmapped), e.g. `0,1,2,3`"""
+    total_timesteps: int = 1_000_000
+    """total env steps per seed"""
+    learning_rate: float = 3e-4
+    """Adam learning rate (start value when annealed)"""
+    anneal_lr: bool = True
+    """anneal the learning rate linearly to 0 over training"""
+    weight_decay: float = 0.0
+    """coupled L2 weight decay added to the gradient before Adam (PyTorch `Adam(weight_decay=...)`)"""
+    adam_eps: float = 1e-5
+    """Adam epsilon (CleanRL: 1e-5)"""
+    num_envs: int = 1
+    """parallel envs per seed"""
+    num_steps: int = 2048
+    """env steps per env per rollout"""
+    gamma: float = 0.99
+    """discount factor"""
+    gae_lambda: float = 0.95
+    """GAE lambda"""
+    num_minibatches: int = 32
+    """minibatches per epoch"""
+    update_epochs: int = 10
+    """epochs over each rollout"""
+    norm_adv: bool = True
+    """normalise advantages per minibatch"""
+    clip_coef: float = 0.2
+    """surrogate (and value) clipping coefficient"""
+    clip_vloss: bool = True
+    """clip the value loss as in CleanRL"""
+    ent_coef: float = 0.0
+    """entropy coefficient"""
+    vf_coef: float = 0.5
+    """value-loss coefficient"""
+    max_grad_norm: float = 0.5
+    """global gradient-norm clip"""
+    target_kl: float | None = None
+    """stop the epochs of an update early when the last minibatch's approx KL exceeds this"""
+    activation: str = "tanh"
+    """hidden activation: tanh, relu, none (identity, the OCP paper's No-Act), gelu, silu, softplus, sigmoid, crelu"""
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """hidden layer widths of both the policy and the value network"""
+    layer_norm: bool = False
+    """LayerNorm after each hidden linear layer, before the activation"""
+    obs_clip: float = 10.0
+    """clip normalised observations to [-obs_clip, obs_clip]"""
+    reward_clip: float = 10.0
+    """clip normalised rewards to [-reward_clip, reward_clip]"""
+    run_dir: str | None = None
+    """results folder (default: runs/<env-id>__<preset>__<activation>__<time>)"""
+    resume: str | None = None
+    """continue the killed or finished run in this folder from its last checkpoint"""
+    log_every: int = 10
+    """updates per compiled chunk: metrics are written and the progress bar advances once per chunk"""
+    checkpoint_every: int = 50
+    """updates between checkpoints (rounded up to a multiple of --log-every); the final state is always saved"""
+    num_threads: int = 0
+    """envpool worker threads (0: envpool's default)"""
+    quiet: bool = False
+    """no progress bar or messages (for scripts)"""
+
+    @property
+    def seed_list(self) -> list[int]:
+        return parse_seeds(self.seeds)
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.num_minibatches
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_timesteps // self.batch_size
+
+    @property
+    def chunk_updates(self) -> int:
+        return min(self.log_every, self.num_updates)
+
+    @property
+    def checkpoint_chunks(self) -> int:
+        return max(1, math.ceil(self.checkpoint_every / self.chunk_updates))
+
+
+PRESETS: dict[str, dict] = {
+    "cleanrl": {},
+    "ocp": dict(
+        total_timesteps=20_000_000,
+        learning_rate=1e-4,
+        anneal_lr=True,
+        weight_decay=1e-4,
+        gamma=0.99,
+        gae_lambda=0.95,
+        num_minibatches=32,
+        update_epochs=10,
+        clip_coef=0.2,
+        vf_coef=0.5,
+        max_grad_norm=0.5,
+        activation="relu",
+    ),
+}
+
+
+def preset_config(name: str) -> TrainConfig:
+    """The ``TrainConfig`` of preset ``name`` (``cleanrl`` or ``ocp``)."""
+    if name not in PRESETS:
+        raise ConfigError(f"--preset: unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
+    return dataclasses.replace(TrainConfig(), preset=name, **PRESETS[name])
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; raises ``ConfigError`` naming ``--seeds`` otherwise."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    try:
+        seeds = [int(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"--seeds: expected comma-separated integers such as `0,1,2`, got {text!r}") from None
+    if not seeds:
+        raise ConfigError("--seeds: give at least one integer seed, e.g. `0` or `0,1,2`")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds: seeds must be distinct, got {text!r}")
+    if any(s < 0 for s in seeds):
+        raise ConfigError(f"--seeds: seeds must be non-negative, got {text!r}")
+    return seeds
+
+
+def validate(cfg: TrainConfig, check_env: bool = True) -> None:
+    """Raise ``ConfigError`` for any bad option, before any compute."""
+    parse_seeds(cfg.seeds)
+    if cfg.activation not in ACTIVATIONS:
+        raise ConfigError(f"--activation: unknown activation {cfg.activation!r}; allowed: {', '.join(ACTIVATIONS)}")
+    positive = dict(
+        learning_rate=cfg.learning_rate,
+        total_timesteps=cfg.total_timesteps,
+        num_envs=cfg.num_envs,
+        num_steps=cfg.num_steps,
+        num_minibatches=cfg.num_minibatches,
+        update_epochs=cfg.update_epochs,
+        log_every=cfg.log_every,
+        checkpoint_every=cfg.checkpoint_every,
+        max_grad_norm=cfg.max_grad_norm,
+        adam_eps=cfg.adam_eps,
+        obs_clip=cfg.obs_clip,
+        reward_clip=cfg.reward_clip,
+    )
+    for name, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"--{name.replace('_', '-')}: must be positive, got {value}")
+    for name in ("weight_decay", "ent_coef", "vf_coef", "clip_coef", "num_threads"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')}: must be >= 0, got {getattr(cfg, name)}")
+    for name in ("gamma", "gae_lambda"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ConfigError(f"--{name.replace('_', '-')}: must be in [0, 1], got {getattr(cfg, name)}")
+    if not cfg.hidden_sizes or any(h <= 0 for h in cfg.hidden_sizes):
+        raise ConfigError(f"--hidden-sizes: need one or more positive widths, got {cfg.hidden_sizes}")
+    if cfg.batch_size % cfg.num_minibatches:
+        raise ConfigError(
+            f"--num-minibatches: {cfg.num_minibatches} does not divide the batch of "
+            f"num_envs * num_steps = {cfg.batch_size}"
+        )
+    if cfg.num_updates < 1:
+        raise ConfigError(
+            f"--total-timesteps: {cfg.total_timesteps} is less than one rollout "
+            f"(num_envs * num_steps = {cfg.batch_size})"
+        )
+    if cfg.target_kl is not None and cfg.target_kl <= 0:
+        raise ConfigError(f"--target-kl: must be positive when given, got {cfg.target_kl}")
+    if check_env:
+        from plastix.envs.envpool_bridge import check_env_id
+
+        try:
+            check_env_id(cfg.env_id)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None

@@ -1,0 +1,1 @@
+"""Environments: the envpool bridge (MuJoCo and friends) and observation/reward normalisation."""

@@ -1,0 +1,156 @@
+"""Run folders: ``config.json``, tidy ``metrics.parquet`` written in parts, orbax checkpoints.
+
+Layout of a run folder::
+
+    config.json                  the full resolved config + versions of plastix, jax, envpool
+    metrics.parquet/part-*.parquet   tidy rows (seed, update, env_step, key, value), one part per chunk
+    checkpoints/<update>/        orbax checkpoints of the train state (the last two are kept)
+
+``metrics.parquet`` is a folder of Parquet parts (a Hive-style dataset) so that a killed run keeps every
+part it finished: each part is written to a temporary name and renamed. ``pandas.read_parquet(path)``,
+``pyarrow.dataset`` and DuckDB's ``read_parquet('run/metrics.parquet/*.parquet')`` all read it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+METRICS_DIR = "metrics.parquet"
+CHECKPOINT_DIR = "checkpoints"
+SCHEMA = pa.schema(
+    [("seed", pa.int64()), ("update", pa.int64()), ("env_step", pa.int64()), ("key", pa.string()), ("value", pa.float64())]
+)
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that decide the numbers."""
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("plastix", "jax", "jaxlib", "flax", "optax", "envpool", "numpy"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def write_config(run_dir: Path, config: dict[str, Any]) -> None:
+    """Write ``config.json`` (the resolved config plus package versions)."""
+    payload = {"config": config, "versions": versions()}
+    (run_dir / "config.json").write_text(json.dumps(payload, indent=2, sort_keys=True))
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """The ``config`` part of a run folder's ``config.json``."""
+    return json.loads((Path(run_dir) / "config.json").read_text())["config"]
+
+
+def metrics_table(metrics: dict[str, np.ndarray], seeds: list[int], first_update: int, steps_per_update: int) -> pa.Table:
+    """Long-form rows from ``{key: [K, S]}`` arrays of ``K`` updates starting at ``first_update`` (1-based).
+
+    Rows whose value is NaN (e.g. ``return/episodic`` of an update in which no episode ended) are dropped.
+    """
+    seed_col, update_col, key_col, value_col = [], [], [], []
+    for key in sorted(metrics):
+        values = np.asarray(metrics[key], np.float64)
+        k, s = values.shape
+        updates = np.repeat(np.arange(first_update, first_update + k), s)
+        keep = ~np.isnan(values.reshape(-1))
+        seed_col.append(np.tile(np.asarray(seeds, np.int64), k)[keep])
+        update_col.append(updates[keep])
+        key_col.append(np.full(keep.sum(), key, dtype=object))
+        value_col.append(values.reshape(-1)[keep])
+    updates = np.concatenate(update_col)
+    return pa.table(
+        {
+            "seed": np.concatenate(seed_col),
+            "update": updates,
+            "env_step": updates * steps_per_update,
+            "key": np.concatenate(key_col),
+            "value": np.concatenate(value_col),
+        },
+        schema=SCHEMA,
+    )
+
+
+def write_metrics_part(run_dir: Path, table: pa.Table, first_update: int) -> Path:
+    """Atomically write one part named by its first update (so parts sort in training order)."""
+    folder = Path(run_dir) / METRICS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"part-{first_update:09d}.parquet"
+    tmp = folder / f".{path.name}.tmp"
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def drop_metrics_after(run_dir: Path, update: int) -> None:
+    """Delete parts whose first update is after ``update`` (written after the checkpoint we resume from)."""
+    folder = Path(run_dir) / METRICS_DIR
+    if not folder.exists():
+        return
+    for part in folder.glob("part-*.parquet"):
+        if int(part.stem.split("-")[1]) > update:
+            part.unlink()
+    for tmp in folder.glob(".*.tmp"):
+        tmp.unlink()
+
+
+def read_metrics(run_dir: str | Path) -> pd.DataFrame:
+    """All metric rows of a run folder, sorted by ``key, seed, update``."""
+    folder = Path(run_dir) / METRICS_DIR
+    parts = sorted(folder.glob("part-*.parquet"))
+    if not parts:
+        return SCHEMA.empty_table().to_pandas()
+    frame = pa.concat_tables([pq.read_table(p) for p in parts]).to_pandas()
+    return frame.sort_values(["key", "seed", "update"], kind="stable").reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def _checkpointer():
+    import orbax.checkpoint as ocp
+
+    return ocp.StandardCheckpointer()
+
+
+def save_checkpoint(run_dir: Path, update: int, state: Any, keep: int = 2) -> Path:
+    """Save ``state`` (a pytree) as ``checkpoints/<update>``; keep only the newest ``keep``."""
+    root = Path(run_dir).absolute() / CHECKPOINT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"{update:09d}"
+    if path.exists():
+        shutil.rmtree(path)
+    ckpt = _checkpointer()
+    ckpt.save(path, state)
+    ckpt.wait_until_finished()
+    for old in sorted(p for p in root.iterdir() if p.name.isdigit())[:-keep]:
+        shutil.rmtree(old)
+    return path
+
+
+def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
+    """``(update, path)`` of the newest complete checkpoint, or None."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    if not root.exists():
+        return None
+    done = sorted(p for p in root.iterdir() if p.name.isdigit())
+    return (int(done[-1].name), done[-1]) if done else None
+
+
+def restore_checkpoint(path: Path, like: Any) -> Any:
+    """Restore the pytree saved at ``path`` with the structure, shapes and dtypes of ``like``."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    return _checkpointer().restore(Path(path).absolute(), target)
