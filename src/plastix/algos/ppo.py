@@ -338,7 +338,10 @@ def make_update_fn(agent: Agent, env_step: Callable) -> Callable:
     def update(states: TrainState, handle):
         (states, handle), traj = jax.lax.scan(rollout_step, (states, handle), None, length=agent.cfg.num_steps)
         traj = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), traj)  # [T, S, ...] -> [S, T, ...]
-        states, metrics = jax.vmap(agent.learn)(states, traj)
+        # lax.map, not vmap: a seed's learning arithmetic is then the same program whatever the group size,
+        # so a seed trained in a group is bit-identical to the seed trained alone (vmap changes the XLA
+        # kernels with the batch size). The rollout (env-bound) stays vmapped.
+        states, metrics = jax.lax.map(lambda x: agent.learn(*x), (states, traj))
         metrics.update(jax.vmap(episode_metrics)(traj))
         return states, handle, metrics
 

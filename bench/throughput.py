@@ -1,0 +1,94 @@
+"""Throughput of plastix PPO on HalfCheetah-v4 (OCP preset) beside raw envpool stepping, in one run.
+
+For each seed count S in --seeds-counts: (1) the raw envpool rate with S envs and random actions from a
+Python loop (the reference the issue names), (2) plastix PPO with S vmapped seeds (steady-state steps/s:
+median over compiled chunks, compilation excluded), and its peak resident memory. Each measurement runs
+in its own subprocess so peak memory is its own. Prints a table with ratios; writes JSON to --out.
+
+    python bench/throughput.py --updates 6 --seeds-counts 1 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def raw_envpool(num_envs: int, steps: int) -> dict:
+    import envpool
+    import numpy as np
+
+    env = envpool.make("HalfCheetah-v4", env_type="gymnasium", num_envs=num_envs, seed=0)
+    env.reset()
+    rng = np.random.default_rng(0)
+    actions = rng.uniform(-1, 1, size=(64, num_envs, 6))
+    for i in range(200):
+        env.step(actions[i % 64])
+    rates = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for i in range(steps):
+            env.step(actions[i % 64])
+        rates.append(steps * num_envs / (time.perf_counter() - start))
+    return {"sps": sorted(rates)[len(rates) // 2]}
+
+
+def plastix_ppo(num_seeds: int, updates: int, extra: list[str]) -> dict:
+    from plastix.cli import parse_train_args
+    from plastix.store import read_metrics
+    from plastix.training import train
+
+    run_dir = tempfile.mkdtemp() + "/run"
+    seeds = ",".join(str(s) for s in range(num_seeds))
+    args = ["--preset", "ocp", "--seeds", seeds, "--total-timesteps", str(updates * 2048), "--log-every", "1",
+            "--checkpoint-every", str(updates), "--run-dir", run_dir, "--quiet", *extra]
+    start = time.perf_counter()
+    train(parse_train_args(args))
+    wall = time.perf_counter() - start
+    df = read_metrics(run_dir)
+    sps = df[(df.key == "time/sps") & (df.seed == 0)].value.to_numpy()
+    steady = sorted(sps[1:] if len(sps) > 2 else sps)
+    return {"sps": steady[len(steady) // 2], "wall_s": wall}
+
+
+def child(kind: str, n: int, updates: int, extra: list[str]) -> dict:
+    out = raw_envpool(n, 2048 // n if n > 1 else 2048) if kind == "raw" else plastix_ppo(n, updates, extra)
+    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--updates", type=int, default=6, help="PPO updates (2048 steps per seed each)")
+    parser.add_argument("--seeds-counts", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--out", default="bench/results/throughput.json")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="extra `plastix train` flags")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child[0], int(args.child[1]), args.updates, args.extra)))
+        return
+    rows = []
+    for n in args.seeds_counts:
+        result = {}
+        for kind in ("raw", "ppo"):
+            cmd = [sys.executable, __file__, "--updates", str(args.updates), "--child", kind, str(n), "--extra", *args.extra]
+            result[kind] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        rows.append({"seeds": n, **{f"{k}_{m}": v for k, r in result.items() for m, v in r.items()}})
+    print(f"{'seeds':>5} {'raw envpool sps':>16} {'plastix sps':>12} {'ratio':>6} {'peak MiB':>9}")
+    for r in rows:
+        print(f"{r['seeds']:>5} {r['raw_sps']:>16.0f} {r['ppo_sps']:>12.0f} {r['ppo_sps'] / r['raw_sps']:>6.2f} {r['ppo_peak_rss_mib']:>9.0f}")
+    import os
+
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
