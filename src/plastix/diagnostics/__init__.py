@@ -1,0 +1,69 @@
+"""Plasticity diagnostics as pure JAX functions (SCIENCE.md section 2).
+
+- ``neurons``: dormancy index, MAGI zero-gradient index (``layer`` and ``loss`` targets), overlap, dead units.
+- ``rank``: srank, effective rank, numerical rank of feature or weight matrices.
+- ``weights``: per-layer kernel statistics as a flat ``{"<net>/<layer>/weight/<stat>": scalar}`` dict.
+- ``curvature``: top Hessian eigenvalue, Hessian trace, gradient interference.
+
+Plasticity probes (Eq. 15 regression, random-target fitting) live in ``plastix.probes``.
+"""
+
+from plastix.diagnostics.curvature import (
+    gradient_cosine_matrix,
+    hessian_top_eigenvalue,
+    hessian_trace,
+    hvp,
+)
+from plastix.diagnostics.neurons import (
+    dead_units,
+    dead_units_mask,
+    dormancy_scores,
+    dormant_mask,
+    dormant_ratio,
+    dormant_ratio_from_acts,
+    magi_from_grads,
+    magi_scores,
+    magi_scores_preactivation,
+    overlap,
+    relative_zero_grad_mask,
+    relative_zero_grad_ratio,
+    zero_grad_mask,
+    zero_grad_ratio,
+)
+from plastix.diagnostics.rank import (
+    effective_rank,
+    numerical_rank,
+    rank_stats,
+    singular_values,
+    srank,
+)
+from plastix.diagnostics.weights import kernel_stats, kernels, weight_stats
+
+__all__ = [
+    "dead_units",
+    "dead_units_mask",
+    "dormancy_scores",
+    "dormant_mask",
+    "dormant_ratio",
+    "dormant_ratio_from_acts",
+    "effective_rank",
+    "gradient_cosine_matrix",
+    "hessian_top_eigenvalue",
+    "hessian_trace",
+    "hvp",
+    "kernel_stats",
+    "kernels",
+    "magi_from_grads",
+    "magi_scores",
+    "magi_scores_preactivation",
+    "numerical_rank",
+    "overlap",
+    "rank_stats",
+    "relative_zero_grad_mask",
+    "relative_zero_grad_ratio",
+    "singular_values",
+    "srank",
+    "weight_stats",
+    "zero_grad_mask",
+    "zero_grad_ratio",
+]
