@@ -1,0 +1,158 @@
+"""Continual backpropagation (Dohare et al. 2024, "Loss of plasticity in deep continual learning", Nature)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from plastix.mitigations._layers import (
+    fresh_params,
+    get_path,
+    hidden_layers,
+    layer_width,
+    ones_like_tree,
+    outputs_to_units,
+    recycle_units,
+    set_path,
+    to_dict,
+    unit_to_outputs,
+)
+from plastix.mitigations.optimizer_state import scale_adam_moments
+from plastix.mitigations.surgery import Surgery, f32
+
+Params = Any
+
+
+@flax.struct.dataclass
+class CBPLayerState:
+    """Continual-backprop statistics of one hidden layer with ``H`` units and ``W`` outputs.
+
+    Attributes:
+      utility: ``[H]`` running contribution utility ``u`` (not bias-corrected).
+      mean_activation: ``[W]`` running mean of each output's activation (signed), used for the bias fold.
+      age: ``[H]`` int32, updates since the unit was (re)initialised.
+      to_replace: scalar float32, the fractional number of replacements carried over (``rr * eligible``
+        accumulates; its integer part is replaced).
+    """
+
+    utility: jax.Array
+    mean_activation: jax.Array
+    age: jax.Array
+    to_replace: jax.Array
+
+
+def continual_backprop(
+    init_fn: Callable[[jax.Array], Params],
+    replacement_rate: float = 1e-4,
+    maturity_threshold: int = 10_000,
+    decay: float = 0.99,
+) -> Surgery:
+    """Continual backprop (Dohare et al. 2024; their ``GnT`` generate-and-test), called after *every* update.
+
+    Per hidden layer, with ``h [B, W]`` the batch's post-activations (``batch_info.activations``) and
+    ``w_out [W, n_out]`` the next layer's kernel (after the optimizer step), in this order:
+
+    1. ``age <- age + 1``;
+    2. contribution utility ``u <- decay * u + (1 - decay) * mean_batch|h| * mean_out|w_out|``
+       (a CReLU unit sums over its two outputs);
+       running mean activation ``m <- decay * m + (1 - decay) * mean_batch(h)``;
+    3. bias-corrected utility ``u_hat = u / (1 - decay^age)``; eligible units: ``age > maturity_threshold``;
+    4. ``to_replace += replacement_rate * n_eligible``; the ``floor(to_replace)`` eligible units with the
+       lowest ``u_hat`` are replaced and ``to_replace`` keeps the fraction;
+    5. replaced units: the next layer's bias gets ``sum_j m_j / (1 - decay^age) * w_out[j, :]`` over their
+       outputs ``j`` (their bias-corrected mean contribution, so the next layer's pre-activation is unchanged
+       in expectation), then fresh incoming weights (the columns of a fresh ``init_fn(key)``), zero bias,
+       zero outgoing weights, Adam ``mu``/``nu`` of those incoming and outgoing entries zeroed, and
+       ``u = m = age = 0``.
+
+    Dohare et al.'s AdamGnT also resets a *per-weight* Adam step count; optax has one shared count, which
+    is kept, so a replaced weight's first Adam steps are not bias-corrected like a fresh optimizer's.
+
+    Args:
+      init_fn: ``key -> params`` of a fresh network.
+      replacement_rate: ``rr``, fraction of eligible units replaced per update (RL: 1e-4).
+      maturity_threshold: minimum age before a unit can be replaced (RL: 1e4 updates).
+      decay: utility decay ``eta`` (0.99).
+
+    Returns:
+      A ``Surgery`` whose state is ``{layer_name: CBPLayerState}``. Metrics:
+      ``mitigation/cbp/replaced`` (total this update), ``mitigation/cbp/<layer>/replaced`` and
+      ``mitigation/cbp/<layer>/eligible``.
+    """
+
+    def init(params, key):
+        del key
+        params = to_dict(params)
+        state = {}
+        for layer in hidden_layers(params):
+            width = layer_width(params, layer)
+            outputs = get_path(params, layer.mlp_path + (layer.next_layer, "kernel")).shape[0]
+            state[layer.name] = CBPLayerState(
+                utility=jnp.zeros(width, jnp.float32),
+                mean_activation=jnp.zeros(outputs, jnp.float32),
+                age=jnp.zeros(width, jnp.int32),
+                to_replace=jnp.zeros((), jnp.float32),
+            )
+        return state
+
+    def apply(params, opt_state, state, batch_info, key):
+        if batch_info.activations is None:
+            raise ValueError(
+                "continual_backprop needs batch_info.activations (plastix.nets.hidden_activations)"
+            )
+        params = to_dict(params)
+        fresh = fresh_params(init_fn, key, params)
+        keep = ones_like_tree(params)
+        new_state, metrics, total, recycled, folds = {}, {}, f32(0.0), [], []
+        for layer in hidden_layers(params):
+            st = state[layer.name]
+            width = layer_width(params, layer)
+            post = batch_info.activations[layer.name][1]
+            post = post.reshape(-1, post.shape[-1]).astype(jnp.float32)
+            nxt = get_path(params, layer.mlp_path + (layer.next_layer,))
+            out_mag = jnp.mean(jnp.abs(nxt["kernel"]), axis=1)  # [W]
+            contribution = outputs_to_units(jnp.mean(jnp.abs(post), axis=0) * out_mag, width).sum(axis=0)
+
+            age = st.age + 1
+            utility = decay * st.utility + (1.0 - decay) * contribution
+            mean_act = decay * st.mean_activation + (1.0 - decay) * jnp.mean(post, axis=0)
+            correction = 1.0 - decay ** age.astype(jnp.float32)
+            corrected = utility / correction
+            eligible = age > maturity_threshold
+            to_replace = st.to_replace + replacement_rate * jnp.sum(eligible)
+            n_replace = jnp.floor(to_replace)
+            to_replace = to_replace - n_replace
+            score = jnp.where(eligible, corrected, jnp.inf)
+            rank = jnp.argsort(jnp.argsort(score))
+            replace = eligible & (rank < n_replace)
+
+            # Fold the replaced units' mean contribution into the next layer's bias before zeroing w_out.
+            out_rows = unit_to_outputs(replace, nxt["kernel"].shape[0])
+            mean_corr = mean_act / unit_to_outputs(correction, nxt["kernel"].shape[0])
+            fold = jnp.sum(jnp.where(out_rows, mean_corr, 0.0)[:, None] * nxt["kernel"], axis=0)
+            folds.append((layer.mlp_path + (layer.next_layer, "bias"), fold))
+            recycled.append((layer, replace))
+
+            new_state[layer.name] = CBPLayerState(
+                utility=jnp.where(replace, 0.0, utility),
+                mean_activation=jnp.where(out_rows, 0.0, mean_act),
+                age=jnp.where(replace, 0, age).astype(jnp.int32),
+                to_replace=to_replace,
+            )
+            n = f32(jnp.sum(replace))
+            metrics[f"mitigation/cbp/{layer.name}/replaced"] = n
+            metrics[f"mitigation/cbp/{layer.name}/eligible"] = f32(jnp.sum(eligible))
+            total = total + n
+        # All statistics above read the parameters as they were; now rewrite them.
+        for path, fold in folds:
+            bias = get_path(params, path)
+            params = set_path(params, path, (bias + fold).astype(bias.dtype))
+        params, keep = recycle_units(params, keep, fresh, recycled)
+        metrics["mitigation/cbp/replaced"] = total
+        return params, scale_adam_moments(opt_state, keep), new_state, metrics
+
+    return Surgery(init, apply)

@@ -1,0 +1,250 @@
+"""Plasticity injection (Nikishin et al. 2023, "Deep RL with plasticity injection").
+
+At a switch the head ``f`` of each network is frozen and two fresh, identical heads ``a`` and ``b`` are added;
+the output becomes ``f(x) + a(x) - stop_gradient(b(x))``: unchanged at injection time (``a == b``), after which
+only ``a`` (and the shared trunk) learn. The trunk keeps training through both ``f`` and ``a``.
+
+plastix keeps the parameter tree's *structure fixed* for the whole run so the switch can happen inside a
+jitted/scanned loop: the heads are pre-allocated under ``params["injection"]`` and an ``active`` flag in the
+optimizer state turns them on. How the trainer uses it:
+
+1. ``params = add_injection_heads(params, head_layers)`` before building the optimizer (and
+   ``init_fn = with_injection_heads(init_fn, head_layers)`` if ``init_fn`` feeds other mitigations; they also
+   accept the plain one).
+2. Put ``injection_freeze(head_layers)`` *last* in the optax chain
+   (``make_optimizer(..., final_transforms=[injection_freeze()])``). It zeroes the *final* update (not the
+   gradient: Adam's momentum would keep moving a zero-gradient parameter) of every frozen parameter:
+   before injection ``a`` and ``b``; after it ``f`` and ``b``.
+3. Replace ``model.apply`` by ``forward = make_injected_apply(model, head_layers)``, called as
+   ``forward(params, obs, injection_active(opt_state))``; it returns what ``model.apply`` returns.
+4. Fire ``scheduled(plasticity_injection(init_fn, head_layers), at_switch=True)``: it draws the fresh
+   heads, sets ``active``, zeroes the Adam moments of the heads. Only the first call injects (later calls
+   are no-ops and report ``injected = 0``): repeated injection needs one more head pair per switch.
+
+``head_layers`` is how many final layers form the head: 1 = the output Dense only, 2 (default) = the last
+hidden layer and the output. With a single *linear* output head, ``a(x) - b(x)`` has the same gradient as
+``f`` itself, so 1-layer injection only amounts to resetting the head's Adam moments; 2 layers give the new
+head fresh hidden units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from plastix import nets
+from plastix.mitigations._layers import (
+    INJECTION_KEY,
+    get_path,
+    hidden_layer_names,
+    injection_key,
+    injection_path,
+    mlp_paths,
+    set_path,
+    to_dict,
+)
+from plastix.mitigations.optimizer_state import scale_adam_moments
+from plastix.mitigations.surgery import Surgery, f32, stateless_init
+
+Params = Any
+
+
+def head_names(mlp: dict, head_layers: int) -> list[str]:
+    """Names of the head's parameter dicts inside an MLP: last ``head_layers - 1`` hidden layers
+    (with their LayerNorms) and ``"output"``."""
+    hidden = hidden_layer_names(mlp)
+    if not 1 <= head_layers <= len(hidden) + 1:
+        raise ValueError(f"head_layers must be in [1, {len(hidden) + 1}], got {head_layers}")
+    names = []
+    for name in hidden[len(hidden) - (head_layers - 1) :]:
+        names.append(name)
+        norm = name.replace("layer_", "layer_norm_")
+        if norm in mlp:
+            names.append(norm)
+    return names + ["output"]
+
+
+def add_injection_heads(params: Params, head_layers: int = 2) -> Params:
+    """``params`` plus ``params["injection"][net] = {"a": head, "b": head}`` for every MLP.
+
+    The pre-allocated heads are copies of the current head (``a == b``, so ``a(x) - b(x) == 0``); they stay
+    frozen until ``plasticity_injection`` fires.
+    """
+    params = to_dict(params)
+    heads = {}
+    for path in mlp_paths(params):
+        mlp = get_path(params, path)
+        head = {name: mlp[name] for name in head_names(mlp, head_layers)}
+        heads[injection_key(path)] = {"a": head, "b": jax.tree.map(jnp.array, head)}
+    return {**params, INJECTION_KEY: heads}
+
+
+def with_injection_heads(init_fn: Callable[[jax.Array], Params], head_layers: int = 2):
+    """Wrap ``init_fn`` so that fresh parameters carry injection heads (``a == b`` fresh heads)."""
+    return lambda key: add_injection_heads(init_fn(key), head_layers)
+
+
+class InjectionFreezeState(NamedTuple):
+    """State of ``injection_freeze``: ``active`` is 1.0 once the heads have been injected."""
+
+    active: jax.Array
+
+
+def _is_freeze(node: Any) -> bool:
+    return isinstance(node, InjectionFreezeState)
+
+
+def trainable_mask(params: Params, active: jax.Array, head_layers: int = 2) -> Params:
+    """Per-parameter update multiplier: 1 trainable, 0 frozen (scalar leaves).
+
+    Inactive: the injection heads ``a``, ``b`` are frozen. Active: every network's head ``f`` and ``b`` are
+    frozen, ``a`` trains. Everything else (the trunk, ``log_std``) always trains.
+    """
+    active = jnp.asarray(active, jnp.float32)
+    mask = jax.tree.map(lambda p: jnp.ones((), p.dtype), params)
+    for path in mlp_paths(params):
+        for name in head_names(get_path(params, path), head_layers):
+            sub = get_path(mask, path + (name,))
+            mask = set_path(mask, path + (name,), jax.tree.map(lambda m: (1.0 - active).astype(m.dtype), sub))
+    if INJECTION_KEY in params:
+        for net_key, pair in params[INJECTION_KEY].items():
+            mask = set_path(
+                mask,
+                (INJECTION_KEY, net_key),
+                {
+                    "a": jax.tree.map(lambda p: active.astype(p.dtype), pair["a"]),
+                    "b": jax.tree.map(lambda p: jnp.zeros((), p.dtype), pair["b"]),
+                },
+            )
+    return mask
+
+
+def injection_freeze(head_layers: int = 2) -> optax.GradientTransformation:
+    """Zero the final updates of frozen parameters (``trainable_mask``); place it *last* in the chain.
+
+    Its state holds the ``active`` flag that ``plasticity_injection`` sets; read it with ``injection_active``.
+    """
+
+    def init(params):
+        del params
+        return InjectionFreezeState(active=jnp.zeros((), jnp.float32))
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("injection_freeze needs params: call update(updates, state, params)")
+        mask = trainable_mask(params, state.active, head_layers)
+        return jax.tree.map(lambda u, m: (u * m).astype(u.dtype), updates, mask), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def injection_active(opt_state: optax.OptState) -> jax.Array:
+    """The ``active`` flag (float32 scalar, 0 or 1) of the ``injection_freeze`` in ``opt_state``."""
+    nodes = [n for n in jax.tree.leaves(opt_state, is_leaf=_is_freeze) if _is_freeze(n)]
+    if not nodes:
+        raise ValueError("no injection_freeze() in the optimizer chain")
+    return nodes[0].active
+
+
+def _set_active(opt_state: optax.OptState, value: float) -> optax.OptState:
+    return jax.tree.map(
+        lambda n: InjectionFreezeState(active=jnp.full_like(n.active, value)) if _is_freeze(n) else n,
+        opt_state,
+        is_leaf=_is_freeze,
+    )
+
+
+def plasticity_injection(init_fn: Callable[[jax.Array], Params], head_layers: int = 2) -> Surgery:
+    """Inject fresh heads: ``a, b <- `` the head of a fresh ``init_fn(key)`` (the same for both), ``active <- 1``.
+
+    Zeroes Adam's ``mu``/``nu`` of the injection heads and of every frozen head ``f`` (the count is kept).
+    A no-op once active. Requires ``add_injection_heads`` params and ``injection_freeze`` in the optimizer.
+
+    Returns:
+      A stateless ``Surgery``; metric ``mitigation/injection/injected`` (1.0 when it injected).
+    """
+
+    def inject(args):
+        params, opt_state, key = args
+        fresh = to_dict(init_fn(key))
+        keep = jax.tree.map(lambda p: jnp.ones((), p.dtype), params)
+        for net_key in params[INJECTION_KEY]:
+            path = injection_path(net_key)
+            names = head_names(get_path(params, path), head_layers)
+            head = {name: get_path(fresh, path + (name,)) for name in names}
+            params = set_path(
+                params, (INJECTION_KEY, net_key), {"a": head, "b": jax.tree.map(jnp.array, head)}
+            )
+            zeros = lambda t: jax.tree.map(lambda p: jnp.zeros((), p.dtype), t)
+            keep = set_path(keep, (INJECTION_KEY, net_key), zeros(params[INJECTION_KEY][net_key]))
+            for name in names:
+                keep = set_path(keep, path + (name,), zeros(get_path(params, path + (name,))))
+        opt_state = _set_active(scale_adam_moments(opt_state, keep), 1.0)
+        return params, opt_state, f32(1.0)
+
+    def apply(params, opt_state, state, batch_info, key):
+        params = to_dict(params)
+        if INJECTION_KEY not in params:
+            raise ValueError("plasticity_injection needs params from add_injection_heads(params)")
+        already = injection_active(opt_state) > 0
+        params, opt_state, injected = jax.lax.cond(
+            already, lambda a: (a[0], a[1], f32(0.0)), inject, (params, opt_state, key)
+        )
+        return params, opt_state, state, {"mitigation/injection/injected": injected}
+
+    return Surgery(stateless_init, apply)
+
+
+def _head_apply(head: dict, h: jax.Array, activation: str) -> jax.Array:
+    """Run a head (``layer_i`` [-> ``layer_norm_i``] -> activation ..., then ``output``) on features ``h``."""
+    act = nets.activation_fn(activation)
+    hidden = hidden_layer_names(head)
+    for name in hidden:
+        z = h @ head[name]["kernel"] + head[name]["bias"]
+        norm = name.replace("layer_", "layer_norm_")
+        if norm in head:
+            z = nn.LayerNorm(param_dtype=jnp.float32).apply({"params": head[norm]}, z)
+        h = act(z)
+    return h @ head["output"]["kernel"] + head["output"]["bias"]
+
+
+def make_injected_apply(model: nn.Module, head_layers: int = 2) -> Callable:
+    """Forward pass with injection: ``forward(params, x, active)`` returns what ``model.apply`` returns, each
+    network's output plus ``active * (a(h) - stop_gradient(b(h)))``.
+
+    ``h`` is the input of the head: the post-activation of the hidden layer just below it (read from the
+    sown intermediates), or ``x`` when the head is the whole MLP. Supports ``plastix.nets.ActorCritic``
+    (adds to the policy mean and the value) and ``plastix.nets.MLP``.
+
+    Args:
+      model: the Flax module.
+      head_layers: as in ``add_injection_heads``.
+    """
+    if not isinstance(model, (nets.ActorCritic, nets.MLP)):
+        raise TypeError(f"make_injected_apply supports plastix.nets.ActorCritic and MLP, got {type(model)}")
+
+    def forward(params, x, active):
+        params = to_dict(params)
+        base = {k: v for k, v in params.items() if k != INJECTION_KEY}
+        out, state = model.apply({"params": base}, x, mutable=["intermediates"])
+        acts = nets.hidden_activations(state["intermediates"])
+        deltas = {}
+        for net_key, pair in params[INJECTION_KEY].items():
+            path = injection_path(net_key)
+            n_hidden = len(hidden_layer_names(get_path(base, path)))
+            below = n_hidden - (head_layers - 1)
+            h = acts["/".join(path + (f"layer_{below}",))][1] if below >= 1 else x.astype(jnp.float32)
+            a = _head_apply(pair["a"], h, model.activation)
+            b = _head_apply(pair["b"], h, model.activation)
+            deltas[net_key] = jnp.asarray(active, a.dtype) * (a - jax.lax.stop_gradient(b))
+        if isinstance(model, nets.ActorCritic):
+            mean, log_std, value = out
+            return mean + deltas["policy"], log_std, value + deltas["value"][..., 0]
+        return out + deltas["_"]
+
+    return forward

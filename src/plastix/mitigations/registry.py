@@ -1,0 +1,222 @@
+"""Registry of mitigations: name -> kind and default options; ``check_compatible`` for a chosen set."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+TRANSFORM = "transform"  # an optax GradientTransformation in the optimizer chain, every update
+SURGERY = "surgery"  # a Surgery applied to params + optimizer state on a schedule
+NETWORK = "network"  # an option of the network architecture (plastix.nets)
+
+
+@dataclasses.dataclass(frozen=True)
+class L2Options:
+    """L2 weight decay toward 0 (``transforms.l2`` / ``decoupled_weight_decay``)."""
+
+    weight_decay: float = 1e-4  # the OCP paper's PPO; Juliani & Ash 2024 use 1e-3
+    mode: str = "coupled"  # "coupled" (L2 in the gradient, PyTorch Adam) or "decoupled" (AdamW)
+
+
+@dataclasses.dataclass(frozen=True)
+class L2InitOptions:
+    """Regenerative regularisation toward theta_0 (``transforms.l2_init``)."""
+
+    lam: float = 0.01  # Juliani & Ash 2024
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightClipOptions:
+    """Weight clipping to kappa times the layer's init bound (``transforms.weight_clipping``)."""
+
+    kappa: float = 2.0
+    bound_method: str = "uniform_equivalent"  # see transforms.init_bounds
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftShrinkPerturbOptions:
+    """Soft shrink & perturb every update (``transforms.soft_shrink_perturb``)."""
+
+    lam: float = 0.999999
+    sigma: float = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class ShrinkPerturbOptions:
+    """Hard shrink & perturb at task switches (``reset.shrink_perturb``)."""
+
+    lam: float = 0.5
+    sigma: float = 0.5
+    every: int | None = None
+    at_switch: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ReDoOptions:
+    """ReDo recycling of tau-dormant neurons (``redo.redo``)."""
+
+    tau: float = 0.1  # ReDo's main experiments; 0.025 in its demonstration
+    every: int | None = 1000  # period in updates (Sokar et al.: 1000 gradient steps)
+    at_switch: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ResetOptions:
+    """Reset of chosen layers (``reset.reset_layers``)."""
+
+    layers: str | tuple[str, ...] = "final"  # "final", "all" or path prefixes
+    every: int | None = None
+    at_switch: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class CBPOptions:
+    """Continual backprop, every update (``cbp.continual_backprop``)."""
+
+    replacement_rate: float = 1e-4
+    maturity_threshold: int = 10_000
+    decay: float = 0.99
+
+
+@dataclasses.dataclass(frozen=True)
+class AdamResetOptions:
+    """Adam moments and count cleared (``reset.adam_reset``)."""
+
+    reset_count: bool = True
+    every: int | None = None
+    at_switch: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class InjectionOptions:
+    """Plasticity injection (``injection``)."""
+
+    head_layers: int = 2
+    at_switch: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class OCPPerturbOptions:
+    """Perturbation of zero-gradient neurons (``ocp.ocp_perturb``)."""
+
+    threshold: float = 0.0
+    relative: bool = False
+    noise_scale: float = 1.0
+    every: int | None = None
+    at_switch: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerNormOptions:
+    """LayerNorm after each hidden Dense (``plastix.nets.ActorCritic(layer_norm=True)``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CReLUOptions:
+    """CReLU hidden activation (``plastix.nets.ActorCritic(activation="crelu")``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MitigationSpec:
+    """A registry entry: the mitigation's kind, default options and where it lives."""
+
+    kind: str
+    options: Any
+    where: str
+
+
+MITIGATIONS: dict[str, MitigationSpec] = {
+    "l2": MitigationSpec(TRANSFORM, L2Options(), "transforms.l2 / transforms.decoupled_weight_decay"),
+    "l2_init": MitigationSpec(TRANSFORM, L2InitOptions(), "transforms.l2_init"),
+    "weight_clip": MitigationSpec(TRANSFORM, WeightClipOptions(), "transforms.weight_clipping"),
+    "soft_sp": MitigationSpec(TRANSFORM, SoftShrinkPerturbOptions(), "transforms.soft_shrink_perturb"),
+    "shrink_perturb": MitigationSpec(SURGERY, ShrinkPerturbOptions(), "reset.shrink_perturb"),
+    "redo": MitigationSpec(SURGERY, ReDoOptions(), "redo.redo"),
+    "reset": MitigationSpec(SURGERY, ResetOptions(), "reset.reset_layers"),
+    "cbp": MitigationSpec(SURGERY, CBPOptions(), "cbp.continual_backprop"),
+    "adam_reset": MitigationSpec(SURGERY, AdamResetOptions(), "reset.adam_reset"),
+    "injection": MitigationSpec(SURGERY, InjectionOptions(), "injection.plasticity_injection"),
+    "ocp_perturb": MitigationSpec(SURGERY, OCPPerturbOptions(), "ocp.ocp_perturb"),
+    "layernorm": MitigationSpec(NETWORK, LayerNormOptions(), "plastix.nets (layer_norm=True)"),
+    "crelu": MitigationSpec(NETWORK, CReLUOptions(), "plastix.nets (activation='crelu')"),
+}
+"""Every mitigation by name: ``MITIGATIONS[name].kind`` and ``.options`` (a frozen dataclass of defaults;
+override with ``dataclasses.replace``)."""
+
+
+def _options(name: str, options: Mapping[str, Any] | None) -> Any:
+    return (options or {}).get(name, MITIGATIONS[name].options)
+
+
+def check_compatible(
+    names: Sequence[str] | Iterable[str],
+    options: Mapping[str, Any] | None = None,
+    *,
+    activation: str | None = None,
+    base_weight_decay: float = 0.0,
+    base_weight_decay_mode: str = "coupled",
+) -> None:
+    """Raise ``ValueError`` naming the two conflicting mitigations and why, if ``names`` contradict.
+
+    Rules (anything else composes; each acts at its own place in the update step):
+
+    * unknown or repeated names;
+    * ``l2`` with a mode other than the trainer's own weight decay (``base_weight_decay > 0`` in
+      ``base_weight_decay_mode``): coupled and decoupled decay at once;
+    * ``reset`` (of ``"all"``, ``"final"``, or named layers that include an ``output``) with ``injection``,
+      both at task switches: injection must freeze the *trained* head so that the output is unchanged,
+      while the reset replaces that head at the same switch;
+    * ``crelu`` with an ``activation`` other than ``"relu"``/``"crelu"``: CReLU *is* the activation
+      (``[relu(x), relu(-x)]``), it cannot also be tanh or the OCP paper's identity ("none");
+    * ``layernorm`` with ``activation="none"``: the network would no longer be the No-Act (linear) network
+      it is meant to study (LayerNorm is nonlinear).
+
+    Args:
+      names: mitigation names (keys of ``MITIGATIONS``).
+      options: optional ``{name: options dataclass}`` overriding the defaults.
+      activation: the network's hidden activation, if known.
+      base_weight_decay: the trainer's own weight decay outside the ``l2`` mitigation.
+      base_weight_decay_mode: its mode.
+    """
+    names = list(names)
+    unknown = [n for n in names if n not in MITIGATIONS]
+    if unknown:
+        raise ValueError(f"unknown mitigation(s) {unknown}; allowed: {', '.join(MITIGATIONS)}")
+    seen = set()
+    for n in names:
+        if n in seen:
+            raise ValueError(f"mitigation {n!r} is listed twice")
+        seen.add(n)
+    for n, opt in (options or {}).items():
+        if n in MITIGATIONS and not isinstance(opt, type(MITIGATIONS[n].options)):
+            raise ValueError(f"options for {n!r} must be {type(MITIGATIONS[n].options).__name__}")
+
+    if "l2" in seen:
+        mode = _options("l2", options).mode
+        if mode not in ("coupled", "decoupled"):
+            raise ValueError(f"'l2': mode must be 'coupled' or 'decoupled', got {mode!r}")
+        if base_weight_decay > 0 and base_weight_decay_mode != mode:
+            raise ValueError(
+                f"'l2' ({mode}) conflicts with the trainer's {base_weight_decay_mode} weight decay "
+                f"{base_weight_decay}: coupled L2 and decoupled AdamW decay at once"
+            )
+    if "reset" in seen and "injection" in seen:
+        reset, inj = _options("reset", options), _options("injection", options)
+        layers = reset.layers
+        touches_head = layers in ("all", "final") or any(
+            str(p).endswith("output") or "/output/" in str(p) for p in layers
+        )
+        if touches_head and reset.at_switch and inj.at_switch:
+            raise ValueError(
+                f"'reset' (layers={layers!r}) conflicts with 'injection': both act at the task switch and "
+                "injection needs the old trained head to freeze (output unchanged), which the reset replaces"
+            )
+    if "crelu" in seen and activation not in (None, "relu", "crelu"):
+        raise ValueError(
+            f"'crelu' conflicts with activation={activation!r}: CReLU replaces the hidden activation"
+        )
+    if "layernorm" in seen and activation == "none":
+        raise ValueError(
+            "'layernorm' conflicts with activation='none': the No-Act network would become nonlinear"
+        )
