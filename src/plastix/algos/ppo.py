@@ -284,7 +284,7 @@ class Agent:
                 new_params, new_opt_state = jax.tree.map(
                     lambda new, old: jnp.where(stopped, old, new), (new_params, new_opt_state), (params, opt_state)
                 )
-            aux = dict(aux, **{"optim/grad_norm": optax.global_norm(grads)})
+            aux = dict(aux, **{"optim/grad_norm": optax.tree.norm(grads)})
             return (new_params, new_opt_state, stopped), aux
 
         def epoch(carry, key):

@@ -117,8 +117,11 @@ class EnvpoolBridge:
         return handle, (self._by_seed(obs), self._by_seed(reward), self._by_seed(terminated), self._by_seed(truncated))
 
     def restore(self, num_resets: np.ndarray, episode_actions: np.ndarray, episode_lengths: np.ndarray) -> None:
-        """Bring a fresh pool to a recorded state (see module docstring). Arrays are ``[S, n, ...]``."""
-        self.env.reset()
+        """Bring a pool that was reset once (``reset()``, as every new run does) to a recorded state.
+
+        Env ``i`` is reset ``num_resets[i]`` more times, then replays its ``episode_lengths[i]`` recorded
+        actions (see module docstring). Arrays are ``[S, n, ...]``.
+        """
         num_resets = np.asarray(num_resets).reshape(-1)
         lengths = np.asarray(episode_lengths).reshape(-1)
         actions = np.asarray(episode_actions).reshape(self.num_envs, -1, self.action_dim)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a fresh machine: system packages where missing, a virtualenv in .venv, plastix.
+# Sourced by scripts/demo.sh and scripts/test.sh; safe to run again (it skips what is already there).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+apt_install() {  # apt_install PACKAGE...: install the Debian packages that are missing
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "[setup] apt-get install ${missing[*]}"
+    local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+# Qt5 runtime for envpool's Procgen environments.
+apt_install libqt5gui5 ${PLASTIX_EXTRA_APT:-}
+
+PY="${PYTHON:-python3.11}"
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv with $PY"
+  "$PY" -m venv .venv
+fi
+STAMP=.venv/.plastix-installed
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+  echo "[setup] pip install -e .[test]"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+  touch "$STAMP"
+fi
