@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from plastix.nets import ACTIVATIONS
@@ -75,6 +75,24 @@ class TrainConfig:
     """hidden layer widths of both the policy and the value network"""
     layer_norm: bool = False
     """LayerNorm after each hidden linear layer, before the activation"""
+    diagnostics_every: int = 10
+    """measure dormancy, zero gradients, overlaps, ranks, weights, dead units every K updates (0 = off)"""
+    dormant_taus: tuple[float, ...] = (0.0, 0.025, 0.1)
+    """dormancy thresholds tau reported as `dormant_ratio@tau`"""
+    overlap_tau: float = 0.025
+    """tau defining the dormant set used by overlaps and the relative zero-gradient ratio"""
+    zero_grad_eps: float = 0.0
+    """a neuron is zero-gradient when its MAGI <= this (0 = strictly zero)"""
+    curvature_every: int = 100
+    """measure the PPO loss's top Hessian eigenvalue and trace every M updates (0 = off)"""
+    curvature_batch: int = 256
+    """samples of the rollout batch used for curvature (at most the whole batch)"""
+    curvature_iters: int = 20
+    """power-iteration steps for the top Hessian eigenvalue"""
+    curvature_samples: int = 10
+    """Hutchinson probes for the Hessian trace"""
+    save_neuron_scores: bool = False
+    """also write per-neuron dormancy and MAGI scores at each measurement to neurons.parquet/"""
     obs_clip: float = 10.0
     """clip normalised observations to [-obs_clip, obs_clip]"""
     reward_clip: float = 10.0
@@ -181,7 +199,8 @@ def validate(cfg: TrainConfig, check_env: bool = True) -> None:
     for name, value in positive.items():
         if not value > 0:
             raise ConfigError(f"--{name.replace('_', '-')}: must be positive, got {value}")
-    for name in ("weight_decay", "ent_coef", "vf_coef", "clip_coef", "num_threads"):
+    for name in ("weight_decay", "ent_coef", "vf_coef", "clip_coef", "num_threads", "diagnostics_every",
+                 "curvature_every", "zero_grad_eps", "overlap_tau"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')}: must be >= 0, got {getattr(cfg, name)}")
     for name in ("gamma", "gae_lambda"):
@@ -199,6 +218,11 @@ def validate(cfg: TrainConfig, check_env: bool = True) -> None:
             f"--total-timesteps: {cfg.total_timesteps} is less than one rollout "
             f"(num_envs * num_steps = {cfg.batch_size})"
         )
+    if any(t < 0 for t in cfg.dormant_taus):
+        raise ConfigError(f"--dormant-taus: thresholds must be >= 0, got {cfg.dormant_taus}")
+    for name in ("curvature_batch", "curvature_iters", "curvature_samples"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(cfg, name)}")
     if cfg.target_kl is not None and cfg.target_kl <= 0:
         raise ConfigError(f"--target-kl: must be positive when given, got {cfg.target_kl}")
     if check_env:

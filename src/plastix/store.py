@@ -4,6 +4,8 @@ Layout of a run folder::
 
     config.json                  the full resolved config + versions of plastix, jax, envpool
     metrics.parquet/part-*.parquet   tidy rows (seed, update, env_step, key, value), one part per chunk
+    neurons.parquet/part-*.parquet   per-neuron scores (seed, update, env_step, layer, neuron, dormancy,
+                                     magi_layer, magi_loss), only with --save-neuron-scores
     checkpoints/<update>/        orbax checkpoints of the train state (the last two are kept)
 
 ``metrics.parquet`` is a folder of Parquet parts (a Hive-style dataset) so that a killed run keeps every
@@ -25,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 METRICS_DIR = "metrics.parquet"
+NEURONS_DIR = "neurons.parquet"
 CHECKPOINT_DIR = "checkpoints"
 SCHEMA = pa.schema(
     [("seed", pa.int64()), ("update", pa.int64()), ("env_step", pa.int64()), ("key", pa.string()), ("value", pa.float64())]
@@ -83,9 +86,35 @@ def metrics_table(metrics: dict[str, np.ndarray], seeds: list[int], first_update
     )
 
 
-def write_metrics_part(run_dir: Path, table: pa.Table, first_update: int) -> Path:
+def neuron_table(scores: dict[str, np.ndarray], seeds: list[int], first_update: int, steps_per_update: int) -> pa.Table:
+    """Rows ``(seed, update, env_step, layer, neuron, <score>...)`` from ``{"<layer>/<score>": [K, S, H]}``.
+
+    Updates without a measurement (NaN scores) are dropped. Scores of one layer share its neuron index.
+    """
+    by_layer: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in scores.items():
+        layer, score = key.rsplit("/", 1)
+        by_layer.setdefault(layer, {})[score] = np.asarray(value, np.float64)
+    frames = []
+    for layer, named in sorted(by_layer.items()):
+        width = max(v.shape[-1] for v in named.values())
+        k, s = next(iter(named.values())).shape[:2]
+        update, seed, neuron = np.meshgrid(np.arange(first_update, first_update + k), np.asarray(seeds), np.arange(width),
+                                           indexing="ij")
+        columns = {"seed": seed.ravel(), "update": update.ravel(), "env_step": update.ravel() * steps_per_update,
+                   "layer": np.full(update.size, layer, dtype=object), "neuron": neuron.ravel()}
+        for score, value in sorted(named.items()):  # CReLU: dormancy has 2H units, MAGI H; pad with NaN
+            padded = np.full((k, s, width), np.nan)
+            padded[..., : value.shape[-1]] = value
+            columns[score] = padded.ravel()
+        frame = pd.DataFrame(columns)
+        frames.append(frame[~frame.drop(columns=["seed", "update", "env_step", "layer", "neuron"]).isna().all(axis=1)])
+    return pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
+
+
+def write_metrics_part(run_dir: Path, table: pa.Table, first_update: int, folder_name: str = METRICS_DIR) -> Path:
     """Atomically write one part named by its first update (so parts sort in training order)."""
-    folder = Path(run_dir) / METRICS_DIR
+    folder = Path(run_dir) / folder_name
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"part-{first_update:09d}.parquet"
     tmp = folder / f".{path.name}.tmp"
@@ -96,24 +125,38 @@ def write_metrics_part(run_dir: Path, table: pa.Table, first_update: int) -> Pat
 
 def drop_metrics_after(run_dir: Path, update: int) -> None:
     """Delete parts whose first update is after ``update`` (written after the checkpoint we resume from)."""
-    folder = Path(run_dir) / METRICS_DIR
-    if not folder.exists():
-        return
-    for part in folder.glob("part-*.parquet"):
-        if int(part.stem.split("-")[1]) > update:
-            part.unlink()
-    for tmp in folder.glob(".*.tmp"):
-        tmp.unlink()
+    for name in (METRICS_DIR, NEURONS_DIR):
+        folder = Path(run_dir) / name
+        if not folder.exists():
+            continue
+        for part in folder.glob("part-*.parquet"):
+            if int(part.stem.split("-")[1]) > update:
+                part.unlink()
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink()
+
+
+def _read_parts(folder: Path) -> pd.DataFrame | None:
+    parts = sorted(folder.glob("part-*.parquet"))
+    if not parts:
+        return None
+    return pa.concat_tables([pq.read_table(p) for p in parts]).to_pandas()
 
 
 def read_metrics(run_dir: str | Path) -> pd.DataFrame:
     """All metric rows of a run folder, sorted by ``key, seed, update``."""
-    folder = Path(run_dir) / METRICS_DIR
-    parts = sorted(folder.glob("part-*.parquet"))
-    if not parts:
+    frame = _read_parts(Path(run_dir) / METRICS_DIR)
+    if frame is None:
         return SCHEMA.empty_table().to_pandas()
-    frame = pa.concat_tables([pq.read_table(p) for p in parts]).to_pandas()
     return frame.sort_values(["key", "seed", "update"], kind="stable").reset_index(drop=True)
+
+
+def read_neuron_scores(run_dir: str | Path) -> pd.DataFrame:
+    """Per-neuron scores of a run folder (``--save-neuron-scores``), sorted by layer, seed, update, neuron."""
+    frame = _read_parts(Path(run_dir) / NEURONS_DIR)
+    if frame is None:
+        raise FileNotFoundError(f"{run_dir} has no {NEURONS_DIR}: train with --save-neuron-scores")
+    return frame.sort_values(["layer", "seed", "update", "neuron"], kind="stable").reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------------------------ checkpoints

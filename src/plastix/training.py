@@ -108,12 +108,15 @@ def _run_chunks(cfg: TrainConfig, run_dir: Path, bridge: EnvpoolBridge, agent: A
             if k not in compiled:
                 compiled[k] = make_chunk_fn(agent, bridge.step, k).lower(states, handle).compile()
             start = time.perf_counter()
-            states, handle, metrics = compiled[k](states, handle)
-            metrics = jax.device_get(metrics)
+            states, handle, (metrics, scores) = compiled[k](states, handle)
+            metrics, scores = jax.device_get((metrics, scores))
             elapsed = time.perf_counter() - start
             sps = k * cfg.batch_size * len(seeds) / elapsed
             metrics["time/sps"] = np.full((k, len(seeds)), sps)
             store.write_metrics_part(run_dir, store.metrics_table(metrics, seeds, done + 1, cfg.batch_size), done + 1)
+            if scores:
+                table = store.neuron_table(scores, seeds, done + 1, cfg.batch_size)
+                store.write_metrics_part(run_dir, table, done + 1, store.NEURONS_DIR)
             done += k
             chunks_since_checkpoint += 1
             if chunks_since_checkpoint >= cfg.checkpoint_chunks or done == cfg.num_updates:

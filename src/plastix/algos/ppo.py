@@ -26,6 +26,8 @@ import optax
 from flax import struct
 
 from plastix.config import TrainConfig
+from plastix.diagnostics import curvature
+from plastix.diagnostics import training as diag
 from plastix.envs import normalize as nz
 from plastix.nets import ActorCritic
 
@@ -61,6 +63,7 @@ class TrainState:
     key: jax.Array
     update: jax.Array  # int32: updates done so far
     env: EnvState
+    diagnostics: diag.DiagnosticsState
 
 
 @struct.dataclass
@@ -202,6 +205,7 @@ class Agent:
         self.max_episode_steps = max_episode_steps
         self.net = ActorCritic(action_dim, tuple(cfg.hidden_sizes), cfg.activation, cfg.layer_norm)
         self.tx = make_optimizer(cfg)
+        self.forward_acts = diag.make_forward_acts(self.net.apply)
 
     def apply(self, params, obs):
         return self.net.apply({"params": params}, obs)
@@ -223,7 +227,14 @@ class Agent:
             actions_recorded=jnp.zeros((n,), jnp.int32),
             num_resets=jnp.zeros((n,), jnp.int32),
         )
-        return TrainState(params, self.tx.init(params), key, jnp.zeros((), jnp.int32), env)
+        diagnostics = diag.diagnostics_init(params, self.layer_shapes(params))
+        return TrainState(params, self.tx.init(params), key, jnp.zeros((), jnp.int32), env, diagnostics)
+
+    def layer_shapes(self, params) -> dict[str, tuple[int, int]]:
+        """``{"policy/layer_1": (output units, kernel columns)}`` of every hidden layer."""
+        acts = jax.eval_shape(self.forward_acts, params, jnp.zeros((1, self.obs_dim), jnp.float32))
+        return {name: (post.shape[-1], params[name.split("/")[0]][name.split("/")[1]]["kernel"].shape[1])
+                for name, (_, post) in acts.items()}
 
     def act(self, state: TrainState) -> tuple[TrainState, tuple]:
         """Sample actions for the current observations: ``(action, clipped action, logprob, value)``."""
@@ -262,7 +273,7 @@ class Agent:
         )
         return env, norm_reward, valid, finished
 
-    def learn(self, state: TrainState, traj: Transition) -> tuple[TrainState, dict]:
+    def learn(self, state: TrainState, traj: Transition) -> tuple[TrainState, dict, Minibatch]:
         """GAE then ``update_epochs`` x ``num_minibatches`` PPO steps on one seed's rollout ``[T, n]``."""
         cfg = self.cfg
         _, _, next_value = self.apply(state.params, state.env.obs)
@@ -306,7 +317,57 @@ class Agent:
         metrics["loss/explained_variance"] = jnp.where(var_returns == 0, jnp.nan, 1.0 - var_resid / var_returns)
         metrics["optim/lr"] = lr
         state = state.replace(params=params, opt_state=opt_state, key=key, update=state.update + 1)
-        return state, metrics
+        return state, metrics, batch
+
+    def measure(self, state: TrainState, batch: Minibatch) -> tuple[TrainState, dict, dict]:
+        """Diagnostics (and curvature) of the updated network on the update's batch, when scheduled.
+
+        Runs under ``lax.cond`` (a real branch: the seeds are ``lax.map``-ped), so unscheduled updates cost
+        nothing; their metrics are NaN and are not written. Randomness comes from ``fold_in`` of the
+        training key, so measuring never changes training. The ``loss`` MAGI target is the gradient of
+        the PPO loss on the whole batch (advantages normalised over the batch).
+        """
+        cfg = self.cfg
+        metrics, scores = {}, {}
+        if cfg.diagnostics_every > 0:
+            loss_fn = lambda p: ppo_loss(p, self.apply, batch, cfg)[0]
+
+            def run(diag_state):
+                return diag.measure(state.params, self.forward_acts, loss_fn, batch.obs, cfg.activation, diag_state,
+                                    tuple(cfg.dormant_taus), cfg.overlap_tau, cfg.zero_grad_eps)
+
+            def skip(diag_state):
+                skipped_metrics, skipped_scores, _ = jax.eval_shape(run, diag_state)
+                return _nan_like(skipped_metrics), _nan_like(skipped_scores), diag_state
+
+            due = (state.update % cfg.diagnostics_every == 0) | (state.update == 1)
+            metrics, scores, diag_state = jax.lax.cond(due, run, skip, state.diagnostics)
+            state = state.replace(diagnostics=diag_state)
+        if cfg.curvature_every > 0:
+            measure_curvature = lambda: self.curvature(state, batch)
+            due = state.update % cfg.curvature_every == 0
+            metrics.update(jax.lax.cond(due, measure_curvature, lambda: _nan_like(jax.eval_shape(measure_curvature))))
+        return state, metrics, scores if cfg.save_neuron_scores else {}
+
+    def curvature(self, state: TrainState, batch: Minibatch):
+        """Top Hessian eigenvalue (power iteration) and trace (Hutchinson) of the PPO loss on a random
+        subset of ``curvature_batch`` samples of the update's batch (Lyle et al. 2023)."""
+        cfg = self.cfg
+        key = jax.random.fold_in(state.key, 0x5EED)
+        perm_key, eig_key, trace_key = jax.random.split(key, 3)
+        size = min(cfg.curvature_batch, cfg.batch_size)
+        subset = jax.random.permutation(perm_key, cfg.batch_size)[:size]
+        sub = jax.tree.map(lambda x: x[subset], batch)
+        loss_fn = lambda p: ppo_loss(p, self.apply, sub, cfg)[0]
+        return {
+            "curvature/hessian_top_eig": curvature.hessian_top_eigenvalue(loss_fn, state.params, eig_key, cfg.curvature_iters),
+            "curvature/hessian_trace": curvature.hessian_trace(loss_fn, state.params, trace_key, cfg.curvature_samples),
+        }
+
+
+def _nan_like(shapes):
+    """A pytree of NaN arrays with the shapes and dtypes of ``shapes`` (``jax.ShapeDtypeStruct`` leaves)."""
+    return jax.tree.map(lambda x: jnp.full(x.shape, jnp.nan, x.dtype), shapes)
 
 
 def episode_metrics(traj: Transition) -> dict:
@@ -341,9 +402,14 @@ def make_update_fn(agent: Agent, env_step: Callable) -> Callable:
         # lax.map, not vmap: a seed's learning arithmetic is then the same program whatever the group size,
         # so a seed trained in a group is bit-identical to the seed trained alone (vmap changes the XLA
         # kernels with the batch size). The rollout (env-bound) stays vmapped.
-        states, metrics = jax.lax.map(lambda x: agent.learn(*x), (states, traj))
+        def learn_and_measure(x):
+            state, metrics, batch = agent.learn(*x)
+            state, diag_metrics, scores = agent.measure(state, batch)
+            return state, {**metrics, **diag_metrics}, scores
+
+        states, metrics, scores = jax.lax.map(learn_and_measure, (states, traj))
         metrics.update(jax.vmap(episode_metrics)(traj))
-        return states, handle, metrics
+        return states, handle, (metrics, scores)
 
     return update
 

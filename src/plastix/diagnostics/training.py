@@ -1,0 +1,165 @@
+"""Diagnostics during training: the one place where the trainer measures its networks.
+
+``measure`` takes a network's parameters, its forward pass with sown activations, the training loss and
+the update's batch, and returns a flat dict of per-layer metrics (plus per-neuron scores, and the sets
+needed for the next measurement's overlaps). Everything is traced into the compiled update; the trainer
+runs it under ``lax.cond`` every ``diagnostics_every`` updates, so nothing syncs with the host.
+
+Metric keys (``<net>`` is ``policy`` or ``value``, ``<layer>`` a hidden layer ``layer_i``):
+
+===========================================  ==========================================================
+``<net>/<layer>/dormant_ratio@<tau>``        fraction of neurons with dormancy score <= tau (Eq. 2)
+``<net>/dormant_ratio@<tau>``                the same over every hidden neuron of the network
+``<net>/<layer>/zero_grad_ratio/layer``      fraction with MAGI <= eps, ``layer`` target (S = sum of
+                                             the layer's post-activations; SCIENCE.md section 2)
+``<net>/<layer>/zero_grad_ratio/loss``       the same with the training-loss gradient (``loss`` target)
+``<net>/<layer>/zero_grad_ratio_rel@<tau>/layer|loss``  fraction with ``G_i / mean_k G_k <= tau``
+``<net>/<layer>/overlap/dormant``            Eq. 19 between this and the previous measurement's dormant
+                                             sets (dormant = score <= ``overlap_tau``)
+``<net>/<layer>/overlap/zero_grad``          the same for zero-gradient sets (``layer`` target, eps)
+``<net>/<layer>/overlap/dormant_zero_grad``  between the dormant and zero-gradient sets of this step
+``<net>/<layer>/srank``, ``effective_rank``  of the layer's post-activation features on the batch
+``<net>/<layer>/dead_units``                 fraction of dead units (criteria per activation)
+``<net>/<layer>/grad_norm``                  L2 norm of the loss gradient of the layer's kernel and bias
+``<net>/<layer or output>/weight/<stat>``    ``plastix.diagnostics.weights`` (l2, rms, ..., dist_init)
+===========================================  ==========================================================
+
+For CReLU a layer has H kernel columns but 2H output units: dormancy and dead units are per output
+unit, MAGI per kernel column, so ``overlap/dormant_zero_grad`` is not defined and not logged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from plastix.diagnostics import neurons, rank
+from plastix.diagnostics.weights import weight_stats
+from plastix.nets import hidden_activations
+
+
+@struct.dataclass
+class DiagnosticsState:
+    """What one measurement leaves for the next: init parameters and the previous neuron sets."""
+
+    init_params: Any
+    prev_dormant: dict  # {"policy/layer_1": bool [H_out]}
+    prev_zero_grad: dict  # {"policy/layer_1": bool [H]}
+    has_prev: jax.Array  # bool scalar
+
+
+def diagnostics_init(params: Any, layer_shapes: dict[str, tuple[int, int]]) -> DiagnosticsState:
+    """Fresh state; ``layer_shapes`` maps each hidden layer to ``(output units, kernel columns)``."""
+    return DiagnosticsState(
+        init_params=params,
+        prev_dormant={k: jnp.zeros((units,), bool) for k, (units, _) in layer_shapes.items()},
+        prev_zero_grad={k: jnp.zeros((cols,), bool) for k, (_, cols) in layer_shapes.items()},
+        has_prev=jnp.zeros((), bool),
+    )
+
+
+def _layer_params(params: Any, path: str) -> dict:
+    node = params
+    for part in path.split("/"):
+        node = node[part]
+    return node
+
+
+def layer_target_magi(forward_acts: Callable, params: Any, obs: jax.Array, layers: list[str]) -> dict[str, jax.Array]:
+    """MAGI with the ``layer`` target for every hidden layer, by autodiff through the real network.
+
+    For layer l, ``S_l = sum over batch and units of its post-activations``; ``G_i = mean_j |dS_l/dW_ji|``.
+    Differentiating the network itself (rather than ``sigma(xW + b)``) keeps LayerNorm and CReLU exact.
+    """
+    out = {}
+    for name in layers:
+
+        def total_post(p, name=name):
+            return jnp.sum(forward_acts(p, obs)[name][1])
+
+        grads = jax.grad(total_post)(params)
+        out[name] = neurons.magi_from_grads(_layer_params(grads, name)["kernel"])
+    return out
+
+
+def measure(
+    params: Any,
+    forward_acts: Callable[[Any, jax.Array], dict],
+    loss_fn: Callable[[Any], jax.Array],
+    obs: jax.Array,
+    activation: str,
+    state: DiagnosticsState,
+    dormant_taus: tuple[float, ...],
+    overlap_tau: float,
+    zero_grad_eps: float,
+) -> tuple[dict, dict, DiagnosticsState]:
+    """All diagnostics of one measurement.
+
+    Args:
+        params: the network parameters (the full actor-critic tree).
+        forward_acts: ``(params, obs) -> {"policy/layer_1": (pre, post), ...}`` (sown activations).
+        loss_fn: ``params -> scalar`` training loss on this batch (its gradient is the ``loss`` target).
+        obs: the batch of observations ``[B, D]``.
+        activation: hidden activation name (for dead units).
+        state: previous ``DiagnosticsState``.
+        dormant_taus, overlap_tau, zero_grad_eps: thresholds (static).
+
+    Returns:
+        ``(metrics {key: scalar}, neuron_scores {"<layer>/dormancy|magi_layer|magi_loss": [H]}, new state)``.
+    """
+    acts = forward_acts(params, obs)
+    layers = sorted(acts)
+    loss_grads = jax.grad(loss_fn)(params)
+    magi_layer = layer_target_magi(forward_acts, params, obs, layers)
+    metrics: dict[str, jax.Array] = {}
+    scores: dict[str, jax.Array] = {}
+    dormant_sets, zero_grad_sets = {}, {}
+    for name in layers:
+        post = acts[name][1]
+        dormancy = neurons.dormancy_scores(post)
+        layer_grads = _layer_params(loss_grads, name)
+        magi_loss = neurons.magi_from_grads(layer_grads["kernel"])
+        for tau in dormant_taus:
+            metrics[f"{name}/dormant_ratio@{tau:g}"] = neurons.dormant_ratio(dormancy, tau)
+        for target, magi in (("layer", magi_layer[name]), ("loss", magi_loss)):
+            metrics[f"{name}/zero_grad_ratio/{target}"] = neurons.zero_grad_ratio(magi, zero_grad_eps)
+            metrics[f"{name}/zero_grad_ratio_rel@{overlap_tau:g}/{target}"] = neurons.relative_zero_grad_ratio(
+                magi, overlap_tau
+            )
+        dormant = neurons.dormant_mask(dormancy, overlap_tau)
+        zero_grad = neurons.zero_grad_mask(magi_layer[name], zero_grad_eps)
+        nan = jnp.asarray(jnp.nan, jnp.float32)
+        metrics[f"{name}/overlap/dormant"] = jnp.where(state.has_prev, neurons.overlap(dormant, state.prev_dormant[name]), nan)
+        metrics[f"{name}/overlap/zero_grad"] = jnp.where(
+            state.has_prev, neurons.overlap(zero_grad, state.prev_zero_grad[name]), nan
+        )
+        if dormant.shape == zero_grad.shape:
+            metrics[f"{name}/overlap/dormant_zero_grad"] = neurons.overlap(dormant, zero_grad)
+        ranks = rank.rank_stats(post)
+        metrics[f"{name}/srank"] = ranks["srank"]
+        metrics[f"{name}/effective_rank"] = ranks["effective_rank"]
+        metrics[f"{name}/dead_units"] = neurons.dead_units(post, activation)
+        metrics[f"{name}/grad_norm"] = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(layer_grads)))
+        scores.update({f"{name}/dormancy": dormancy, f"{name}/magi_layer": magi_layer[name], f"{name}/magi_loss": magi_loss})
+        dormant_sets[name], zero_grad_sets[name] = dormant, zero_grad
+    for net in sorted({name.split("/")[0] for name in layers}):
+        all_scores = jnp.concatenate([scores[f"{n}/dormancy"] for n in layers if n.startswith(net + "/")])
+        for tau in dormant_taus:
+            metrics[f"{net}/dormant_ratio@{tau:g}"] = neurons.dormant_ratio(all_scores, tau)
+    metrics.update(weight_stats(params, state.init_params))
+    metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+    new_state = state.replace(prev_dormant=dormant_sets, prev_zero_grad=zero_grad_sets, has_prev=jnp.ones((), bool))
+    return metrics, scores, new_state
+
+
+def make_forward_acts(apply_fn: Callable) -> Callable[[Any, jax.Array], dict]:
+    """``(params, obs) -> hidden_activations`` for a Flax module's ``apply`` that sows activations."""
+
+    def forward_acts(params, obs):
+        _, sown = apply_fn({"params": params}, obs, mutable=["intermediates"])
+        return hidden_activations(sown["intermediates"])
+
+    return forward_acts

@@ -1,0 +1,90 @@
+"""Diagnostics inside training: keys, shapes, schedule, per-neuron dumps, and no effect on training."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+from plastix.config import TrainConfig
+from plastix.diagnostics.training import diagnostics_init, make_forward_acts, measure
+from plastix.nets import ActorCritic
+from plastix.store import read_metrics, read_neuron_scores
+from plastix.training import train
+
+TINY = dataclasses.replace(TrainConfig(), preset="ocp", activation="relu", total_timesteps=6 * 512, num_steps=512,
+                           num_minibatches=8, log_every=3, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def diag_run(tmp_path_factory):
+    cfg = dataclasses.replace(TINY, seeds="0,1", diagnostics_every=2, curvature_every=3, save_neuron_scores=True,
+                              run_dir=str(tmp_path_factory.mktemp("diag") / "run"))
+    return train(cfg)
+
+
+def test_in_training_keys_and_schedule(diag_run):
+    df = read_metrics(diag_run)
+    keys = set(df.key)
+    for net in ("policy", "value"):
+        for layer in ("layer_1", "layer_2"):
+            for suffix in ("dormant_ratio@0", "dormant_ratio@0.025", "dormant_ratio@0.1", "zero_grad_ratio/layer",
+                           "zero_grad_ratio/loss", "overlap/dormant", "overlap/zero_grad", "overlap/dormant_zero_grad",
+                           "srank", "effective_rank", "dead_units", "grad_norm", "weight/l2", "weight/dist_init"):
+                assert f"{net}/{layer}/{suffix}" in keys, f"{net}/{layer}/{suffix}"
+        assert f"{net}/output/weight/rms" in keys and f"{net}/dormant_ratio@0.025" in keys
+    updates = lambda key: sorted(df[(df.key == key) & (df.seed == 0)]["update"])
+    assert updates("policy/layer_1/dormant_ratio@0.025") == [1, 2, 4, 6]  # update 1, then every 2
+    assert updates("policy/layer_1/overlap/dormant") == [2, 4, 6]  # needs a previous measurement
+    assert updates("curvature/hessian_top_eig") == [3, 6]
+    ratios = df[df.key.str.contains("ratio|overlap|dead_units")].value
+    assert ((ratios >= 0) & (ratios <= 1)).all()
+    assert (df[df.key.str.endswith("/srank")].value <= 64).all()
+
+
+def test_neuron_scores_have_one_row_per_neuron_and_measurement(diag_run):
+    scores = read_neuron_scores(diag_run)
+    assert set(scores.layer) == {"policy/layer_1", "policy/layer_2", "value/layer_1", "value/layer_2"}
+    per = scores.groupby(["layer", "seed", "update"]).neuron.count()
+    assert (per == 64).all() and len(per) == 4 * 2 * 4
+    assert {"dormancy", "magi_layer", "magi_loss"} <= set(scores.columns)
+    # The dormancy scores of a layer average to 1 by construction (Eq. 2), unless all are zero.
+    means = scores.groupby(["layer", "seed", "update"]).dormancy.mean()
+    np.testing.assert_allclose(means, 1.0, rtol=1e-5)
+    # The logged ratio is the fraction of the dumped scores under tau.
+    df = read_metrics(diag_run)
+    row = df[(df.key == "value/layer_2/dormant_ratio@0.1") & (df.seed == 1) & (df["update"] == 4)].value.item()
+    layer = scores[(scores.layer == "value/layer_2") & (scores.seed == 1) & (scores["update"] == 4)]
+    assert row == pytest.approx((layer.dormancy <= 0.1).mean())
+
+
+def test_measuring_does_not_change_training(tmp_path):
+    on = read_metrics(train(dataclasses.replace(TINY, diagnostics_every=1, curvature_every=2, run_dir=str(tmp_path / "on"))))
+    off = read_metrics(train(dataclasses.replace(TINY, diagnostics_every=0, curvature_every=0, run_dir=str(tmp_path / "off"))))
+    training_keys = lambda df: df[df.key.str.match(r"^(loss|optim|return)/")].reset_index(drop=True)
+    pd.testing.assert_frame_equal(training_keys(on), training_keys(off))
+
+
+def test_measure_finds_a_dead_relu_neuron():
+    net = ActorCritic(2, (8, 8), "relu")
+    params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 3), jnp.float32))["params"]
+    # Neuron 5 of policy layer_1: zero incoming weights and a negative bias -> 0 on every input.
+    layer = params["policy"]["layer_1"]
+    params["policy"]["layer_1"] = {"kernel": layer["kernel"].at[:, 5].set(0.0), "bias": layer["bias"].at[5].set(-1.0)}
+    obs = jax.random.normal(jax.random.PRNGKey(1), (32, 3), jnp.float32)
+    forward = make_forward_acts(net.apply)
+    loss_fn = lambda p: jnp.sum(net.apply({"params": p}, obs)[0] ** 2) + jnp.sum(net.apply({"params": p}, obs)[2] ** 2)
+    shapes = {k: (8, 8) for k in ("policy/layer_1", "policy/layer_2", "value/layer_1", "value/layer_2")}
+    state = diagnostics_init(params, shapes)
+    metrics, scores, state = jax.jit(lambda s: measure(params, forward, loss_fn, obs, "relu", s, (0.0,), 0.0, 0.0))(state)
+    assert float(scores["policy/layer_1/dormancy"][5]) == 0.0
+    assert float(scores["policy/layer_1/magi_layer"][5]) == 0.0
+    assert float(scores["policy/layer_1/magi_loss"][5]) == 0.0
+    assert float(metrics["policy/layer_1/dormant_ratio@0"]) >= 1 / 8
+    assert float(metrics["policy/layer_1/dead_units"]) >= 1 / 8
+    assert float(metrics["policy/layer_1/overlap/dormant_zero_grad"]) == 1.0
+    assert bool(state.prev_dormant["policy/layer_1"][5]) and np.isnan(float(metrics["policy/layer_1/overlap/dormant"]))
+    metrics, _, _ = measure(params, forward, loss_fn, obs, "relu", state, (0.0,), 0.0, 0.0)
+    assert float(metrics["policy/layer_1/overlap/dormant"]) == 1.0
