@@ -11,7 +11,12 @@ import sys
 USAGE = """usage: plastix COMMAND [options]
 
 commands:
-  train    train PPO (CleanRL semantics) for one or many seeds; `plastix train --help` lists every flag
+  train        train PPO (CleanRL semantics) for one or many seeds; `plastix train --help` lists every flag
+  experiments  `plastix experiments list`: the named experiments (TOML files) shipped with plastix
+  run          `plastix run EXPERIMENT|FILE.toml [...] [--scale quick|paper] [--out SWEEP_DIR]
+               [--backend local|ray] [--address ADDR] [--jobs N] [--retries N]`: train a sweep
+  query        `plastix query SWEEP_DIR ["SQL"]`: DuckDB SQL over a sweep (views metrics, runs, task_switch)
+  report       `plastix report SWEEP_DIR [--out DIR]`: HTML page + PNG figures of a sweep
 """
 
 
@@ -51,6 +56,83 @@ def train_main(argv: list[str]) -> int:
     return 0
 
 
+def experiments_main(argv: list[str]) -> int:
+    from plastix import experiments
+
+    if argv[:1] not in (["list"], []):
+        print("usage: plastix experiments list", file=sys.stderr)
+        return 2
+    width = max(len(n) for n in experiments.names())
+    for name, description in experiments.describe():
+        print(f"{name:<{width}}  {description}")
+    return 0
+
+
+def run_main(argv: list[str]) -> int:
+    import argparse
+    import time
+
+    from plastix import experiments
+    from plastix.config import ConfigError
+    from plastix.runner import SweepError, run_sweep
+
+    parser = argparse.ArgumentParser(prog="plastix run", description="Train the runs of named experiments (a sweep).")
+    parser.add_argument("experiments", nargs="+", metavar="EXPERIMENT", help="a shipped name or a path to a .toml file")
+    parser.add_argument("--scale", default="quick", choices=experiments.SCALES, help="quick (minutes) or paper")
+    parser.add_argument("--out", default=None, help="sweep folder (default: sweeps/<experiment>__<scale>)")
+    parser.add_argument("--backend", default="local", choices=("local", "ray"), help="where runs execute")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")
+    parser.add_argument("--jobs", type=int, default=None, help="runs at once (default: CPU count)")
+    parser.add_argument("--retries", type=int, default=2, help="retries of a crashed run (each resumes it)")
+    args = parser.parse_args(argv)
+    try:
+        exps = [experiments.load(e, args.scale) for e in args.experiments]
+        out = args.out or f"sweeps/{'+'.join(e.name for e in exps)}__{args.scale}"
+        t0 = time.perf_counter()
+        run_sweep(exps, out, backend=args.backend, address=args.address, jobs=args.jobs, retries=args.retries)
+    except (experiments.ExperimentError, ConfigError, SweepError) as err:
+        print(f"plastix run: error: {err}", file=sys.stderr)
+        return 2
+    print(f"sweep: {out}  ({time.perf_counter() - t0:.0f}s; `plastix report {out}` makes its figures)")
+    return 0
+
+
+def query_main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help") or len(argv) > 2:
+        print('usage: plastix query SWEEP_DIR ["SQL"]   (views: metrics, runs, task_switch)', file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    import pandas as pd
+
+    from plastix.query import metrics
+
+    try:
+        frame = metrics(argv[0], argv[1] if len(argv) > 1 else None)
+    except Exception as err:  # SQL errors, missing folders: one line, no traceback
+        print(f"plastix query: error: {err}", file=sys.stderr)
+        return 2
+    with pd.option_context("display.max_rows", 200, "display.max_columns", None, "display.width", 200):
+        print(frame.to_string(index=False) if len(frame) <= 200 else frame)
+    return 0
+
+
+def report_main(argv: list[str]) -> int:
+    import argparse
+
+    from plastix.report import build_report
+
+    parser = argparse.ArgumentParser(prog="plastix report", description="HTML report of a sweep folder.")
+    parser.add_argument("sweep_dir")
+    parser.add_argument("--out", default=None, help="report folder (default: SWEEP_DIR/report)")
+    args = parser.parse_args(argv)
+    try:
+        path = build_report(args.sweep_dir, args.out)
+    except FileNotFoundError as err:
+        print(f"plastix report: error: {err}", file=sys.stderr)
+        return 2
+    print(f"report: {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -59,6 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "train":
         return train_main(rest)
+    if command == "experiments":
+        return experiments_main(rest)
+    if command == "run":
+        return run_main(rest)
+    if command == "query":
+        return query_main(rest)
+    if command == "report":
+        return report_main(rest)
     print(f"plastix: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -1,0 +1,411 @@
+"""Named experiments: TOML files that say which runs to train and which figures and verdicts to make.
+
+One file per experiment ships in this folder (``plastix experiments list``); a user copies one and edits
+it (``plastix run my-experiment.toml``). Schema (every key is validated, see ``load``)::
+
+    name = "ocp-fig1"                      # optional; defaults to the file's stem
+    description = "one line shown by `plastix experiments list`"
+    kind = "train"                         # "train" (PPO runs) or "task-switch" (probe runs of a source)
+    analyses = ["return", "dormancy"]      # figures of the report, from ANALYSES
+    source = "ocp-fig1"                    # kind = "task-switch" only: whose trained value nets to probe
+
+    [base]                                 # TrainConfig overrides shared by all scales and variants
+    preset = "ocp"                         # applied first (its defaults), then every other key
+    env_id = "HalfCheetah-v4"
+
+    [grid]                                 # the variants: the cartesian product of these lists
+    activation = ["relu", "none"]
+
+    [task_switch]                          # kind = "task-switch" only (defaults in TASK_SWITCH_DEFAULTS)
+    learning_rates = [0.01, 0.005]
+
+    [[claims]]                             # verdicts written into the report (see plastix.report)
+    text = "No-Act dormancy below ReLU dormancy in every layer"
+    keys = "*/layer_*/dormant_ratio@0.025" # glob over metric keys; every match must satisfy the claim
+    compare = "less"                       # less | greater | similar | at_least | at_most
+    a = { activation = "none" }            # the variant (or task-switch source) on the left ...
+    b = { activation = "relu" }            # ... and on the right (less, greater, similar)
+
+    [quick]                                # one table per scale: "quick" and "paper" are required
+    seeds = [0, 1]
+    base = { total_timesteps = 65536 }     # overrides [base] at this scale
+    grid = { ... }                         # optional: replaces [grid] at this scale
+    task_switch = { steps = 300 }          # optional: overrides [task_switch] at this scale
+
+``load(name_or_path, scale)`` returns an ``Experiment`` whose ``variants`` are ready-to-train
+``TrainConfig`` override dicts, or raises ``ExperimentError`` naming the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import itertools
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+SCALES = ("quick", "paper")
+KINDS = ("train", "task-switch")
+ANALYSES = {
+    "return": "episodic return over env steps (bootstrap 95% bands) and IQM of final return",
+    "dormancy": "per-layer dormancy ratio over env steps, and dead units",
+    "dormancy_vs_gradient": "per-layer dormancy vs zero-gradient ratios over env steps",
+    "overlap": "per-layer overlap coefficients (dormant, zero-grad, dormant vs zero-grad sets)",
+    "weights": "per-layer weight statistics (L2, RMS, mean |w|, std, max |w|, distance from init)",
+    "ranks": "per-layer feature ranks (srank, effective rank)",
+    "losses": "PPO losses and optimiser statistics",
+    "task_switch": "Eq. 15 regression from trained vs random-init value nets: loss curves and final test loss",
+}
+COMPARES = ("less", "greater", "similar", "at_least", "at_most")
+TOP_KEYS = {"name", "description", "kind", "analyses", "source", "base", "grid", "task_switch", "claims", *SCALES}
+SCALE_KEYS = {"seeds", "base", "grid", "task_switch"}
+CLAIM_KEYS = {"text", "keys", "compare", "a", "b", "tolerance", "threshold", "stat"}
+CLAIM_STATS = ("final", "mean")
+# Never taken from an experiment file: the runner owns these.
+RUNNER_FIELDS = {"seeds", "run_dir", "resume", "quiet"}
+TASK_SWITCH_DEFAULTS: dict[str, Any] = dict(
+    n_train=1000,  # OCP Fig 3/5: 1,000 training samples
+    n_test=1000,  # and 1,000 test samples
+    noise_std=0.1,  # Eq. 15's sigma
+    learning_rates=[0.01, 0.005],  # Fig 3 (0.01) and Fig 5 (0.01, 0.005)
+    steps=2000,  # full-batch Adam steps
+    x_dist="normal",  # how X is drawn (the paper does not say; SCIENCE.md)
+    data_seed=0,  # PRNG seed of the Eq. 15 data set (shared by every source network)
+)
+
+
+class ExperimentError(ValueError):
+    """A bad experiment file; the message names the file, the key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One point of the grid: ``name`` (its run folder), the grid values, the full TrainConfig overrides."""
+
+    name: str
+    values: dict[str, Any]
+    overrides: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A validated experiment at one scale."""
+
+    name: str
+    description: str
+    kind: str
+    scale: str
+    path: str
+    seeds: list[int]
+    base: dict[str, Any]
+    grid: dict[str, list]
+    analyses: list[str]
+    claims: list[dict]
+    source: str | None = None
+    task_switch: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def variants(self) -> list[Variant]:
+        """The cartesian product of the grid (one variant named ``base`` when the grid is empty)."""
+        keys = list(self.grid)
+        out = []
+        for combo in itertools.product(*(self.grid[k] for k in keys)):
+            values = dict(zip(keys, combo))
+            name = variant_name(values)
+            out.append(Variant(name, values, {**self.base, **values}))
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["variants"] = [dataclasses.asdict(v) for v in self.variants]
+        return data
+
+
+def variant_name(values: dict[str, Any]) -> str:
+    """``{"activation": "relu", "learning_rate": 0.001}`` -> ``activation=relu__learning_rate=0.001``."""
+    if not values:
+        return "base"
+    parts = []
+    for key, value in values.items():
+        text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        parts.append(f"{key}={text}".replace("/", "_").replace(" ", ""))
+    return "__".join(parts)
+
+
+# ----------------------------------------------------------------------------------------- discovery
+def _package_dir():
+    return resources.files(__name__)
+
+
+def names() -> list[str]:
+    """Names of the experiments shipped with plastix."""
+    return sorted(p.name[: -len(".toml")] for p in _package_dir().iterdir() if p.name.endswith(".toml"))
+
+
+def describe() -> list[tuple[str, str]]:
+    """``(name, description)`` of every shipped experiment."""
+    out = []
+    for name in names():
+        raw = _read(_resolve(name))
+        out.append((name, str(raw.get("description", ""))))
+    return out
+
+
+def _resolve(name_or_path: str | Path) -> Path:
+    path = Path(name_or_path)
+    if path.suffix == ".toml" and path.exists():
+        return path
+    shipped = _package_dir() / f"{name_or_path}.toml"
+    if shipped.is_file():
+        return Path(str(shipped))
+    if path.suffix == ".toml":
+        raise ExperimentError(f"{name_or_path}: no such experiment file")
+    raise ExperimentError(
+        f"unknown experiment {str(name_or_path)!r}; shipped: {', '.join(names())} (or give a path to a .toml file)"
+    )
+
+
+def _read(path: Path) -> dict:
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ExperimentError(f"{path}: not valid TOML: {err}") from None
+
+
+# ------------------------------------------------------------------------------------------ validation
+def train_fields() -> dict[str, Any]:
+    """``{field name: type}`` of ``TrainConfig`` (so new fields are accepted as soon as they exist)."""
+    from plastix.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
+
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is tuple:
+        return "list of " + _type_name(typing.get_args(tp)[0])
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp) -> tuple[bool, Any]:
+    """``(ok, value converted to tp)`` for a TOML value and a TrainConfig field type."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return (value in typing.get_args(tp)), value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, out = _coerce(value, arg)
+            if ok:
+                return True, out
+        return False, value
+    if origin is tuple:
+        if not isinstance(value, list):
+            return False, value
+        inner = typing.get_args(tp)[0]
+        items = [_coerce(v, inner) for v in value]
+        return all(ok for ok, _ in items), tuple(v for _, v in items)
+    if tp is type(None):
+        return False, value  # TOML has no null: leave the key out for None
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if tp is str:
+        return isinstance(value, str), value
+    return False, value
+
+
+def _check_overrides(path: Path, where: str, table: Any, fields: dict[str, Any], grid: bool = False) -> dict:
+    if not isinstance(table, dict):
+        raise ExperimentError(f"{path}: [{where}] must be a table of TrainConfig options")
+    out = {}
+    for key, value in table.items():
+        if key in RUNNER_FIELDS:
+            hint = " (use `seeds = [...]` in [quick] / [paper])" if key == "seeds" else " (set by the runner)"
+            raise ExperimentError(f"{path}: {where}.{key}: not allowed in an experiment file{hint}")
+        if key not in fields:
+            raise ExperimentError(
+                f"{path}: {where}.{key}: unknown TrainConfig option; allowed: {', '.join(sorted(set(fields) - RUNNER_FIELDS))}"
+            )
+        values = value if grid else [value]
+        if grid and (not isinstance(value, list) or not value):
+            raise ExperimentError(f"{path}: {where}.{key}: a grid entry must be a non-empty list of values, got {value!r}")
+        converted = []
+        for v in values:
+            ok, conv = _coerce(v, fields[key])
+            if not ok:
+                raise ExperimentError(
+                    f"{path}: {where}.{key}: bad value {v!r}; expected {_type_name(fields[key])}"
+                )
+            converted.append(conv)
+        out[key] = converted if grid else converted[0]
+    return out
+
+
+def _check_claims(path: Path, claims: Any) -> list[dict]:
+    if not isinstance(claims, list):
+        raise ExperimentError(f"{path}: claims: must be an array of tables ([[claims]])")
+    out = []
+    for i, claim in enumerate(claims):
+        where = f"claims[{i}]"
+        if not isinstance(claim, dict):
+            raise ExperimentError(f"{path}: {where}: must be a table")
+        unknown = set(claim) - CLAIM_KEYS
+        if unknown:
+            raise ExperimentError(f"{path}: {where}.{sorted(unknown)[0]}: unknown key; allowed: {', '.join(sorted(CLAIM_KEYS))}")
+        for key in ("text", "keys", "compare"):
+            if not isinstance(claim.get(key), str):
+                raise ExperimentError(f"{path}: {where}.{key}: required string")
+        if claim["compare"] not in COMPARES:
+            raise ExperimentError(f"{path}: {where}.compare: bad value {claim['compare']!r}; allowed: {', '.join(COMPARES)}")
+        if claim.get("stat", "final") not in CLAIM_STATS:
+            raise ExperimentError(f"{path}: {where}.stat: bad value {claim['stat']!r}; allowed: {', '.join(CLAIM_STATS)}")
+        for key in ("a", "b"):
+            if key in claim and not isinstance(claim[key], dict):
+                raise ExperimentError(f"{path}: {where}.{key}: must be an inline table such as {{ activation = \"relu\" }}")
+        if "a" not in claim:
+            raise ExperimentError(f"{path}: {where}.a: required (the variant the claim is about)")
+        if claim["compare"] in ("less", "greater", "similar") and "b" not in claim:
+            raise ExperimentError(f"{path}: {where}.b: required for compare = {claim['compare']!r}")
+        if claim["compare"] in ("at_least", "at_most") and not isinstance(claim.get("threshold"), (int, float)):
+            raise ExperimentError(f"{path}: {where}.threshold: required number for compare = {claim['compare']!r}")
+        if "tolerance" in claim and not (isinstance(claim["tolerance"], (int, float)) and claim["tolerance"] >= 0):
+            raise ExperimentError(f"{path}: {where}.tolerance: must be a number >= 0")
+        out.append(dict(claim))
+    return out
+
+
+def _check_task_switch(path: Path, where: str, table: Any) -> dict:
+    if not isinstance(table, dict):
+        raise ExperimentError(f"{path}: [{where}] must be a table")
+    for key, value in table.items():
+        if key not in TASK_SWITCH_DEFAULTS:
+            raise ExperimentError(f"{path}: {where}.{key}: unknown key; allowed: {', '.join(TASK_SWITCH_DEFAULTS)}")
+        default = TASK_SWITCH_DEFAULTS[key]
+        if key == "learning_rates":
+            ok = isinstance(value, list) and value and all(isinstance(v, (int, float)) and v > 0 for v in value)
+            expect = "a non-empty list of positive numbers"
+        elif key == "x_dist":
+            ok, expect = value in ("normal", "uniform"), "'normal' | 'uniform'"
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= (0 if key == "data_seed" else 1)
+            expect = "a non-negative integer" if key == "data_seed" else "a positive integer"
+        else:
+            ok, expect = isinstance(value, (int, float)) and value >= 0, "a number >= 0"
+        if not ok:
+            raise ExperimentError(f"{path}: {where}.{key}: bad value {value!r}; expected {expect}")
+    return dict(table)
+
+
+def load(name_or_path: str | Path, scale: str = "quick") -> Experiment:
+    """Load and validate an experiment (a shipped name or a ``.toml`` path) at ``scale``.
+
+    Every key is checked: top-level keys against the schema, ``[base]`` / ``[grid]`` keys against
+    ``TrainConfig``'s fields and their types, and each variant's full config with ``plastix.config.validate``
+    (so e.g. a negative learning rate fails here, before any compute).
+    """
+    from plastix.config import ConfigError, TrainConfig, preset_config, validate
+
+    path = _resolve(name_or_path)
+    raw = _read(path)
+    if scale not in SCALES:
+        raise ExperimentError(f"--scale: unknown scale {scale!r}; allowed: {', '.join(SCALES)}")
+    unknown = set(raw) - TOP_KEYS
+    if unknown:
+        raise ExperimentError(f"{path}: {sorted(unknown)[0]}: unknown key; allowed: {', '.join(sorted(TOP_KEYS))}")
+    for s in SCALES:
+        if not isinstance(raw.get(s), dict):
+            raise ExperimentError(f"{path}: [{s}]: required table (with at least `seeds = [...]`)")
+        bad = set(raw[s]) - SCALE_KEYS
+        if bad:
+            raise ExperimentError(f"{path}: {s}.{sorted(bad)[0]}: unknown key; allowed: {', '.join(sorted(SCALE_KEYS))}")
+        seeds = raw[s].get("seeds")
+        if not (isinstance(seeds, list) and seeds and all(isinstance(x, int) and x >= 0 for x in seeds)
+                and len(set(seeds)) == len(seeds)):
+            raise ExperimentError(f"{path}: {s}.seeds: bad value {seeds!r}; expected a list of distinct integers >= 0")
+    kind = raw.get("kind", "train")
+    if kind not in KINDS:
+        raise ExperimentError(f"{path}: kind: bad value {kind!r}; allowed: {', '.join(KINDS)}")
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ExperimentError(f"{path}: name: must be a non-empty string without '/'")
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise ExperimentError(f"{path}: description: must be a string")
+    analyses = raw.get("analyses", ["return"])
+    if not isinstance(analyses, list):
+        raise ExperimentError(f"{path}: analyses: must be a list; allowed entries: {', '.join(ANALYSES)}")
+    for a in analyses:
+        if a not in ANALYSES:
+            raise ExperimentError(f"{path}: analyses: unknown analysis {a!r}; allowed: {', '.join(ANALYSES)}")
+
+    fields = train_fields()
+    sc = raw[scale]
+    base = _check_overrides(path, "base", raw.get("base", {}), fields)
+    base.update(_check_overrides(path, f"{scale}.base", sc.get("base", {}), fields))
+    grid = _check_overrides(path, "grid", raw.get("grid", {}), fields, grid=True)
+    if "grid" in sc:
+        grid = _check_overrides(path, f"{scale}.grid", sc["grid"], fields, grid=True)
+    claims = _check_claims(path, raw.get("claims", []))
+    for i, claim in enumerate(claims):
+        for side in ("a", "b"):
+            for key in claim.get(side, {}):
+                if kind == "train" and key not in grid:
+                    raise ExperimentError(
+                        f"{path}: claims[{i}].{side}.{key}: not a grid key; allowed: {', '.join(grid) or '(empty grid)'}"
+                    )
+                if kind == "task-switch" and key != "source":
+                    raise ExperimentError(f"{path}: claims[{i}].{side}.{key}: task-switch claims select by `source`")
+
+    source, task_switch = None, {}
+    if kind == "task-switch":
+        source = raw.get("source")
+        if not isinstance(source, str):
+            raise ExperimentError(f"{path}: source: required for kind = 'task-switch' (the experiment whose runs to probe)")
+        task_switch = {**TASK_SWITCH_DEFAULTS, **_check_task_switch(path, "task_switch", raw.get("task_switch", {}))}
+        task_switch.update(_check_task_switch(path, f"{scale}.task_switch", sc.get("task_switch", {})))
+    else:
+        for key in ("source", "task_switch"):
+            if key in raw or key in sc:
+                raise ExperimentError(f"{path}: {key}: only allowed with kind = 'task-switch'")
+
+    exp = Experiment(
+        name=name, description=description, kind=kind, scale=scale, path=str(path), seeds=list(sc["seeds"]),
+        base=base, grid=grid, analyses=list(analyses), claims=claims, source=source, task_switch=task_switch,
+    )
+    for variant in exp.variants:
+        try:
+            validate(config_for(variant.overrides, exp.seeds), check_env=False)
+        except ConfigError as err:
+            raise ExperimentError(f"{path}: variant {variant.name} ({scale}): {err}") from None
+    if kind == "task-switch":
+        src = load(source, scale)
+        if src.kind != "train":
+            raise ExperimentError(f"{path}: source: {source!r} is not a training experiment")
+    return exp
+
+
+def config_for(overrides: dict[str, Any], seeds: list[int], **extra):
+    """The ``TrainConfig`` of a variant: its preset's defaults, then ``overrides``, seeds and ``extra``."""
+    from plastix.config import TrainConfig, preset_config
+
+    preset = overrides.get("preset", TrainConfig.preset)
+    base = preset_config(preset)
+    return dataclasses.replace(base, **overrides, seeds=",".join(map(str, seeds)), **extra)
+
+
+def matches(key: str, pattern: str) -> bool:
+    """Glob match of a metric key (``*`` also crosses ``/``)."""
+    return fnmatch.fnmatchcase(key, pattern)

@@ -1,0 +1,599 @@
+"""``plastix report SWEEP_DIR``: an HTML page and PNG figures of every experiment of a sweep.
+
+For each experiment of ``sweep.json`` the page shows its verdicts (one line per claim of its file), the
+figures of its ``analyses``, tables of final values, its config and the runs' full configs. Curves are the
+mean over seeds with a 95% percentile-bootstrap confidence band across seeds (``bootstrap_ci``); final
+performance is the interquartile mean (IQM) with a 95% stratified-bootstrap CI (``iqm``,
+``stratified_bootstrap_ci``; Agarwal et al. 2021, the rliable estimators, implemented here with numpy
+because rliable 1.2 does not import with pandas 3). Metrics that a run did not record are reported as
+missing on the page; nothing fails because a key is absent.
+
+Statistics:
+    final value of a key in one seed: mean of its last ``max(1, 10%)`` measurements (claims with
+    ``stat = "mean"`` use the mean of all measurements);
+    IQM: mean of the middle 50% of the sorted scores (``scipy.stats.trim_mean(x, 0.25)``);
+    stratified bootstrap: resample the runs of each task (here: seeds within an env) with replacement.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from plastix.experiments import ANALYSES, matches
+
+BOOTSTRAP_REPS = 2000
+CURVE_BINS = 60
+FINAL_FRACTION = 0.1
+LAYER_KEY = re.compile(r"^(?P<net>[^/]+)/(?P<layer>layer_\d+)/(?P<stat>.+)$")
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def iqm(scores: np.ndarray) -> float:
+    """Interquartile mean: the mean of the middle 50% of ``scores`` (flattened), as ``trim_mean(x, 0.25)``."""
+    x = np.sort(np.asarray(scores, np.float64).reshape(-1))
+    n = x.size
+    if n == 0:
+        return float("nan")
+    cut = int(0.25 * n)
+    return float(x[cut : n - cut].mean())
+
+
+def stratified_bootstrap_ci(
+    scores: np.ndarray, statistic=iqm, reps: int = BOOTSTRAP_REPS, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float, float]:
+    """``(point, low, high)``: ``statistic`` of ``scores [runs, tasks]`` and its percentile-bootstrap CI.
+
+    Each replicate resamples the runs of every task (column) independently with replacement (rliable's
+    stratified bootstrap), so every task keeps its weight.
+    """
+    scores = np.asarray(scores, np.float64)
+    if scores.ndim == 1:
+        scores = scores[:, None]
+    point = statistic(scores)
+    n = scores.shape[0]
+    if n < 2:
+        return point, point, point
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(reps, n, scores.shape[1]))
+    samples = np.take_along_axis(scores[None], idx, axis=1)
+    stats = np.array([statistic(s) for s in samples])
+    return point, float(np.quantile(stats, alpha / 2)), float(np.quantile(stats, 1 - alpha / 2))
+
+
+def bootstrap_ci(values: np.ndarray, reps: int = BOOTSTRAP_REPS, alpha: float = 0.05, seed: int = 0):
+    """Mean over seeds and its 95% percentile-bootstrap band, per point.
+
+    Args:
+        values: ``[seeds, points]``, NaN where a seed has no value at a point.
+    Returns:
+        ``(mean, low, high)``, each ``[points]``.
+    """
+    values = np.asarray(values, np.float64)
+    with np.errstate(all="ignore"), _quiet():
+        mean = np.nanmean(values, axis=0)
+        n = values.shape[0]
+        if n < 2:
+            return mean, mean, mean
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, n, size=(reps, n))
+        boot = np.nanmean(values[idx], axis=1)  # [reps, points]
+        return mean, np.nanquantile(boot, alpha / 2, axis=0), np.nanquantile(boot, 1 - alpha / 2, axis=0)
+
+
+class _quiet:
+    def __enter__(self):
+        import warnings
+
+        self.w = warnings.catch_warnings()
+        self.w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        self.w.__exit__(*exc)
+
+
+def binned_curves(frame: pd.DataFrame, bins: int = CURVE_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """``(x [points], values [seeds, points])`` from rows ``seed, env_step, value`` of one key and variant.
+
+    When a key has more measurements than ``bins``, steps are grouped into ``bins`` equal-width bins of
+    env steps and averaged per seed (episodic returns arrive at different updates in different seeds).
+    """
+    steps = np.sort(frame.env_step.unique())
+    if len(steps) <= bins:
+        wide = frame.pivot_table(index="seed", columns="env_step", values="value", aggfunc="mean")
+        return wide.columns.to_numpy(np.float64), wide.to_numpy(np.float64)
+    edges = np.linspace(steps.min(), steps.max(), bins + 1)
+    b = np.clip(np.searchsorted(edges, frame.env_step.to_numpy(), side="right") - 1, 0, bins - 1)
+    wide = frame.assign(bin=b).pivot_table(index="seed", columns="bin", values="value", aggfunc="mean")
+    wide = wide.reindex(columns=range(bins))
+    centers = (edges[:-1] + edges[1:]) / 2
+    keep = ~np.all(np.isnan(wide.to_numpy()), axis=0)
+    return centers[keep], wide.to_numpy(np.float64)[:, keep]
+
+
+def final_values(frame: pd.DataFrame, stat: str = "final") -> pd.DataFrame:
+    """Per ``(run, seed, key)``: the mean of the last ``max(1, 10%)`` measurements (or of all for ``mean``)."""
+    if frame.empty:
+        return pd.DataFrame(columns=["run", "seed", "key", "value"])
+
+    def reduce(g: pd.DataFrame) -> float:
+        v = g.sort_values("update").value.to_numpy()
+        return float(v.mean() if stat == "mean" else v[-max(1, math.ceil(FINAL_FRACTION * len(v))) :].mean())
+
+    rows = [(run, seed, key, reduce(g)) for (run, seed, key), g in frame.groupby(["run", "seed", "key"], sort=True)]
+    return pd.DataFrame(rows, columns=["run", "seed", "key", "value"])
+
+
+# -------------------------------------------------------------------------------------------- verdicts
+def evaluate_claim(claim: dict, finals: pd.DataFrame, labels: dict[str, dict]) -> str:
+    """A one-line verdict: ``"yes, 5/5 seeds"`` / ``"partly, 3/5 seeds"`` / ``"no, 0/5 seeds"`` / why not measured.
+
+    ``finals``: rows ``run, seed, key, value`` (final values); ``labels``: ``{run: {field: value}}`` used to
+    find the runs selected by ``claim["a"]`` and ``claim["b"]``. A seed supports the claim when every key
+    matching ``claim["keys"]`` satisfies the comparison in that seed.
+    """
+    finals = finals[finals.key.map(lambda k: matches(k, claim["keys"]))]
+    if finals.empty:
+        return f"not measured: no metric matches `{claim['keys']}`"
+
+    def pick(selector: dict) -> pd.DataFrame | None:
+        runs = [r for r, v in labels.items() if all(str(v.get(k)) == str(x) for k, x in selector.items())]
+        sel = finals[finals.run.isin(runs)]
+        return None if sel.empty else sel.groupby(["seed", "key"]).value.mean()
+
+    a = pick(claim["a"])
+    if a is None:
+        return f"not measured: no run with {_fmt_sel(claim['a'])} has `{claim['keys']}`"
+    op, tol = claim["compare"], float(claim.get("tolerance", 0.0))
+    if op in ("at_least", "at_most"):
+        thr = float(claim["threshold"])
+        ok = (a >= thr) if op == "at_least" else (a <= thr)
+        detail = f"mean {a.mean():.3g} vs threshold {thr:g}"
+    else:
+        b = pick(claim["b"])
+        if b is None:
+            return f"not measured: no run with {_fmt_sel(claim['b'])} has `{claim['keys']}`"
+        a, b = a.align(b, join="inner")
+        if a.empty:
+            return "not measured: the two sides share no seed and key"
+        if op == "less":
+            ok = a < b
+        elif op == "greater":
+            ok = a > b
+        else:
+            ok = (a - b).abs() <= tol * b.abs()
+        detail = f"mean {a.mean():.3g} vs {b.mean():.3g}"
+    per_seed = ok.groupby(level="seed").all()
+    k, n = int(per_seed.sum()), len(per_seed)
+    word = "yes" if k == n else ("no" if k == 0 else "partly")
+    nkeys = ok.index.get_level_values("key").nunique()
+    return f"{word}, {k}/{n} seeds ({nkeys} key{'s' if nkeys != 1 else ''}; {detail})"
+
+
+def _fmt_sel(selector: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in selector.items())
+
+
+# --------------------------------------------------------------------------------------------- figures
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 100, "axes.spines.top": False, "axes.spines.right": False, "font.size": 9})
+    return plt
+
+
+def _colors(names: list[str]) -> dict[str, str]:
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
+    return {n: palette[i % len(palette)] for i, n in enumerate(names)}
+
+
+def plot_curve(ax, frame: pd.DataFrame, color: str, label: str, linestyle: str = "-") -> None:
+    """Mean over seeds with its 95% bootstrap band, against env steps."""
+    if frame.empty:
+        return
+    x, values = binned_curves(frame)
+    mean, lo, hi = bootstrap_ci(values)
+    ax.plot(x, mean, color=color, label=label, linestyle=linestyle, lw=1.5)
+    ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
+
+
+def curves_figure(path: Path, panels: list[tuple[str, dict[str, pd.DataFrame]]], ylabel: str = "", ncols: int = 4,
+                  title: str = "") -> None:
+    """One panel per ``(title, {label: rows})``; every label a line with its bootstrap band."""
+    plt = _plt()
+    labels = sorted({lab for _, lines in panels for lab in lines})
+    colors = _colors(labels)
+    ncols = min(ncols, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.6 * nrows), squeeze=False)
+    for ax, (name, lines) in zip(axes.flat, panels):
+        for lab, frame in lines.items():
+            plot_curve(ax, frame, colors[lab], lab)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("env steps")
+        ax.set_ylabel(ylabel)
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="upper center", ncol=min(len(names), 4), frameon=False, bbox_to_anchor=(0.5, 1.0))
+    if title:
+        fig.suptitle(title, y=1.06 if handles else 1.0, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.93 if handles else 1))
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+
+
+def iqm_figure(path: Path, table: pd.DataFrame, xlabel: str) -> None:
+    """Horizontal IQM bars with their 95% stratified-bootstrap CIs (rliable's interval-estimate plot)."""
+    plt = _plt()
+    colors = _colors(list(table.label))
+    fig, ax = plt.subplots(figsize=(5.0, 0.5 + 0.45 * len(table)))
+    y = np.arange(len(table))
+    ax.barh(y, table.iqm, xerr=[table.iqm - table.low, table.high - table.iqm], color=[colors[l] for l in table.label],
+            alpha=0.8, capsize=4)
+    ax.set_yticks(y, table.label)
+    ax.set_xlabel(xlabel)
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------- page
+class Section:
+    """The HTML of one experiment, built piece by piece."""
+
+    def __init__(self, out_dir: Path, slug: str):
+        self.out_dir, self.slug = out_dir, slug
+        self.parts: list[str] = []
+        self.missing: list[str] = []
+        self.figures: list[str] = []
+
+    def html(self, text: str) -> None:
+        self.parts.append(text)
+
+    def figure(self, name: str, caption: str, draw) -> None:
+        file = f"{self.slug}__{name}.png"
+        draw(self.out_dir / file)
+        self.figures.append(file)
+        self.parts.append(
+            f'<figure><img src="{html.escape(file)}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}'
+            "</figcaption></figure>"
+        )
+
+    def table(self, frame: pd.DataFrame, caption: str = "") -> None:
+        cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+        body = frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="tbl", escape=True)
+        self.parts.append(body.replace('<table border="0" class="dataframe tbl">', f'<table class="tbl">{cap}', 1))
+
+    def note_missing(self, what: str) -> None:
+        self.missing.append(what)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
+
+
+def _variant_lines(frame: pd.DataFrame, key: str, run_labels: dict[str, str]) -> dict[str, pd.DataFrame]:
+    sub = frame[frame.key == key]
+    return {run_labels[r]: g for r, g in sub.groupby("run") if r in run_labels}
+
+
+def _layer_keys(keys: list[str], stat_pattern: str) -> dict[str, list[str]]:
+    """``{stat: [keys of every net/layer with that stat]}`` for layer keys whose stat matches the regex."""
+    out: dict[str, list[str]] = {}
+    for key in sorted(keys):
+        m = LAYER_KEY.match(key)
+        if m and re.fullmatch(stat_pattern, m["stat"]):
+            out.setdefault(m["stat"], []).append(key)
+    return out
+
+
+def _panel_name(key: str) -> str:
+    m = LAYER_KEY.match(key)
+    return f"{m['net']} {m['layer']}" if m else key
+
+
+def _layer_stat_figures(sec: Section, frame, keys, run_labels, stat_pattern: str, what: str, name: str) -> None:
+    groups = _layer_keys(keys, stat_pattern)
+    if not groups:
+        sec.note_missing(f"{what}: no metric matches `*/layer_*/{stat_pattern}`")
+        return
+    for stat, stat_keys in groups.items():
+        panels = [(_panel_name(k), _variant_lines(frame, k, run_labels)) for k in stat_keys]
+        sec.figure(f"{name}__{_slug(stat)}", f"{what}: {stat} per layer (mean over seeds, 95% bootstrap band)",
+                   lambda p, panels=panels, stat=stat: curves_figure(p, panels, stat))
+
+
+def _final_table(frame: pd.DataFrame, key: str, run_labels: dict[str, str]) -> pd.DataFrame:
+    finals = final_values(frame[frame.key == key])
+    rows = []
+    for run, g in finals.groupby("run"):
+        if run not in run_labels:
+            continue
+        point, lo, hi = stratified_bootstrap_ci(g.value.to_numpy())
+        per_seed = ", ".join(f"{s}: {v:.4g}" for s, v in zip(g.seed, g.value))
+        rows.append(dict(label=run_labels[run], iqm=point, low=lo, high=hi, seeds=len(g), per_seed=per_seed))
+    return pd.DataFrame(rows, columns=["label", "iqm", "low", "high", "seeds", "per_seed"])
+
+
+def analysis_return(sec, frame, keys, run_labels, exp):
+    if "return/episodic" not in keys:
+        sec.note_missing("return: no `return/episodic` rows (no episode finished?)")
+        return
+    sec.figure("return", "Episodic return (mean over seeds, 95% bootstrap band)",
+               lambda p: curves_figure(p, [("return/episodic", _variant_lines(frame, "return/episodic", run_labels))],
+                                       "return", ncols=1))
+    table = _final_table(frame, "return/episodic", run_labels)
+    if not table.empty:
+        sec.figure("return_iqm", "IQM of final return (last 10% of episodes) with 95% stratified-bootstrap CI",
+                   lambda p: iqm_figure(p, table, "final return (IQM)"))
+        sec.table(table, "Final return per variant: IQM [95% CI] over seeds")
+
+
+def analysis_dormancy(sec, frame, keys, run_labels, exp):
+    _layer_stat_figures(sec, frame, keys, run_labels, r"dormant_ratio@[0-9.e-]+", "Dormancy", "dormancy")
+    _layer_stat_figures(sec, frame, keys, run_labels, r"dead_units", "Dead units", "dead")
+    groups = _layer_keys(keys, r"dormant_ratio@0\.025") or _layer_keys(keys, r"dormant_ratio@[0-9.e-]+")
+    for stat, stat_keys in list(groups.items())[:1]:
+        rows = []
+        for key in stat_keys:
+            for _, r in _final_table(frame, key, run_labels).iterrows():
+                rows.append(dict(layer=_panel_name(key), variant=r.label, iqm=r.iqm, low=r.low, high=r.high))
+        if rows:
+            sec.table(pd.DataFrame(rows), f"Final {stat} per layer: IQM [95% CI] over seeds")
+
+
+def analysis_dormancy_vs_gradient(sec, frame, keys, run_labels, exp):
+    dorm = _layer_keys(keys, r"dormant_ratio@0\.025") or _layer_keys(keys, r"dormant_ratio@[0-9.e-]+")
+    zg = _layer_keys(keys, r"zero_grad_ratio(/.+)?")
+    if not dorm or not zg:
+        sec.note_missing("dormancy vs zero-gradient: needs `*/layer_*/dormant_ratio@tau` and `*/layer_*/zero_grad_ratio/*`")
+        return
+    layers = sorted({_panel_name(k) for ks in (*dorm.values(), *zg.values()) for k in ks})
+    series = {**{s: ks for s, ks in dorm.items()}, **zg}
+    for run, label in run_labels.items():
+        sub = frame[frame.run == run]
+        panels = []
+        for layer in layers:
+            lines = {}
+            for stat, ks in series.items():
+                for k in ks:
+                    if _panel_name(k) == layer:
+                        lines[stat] = sub[sub.key == k]
+            panels.append((layer, lines))
+        sec.figure(f"dvg__{_slug(label)}", f"{label}: dormancy vs zero-gradient ratios per layer",
+                   lambda p, panels=panels, label=label: curves_figure(p, panels, "ratio", title=label))
+
+
+def analysis_overlap(sec, frame, keys, run_labels, exp):
+    _layer_stat_figures(sec, frame, keys, run_labels, r"overlap/.+", "Overlap coefficient", "overlap")
+
+
+def analysis_weights(sec, frame, keys, run_labels, exp):
+    _layer_stat_figures(sec, frame, keys, run_labels, r"weight/.+", "Weights", "weights")
+
+
+def analysis_ranks(sec, frame, keys, run_labels, exp):
+    _layer_stat_figures(sec, frame, keys, run_labels, r".*(srank|effective_rank|numerical_rank|rank).*", "Rank", "ranks")
+
+
+def analysis_losses(sec, frame, keys, run_labels, exp):
+    loss_keys = [k for k in sorted(keys) if k.startswith(("loss/", "optim/"))]
+    if not loss_keys:
+        sec.note_missing("losses: no `loss/*` or `optim/*` rows")
+        return
+    panels = [(k, _variant_lines(frame, k, run_labels)) for k in loss_keys]
+    sec.figure("losses", "PPO losses and optimiser statistics (mean over seeds, 95% bootstrap band)",
+               lambda p: curves_figure(p, panels))
+
+
+def analysis_task_switch(sec, ts: pd.DataFrame | None, exp):
+    if ts is None or ts.empty:
+        sec.note_missing("task switch: no results yet (run `plastix run` for this experiment)")
+        return
+    plt = _plt()
+    sources = sorted(ts.source.unique(), key=lambda s: (s.removeprefix("random-init/"), s))
+    # A random-init network shares its source's colour, dashed.
+    base_colors = _colors(sorted({s.removeprefix("random-init/") for s in sources}))
+    colors = {s: base_colors[s.removeprefix("random-init/")] for s in sources}
+    for lr in sorted(ts.lr.unique(), reverse=True):
+        sub = ts[ts.lr == lr]
+
+        def draw(path, sub=sub, lr=lr):
+            fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+            for ax, split in zip(axes, ("train", "test")):
+                for src in sources:
+                    g = sub[(sub.split == split) & (sub.source == src)]
+                    if g.empty:
+                        continue
+                    wide = g.pivot_table(index="seed", columns="step", values="loss")
+                    mean, lo, hi = bootstrap_ci(wide.to_numpy())
+                    x = wide.columns.to_numpy()
+                    linestyle = "--" if src.startswith("random-init") else "-"
+                    ax.plot(x, mean, color=colors[src], label=src, linestyle=linestyle)
+                    ax.fill_between(x, lo, hi, color=colors[src], alpha=0.2, lw=0)
+                ax.set_yscale("log")
+                ax.set_title(f"{split} loss, lr {lr:g}")
+                ax.set_xlabel("Adam steps")
+                ax.set_ylabel("MSE")
+            axes[0].legend(frameon=False, fontsize=8)
+            fig.tight_layout()
+            fig.savefig(path, bbox_inches="tight")
+            plt.close(fig)
+
+        sec.figure(f"task_switch__lr{lr:g}", f"Eq. 15 regression from each source network, lr {lr:g} (mean, 95% band)",
+                   draw)
+        last = sub[(sub.split == "test") & (sub.step == sub.step.max())]
+        rows = []
+        for src, g in last.groupby("source"):
+            point, lo, hi = stratified_bootstrap_ci(g.loss.to_numpy())
+            rows.append(dict(label=src, iqm=point, low=lo, high=hi, seeds=len(g)))
+        table = pd.DataFrame(rows)
+        sec.figure(f"task_switch_final__lr{lr:g}", f"Final test loss, lr {lr:g}: IQM with 95% stratified-bootstrap CI",
+                   lambda p, table=table: iqm_figure(p, table, "final test MSE (IQM)"))
+        sec.table(table, f"Final test loss per source network, lr {lr:g}")
+
+
+ANALYSIS_FNS = {
+    "return": analysis_return,
+    "dormancy": analysis_dormancy,
+    "dormancy_vs_gradient": analysis_dormancy_vs_gradient,
+    "overlap": analysis_overlap,
+    "weights": analysis_weights,
+    "ranks": analysis_ranks,
+    "losses": analysis_losses,
+}
+assert set(ANALYSIS_FNS) | {"task_switch"} == set(ANALYSES)
+
+
+def _task_switch_finals(ts: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, dict]]:
+    last = ts[(ts.split == "test") & (ts.step == ts.step.max())]
+    finals = pd.DataFrame({
+        "run": last.source, "seed": last.seed, "key": [f"task_switch/final_test_loss/lr={lr:g}" for lr in last.lr],
+        "value": last.loss,
+    })
+    return finals, {s: {"source": s} for s in last.source.unique()}
+
+
+def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Write ``index.html`` and its PNGs to ``out_dir`` (default ``SWEEP_DIR/report``); return the page's path."""
+    from plastix import store
+    from plastix.experiments.task_switch import read_task_switch
+    from plastix.query import connect
+
+    sweep_dir = Path(sweep_dir)
+    if not (sweep_dir / "sweep.json").exists():
+        raise FileNotFoundError(f"{sweep_dir}: not a sweep folder (no sweep.json)")
+    manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    out_dir = Path(out_dir) if out_dir else sweep_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("*.png"):
+        old.unlink()
+    con = connect(sweep_dir)
+    sections = []
+    for name, exp in manifest["experiments"].items():
+        sec = Section(out_dir, _slug(name))
+        runs = exp["runs"]
+        run_values = {r: manifest["runs"][r]["values"] for r in runs if r in manifest["runs"]}
+        run_labels = {r: r for r in runs}
+        frame = con.execute("SELECT run, seed, \"update\", env_step, \"key\", value FROM metrics WHERE run IN "
+                            f"(SELECT unnest(?::VARCHAR[]))", [runs]).df()
+        keys = sorted(frame.key.unique()) if not frame.empty else []
+        # Verdicts first: the page answers the experiment's questions before it shows the evidence.
+        ts = read_task_switch(sweep_dir, name) if exp["kind"] == "task-switch" else None
+        if exp["kind"] == "task-switch":
+            finals, labels = _task_switch_finals(ts) if ts is not None else (pd.DataFrame(columns=["run", "seed", "key", "value"]), {})
+        else:
+            finals, labels = None, run_values
+        verdicts = []
+        for claim in exp["claims"]:
+            if exp["kind"] != "task-switch":
+                f = final_values(frame[frame.key.map(lambda k, c=claim: matches(k, c["keys"]))], claim.get("stat", "final"))
+            else:
+                f = finals
+            verdicts.append((claim["text"], evaluate_claim(claim, f, labels)))
+        if frame.empty and exp["kind"] != "task-switch":
+            sec.note_missing("no metrics yet: none of this experiment's runs has written a metrics part")
+        for analysis in exp["analyses"]:
+            try:
+                if analysis == "task_switch":
+                    analysis_task_switch(sec, ts, exp)
+                elif not frame.empty:
+                    ANALYSIS_FNS[analysis](sec, frame, keys, run_labels, exp)
+            except Exception as err:  # one broken figure must not take the page down
+                sec.note_missing(f"{analysis}: could not be drawn ({type(err).__name__}: {err})")
+        status = []
+        for r in runs:
+            run_dir = sweep_dir / "runs" / r
+            latest = store.latest_checkpoint(run_dir) if run_dir.exists() else None
+            cfg = manifest["runs"].get(r, {})
+            status.append(dict(run=r, seeds=",".join(map(str, cfg.get("seeds", []))),
+                               checkpoint_update=latest[0] if latest else 0,
+                               rows=int((frame.run == r).sum()) if not frame.empty else 0))
+        sections.append((name, exp, sec, verdicts, pd.DataFrame(status)))
+    con.close()
+    page = out_dir / "index.html"
+    page.write_text(_page(sweep_dir, manifest, sections))
+    return page
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1200px;margin:2em auto;
+     padding:0 1em;color:#222;line-height:1.4}
+h1{font-size:1.6em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+figure{margin:1em 0} figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.85em;color:#555}
+table.tbl{border-collapse:collapse;font-size:.85em;margin:1em 0} .tbl td,.tbl th{border:1px solid #ddd;padding:3px 8px}
+.tbl caption{text-align:left;font-weight:600;padding-bottom:4px}
+.verdict{margin:.3em 0} .yes{color:#1a7f37;font-weight:600} .no{color:#cf222e;font-weight:600}
+.partly{color:#9a6700;font-weight:600} .na{color:#777;font-weight:600}
+.missing{background:#fff8c5;border:1px solid #d4a72c;padding:.5em 1em;font-size:.9em}
+pre{background:#f6f8fa;padding:.8em;overflow-x:auto;font-size:.8em}
+"""
+
+# Marks the page for the browser test: how many images decoded, and any script error.
+CHECK_JS = """
+window.addEventListener('error', function (e) { document.body.dataset.errors = (document.body.dataset.errors || '') + e.message + ';'; });
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.dataset.imagesLoaded = ok + '/' + imgs.length;
+});
+"""
+
+
+def _verdict_html(text: str, verdict: str) -> str:
+    word = verdict.split(",", 1)[0].split(":", 1)[0]
+    cls = {"yes": "yes", "no": "no", "partly": "partly"}.get(word, "na")
+    return f'<li class="verdict">{html.escape(text)}: <span class="{cls}">{html.escape(verdict)}</span></li>'
+
+
+def _page(sweep_dir: Path, manifest: dict, sections) -> str:
+    esc = html.escape
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>plastix report: {esc(sweep_dir.name)}</title><style>{CSS}</style>",
+        f"<script>{CHECK_JS}</script></head><body>",
+        f"<h1>plastix report: {esc(str(sweep_dir))}</h1>",
+        "<p>Curves: mean over seeds with a 95% percentile-bootstrap band across seeds. Final values: interquartile "
+        "mean (IQM) with a 95% stratified-bootstrap CI over seeds; the final value of a seed is the mean of its last "
+        "10% of measurements. Verdicts count the seeds in which the claim holds for every matching metric key.</p>",
+        "<h2>Contents</h2><ul>",
+    ]
+    for name, exp, *_ in sections:
+        parts.append(f"<li><a href='#{_slug(name)}'>{esc(name)}</a> ({esc(exp['scale'])}): {esc(exp['description'])}</li>")
+    parts.append("</ul>")
+    for name, exp, sec, verdicts, status in sections:
+        parts.append(f"<section id='{_slug(name)}'><h2>{esc(name)} <small>({esc(exp['scale'])} scale)</small></h2>")
+        parts.append(f"<p>{esc(exp['description'])}<br><small>file: {esc(exp['path'])}; seeds: "
+                     f"{esc(', '.join(map(str, exp['seeds'])))}</small></p>")
+        if verdicts:
+            parts.append("<h3>Verdicts</h3><ul>" + "".join(_verdict_html(t, v) for t, v in verdicts) + "</ul>")
+        if sec.missing:
+            parts.append("<div class='missing'><b>Missing from this sweep</b> (figures skipped):<ul>"
+                         + "".join(f"<li>{esc(m)}</li>" for m in sec.missing) + "</ul></div>")
+        parts.extend(sec.parts)
+        parts.append("<h3>Runs</h3>" + status.to_html(index=False, border=0, classes="tbl"))
+        config = {k: exp[k] for k in ("kind", "base", "grid", "analyses", "source", "task_switch") if exp.get(k)}
+        parts.append("<details><summary>Experiment config</summary><pre>" + esc(json.dumps(config, indent=2, default=str))
+                     + "</pre></details>")
+        for r in exp["runs"]:
+            cfg_path = sweep_dir / "runs" / r / "config.json"
+            if cfg_path.exists():
+                parts.append(f"<details><summary>config.json of run {esc(r)}</summary><pre>{esc(cfg_path.read_text())}"
+                             "</pre></details>")
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
