@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from plastix.mitigations import registry as mit
 from plastix.nets import ACTIVATIONS
 
 
@@ -75,6 +76,32 @@ class TrainConfig:
     """hidden layer widths of both the policy and the value network"""
     layer_norm: bool = False
     """LayerNorm after each hidden linear layer, before the activation"""
+    mitigations: str = ""
+    """comma-separated mitigations to combine: l2, l2_init, weight_clip, soft_sp, shrink_perturb, redo, reset,
+    cbp, adam_reset, injection, ocp_perturb, layernorm, crelu (options: --<name>.<option>; surgery periods
+    `every` count gradient steps)"""
+    l2: mit.L2Options = mit.L2Options()
+    """L2 toward 0, added to --weight-decay (coupled) or as AdamW (decoupled)"""
+    l2_init: mit.L2InitOptions = mit.L2InitOptions()
+    """L2 toward the initial parameters (Kumar et al. 2023)"""
+    weight_clip: mit.WeightClipOptions = mit.WeightClipOptions()
+    """clip weights to kappa x the layer's init bound (Elsayed et al. 2024)"""
+    soft_sp: mit.SoftShrinkPerturbOptions = mit.SoftShrinkPerturbOptions()
+    """soft shrink & perturb every update"""
+    shrink_perturb: mit.ShrinkPerturbOptions = mit.ShrinkPerturbOptions()
+    """hard shrink & perturb (Ash & Adams 2020)"""
+    redo: mit.ReDoOptions = mit.ReDoOptions()
+    """recycle tau-dormant neurons (Sokar et al. 2023)"""
+    reset: mit.ResetOptions = mit.ResetOptions()
+    """re-initialise layers (final / all / named)"""
+    cbp: mit.CBPOptions = mit.CBPOptions()
+    """continual backprop (Dohare et al. 2024)"""
+    adam_reset: mit.AdamResetOptions = mit.AdamResetOptions()
+    """clear Adam's moments (Asadi et al. 2023)"""
+    injection: mit.InjectionOptions = mit.InjectionOptions()
+    """plasticity injection (Nikishin et al. 2023)"""
+    ocp_perturb: mit.OCPPerturbOptions = mit.OCPPerturbOptions()
+    """perturb zero-gradient (trapped) neurons (the OCP paper's claim)"""
     diagnostics_every: int = 10
     """measure dormancy, zero gradients, overlaps, ranks, weights, dead units every K updates (0 = off)"""
     dormant_taus: tuple[float, ...] = (0.0, 0.025, 0.1)
@@ -225,6 +252,12 @@ def validate(cfg: TrainConfig, check_env: bool = True) -> None:
             raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(cfg, name)}")
     if cfg.target_kl is not None and cfg.target_kl <= 0:
         raise ConfigError(f"--target-kl: must be positive when given, got {cfg.target_kl}")
+    from plastix.mitigations.build import check as check_mitigations
+
+    try:
+        check_mitigations(cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if check_env:
         from plastix.envs.envpool_bridge import check_env_id
 

@@ -29,6 +29,8 @@ from plastix.config import TrainConfig
 from plastix.diagnostics import curvature
 from plastix.diagnostics import training as diag
 from plastix.envs import normalize as nz
+from plastix.mitigations import INJECTION_KEY, BatchInfo, add_injection_heads, injection_active, make_injected_apply
+from plastix.mitigations import build as mitigation_build
 from plastix.nets import ActorCritic
 
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
@@ -64,6 +66,8 @@ class TrainState:
     update: jax.Array  # int32: updates done so far
     env: EnvState
     diagnostics: diag.DiagnosticsState
+    surgery_state: Any  # state of the chained surgeries (None without surgeries)
+    task_switch: jax.Array  # bool: the task changed; at-switch surgeries fire on the next gradient step
 
 
 @struct.dataclass
@@ -172,19 +176,10 @@ def ppo_loss(params, apply_fn: Callable, mb: Minibatch, cfg: TrainConfig) -> tup
 
 
 # ------------------------------------------------------------------------------------------- optimizer
-def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    """Gradient direction *before* the learning rate: clip global norm -> [coupled L2] -> Adam.
-
-    The order is PyTorch's ``clip_grad_norm_`` then ``Adam(weight_decay=wd)`` (which adds ``wd * theta``
-    to the clipped gradient). The trainer multiplies by ``-lr`` itself so the annealed rate is explicit.
-    """
-    parts = [optax.clip_by_global_norm(cfg.max_grad_norm)]
-    if cfg.weight_decay > 0:
-        parts.append(optax.add_decayed_weights(cfg.weight_decay))
-    parts.append(optax.scale_by_adam(eps=cfg.adam_eps))
-    return optax.chain(*parts)
-
-
+# The chain is plastix.mitigations.build.build_optimizer: clip global norm -> coupled L2 (PyTorch's
+# Adam(weight_decay), the OCP paper's 1e-4) -> [l2_init] -> Adam(eps) -> learning rate -> [soft S&P,
+# weight clipping, injection freeze]. It is rebuilt with each update's annealed rate (its state does not
+# depend on the rate), which keeps CleanRL's per-iteration anneal exact even when target_kl skips steps.
 def learning_rate(cfg: TrainConfig, update: jax.Array) -> jax.Array:
     """CleanRL's anneal: ``lr * (1 - update / num_updates)`` with ``update`` counted from 0."""
     if not cfg.anneal_lr:
@@ -203,17 +198,38 @@ class Agent:
         self.action_low = jnp.asarray(action_low, jnp.float32)
         self.action_high = jnp.asarray(action_high, jnp.float32)
         self.max_episode_steps = max_episode_steps
-        self.net = ActorCritic(action_dim, tuple(cfg.hidden_sizes), cfg.activation, cfg.layer_norm)
-        self.tx = make_optimizer(cfg)
-        self.forward_acts = diag.make_forward_acts(self.net.apply)
+        self.mitigations = mitigation_build.check(cfg)
+        activation = "crelu" if "crelu" in self.mitigations else cfg.activation
+        layer_norm = cfg.layer_norm or "layernorm" in self.mitigations
+        self.net = ActorCritic(action_dim, tuple(cfg.hidden_sizes), activation, layer_norm)
+        self.injection = "injection" in self.mitigations
+        self.surgery = mitigation_build.build_surgery(cfg, self.mitigations, self.init_params)
+        self._injected_apply = make_injected_apply(self.net, cfg.injection.head_layers) if self.injection else None
+        base_acts = diag.make_forward_acts(self.net.apply)
+        self.forward_acts = lambda p, obs: base_acts({k: v for k, v in p.items() if k != INJECTION_KEY}, obs)
 
-    def apply(self, params, obs):
+    def init_params(self, key: jax.Array):
+        """Fresh network parameters (with the injection heads when plasticity injection is on)."""
+        params = self.net.init(key, jnp.zeros((1, self.obs_dim), jnp.float32))["params"]
+        return add_injection_heads(params, self.cfg.injection.head_layers) if self.injection else params
+
+    def optimizer(self, lr) -> optax.GradientTransformation:
+        """The optimizer chain with learning rate ``lr`` (see the comment above ``learning_rate``)."""
+        return mitigation_build.build_optimizer(self.cfg, self.mitigations, self.init_params, lr)
+
+    def forward(self, params, opt_state, obs):
+        """``(mean, log_std, value)``; with plasticity injection, the injected heads once active."""
+        if self.injection:
+            return self._injected_apply(params, obs, injection_active(opt_state))
         return self.net.apply({"params": params}, obs)
 
     def init_state(self, key: jax.Array, raw_obs: jax.Array) -> TrainState:
         """Fresh train state of one seed; ``raw_obs`` ``[n, D]`` is the pool's first observation."""
         key, init_key = jax.random.split(key)
-        params = self.net.init(init_key, jnp.zeros((1, self.obs_dim), jnp.float32))["params"]
+        params = self.init_params(init_key)
+        opt_state = self.optimizer(self.cfg.learning_rate).init(params)
+        opt_state = mitigation_build.seed_optimizer_state(opt_state, jax.random.fold_in(init_key, 1))
+        surgery_state = self.surgery.init(params, jax.random.fold_in(init_key, 2)) if self.surgery else None
         n = raw_obs.shape[0]
         obs_rms = jax.vmap(lambda o: nz.rms_update(nz.rms_init((self.obs_dim,)), o[None]))(raw_obs)
         env = EnvState(
@@ -228,7 +244,8 @@ class Agent:
             num_resets=jnp.zeros((n,), jnp.int32),
         )
         diagnostics = diag.diagnostics_init(params, self.layer_shapes(params))
-        return TrainState(params, self.tx.init(params), key, jnp.zeros((), jnp.int32), env, diagnostics)
+        return TrainState(params, opt_state, key, jnp.zeros((), jnp.int32), env, diagnostics, surgery_state,
+                          jnp.zeros((), bool))
 
     def layer_shapes(self, params) -> dict[str, tuple[int, int]]:
         """``{"policy/layer_1": (output units, kernel columns)}`` of every hidden layer."""
@@ -239,7 +256,7 @@ class Agent:
     def act(self, state: TrainState) -> tuple[TrainState, tuple]:
         """Sample actions for the current observations: ``(action, clipped action, logprob, value)``."""
         key, sample_key = jax.random.split(state.key)
-        mean, log_std, value = self.apply(state.params, state.env.obs)
+        mean, log_std, value = self.forward(state.params, state.opt_state, state.env.obs)
         action = mean + jnp.exp(log_std) * jax.random.normal(sample_key, mean.shape, jnp.float32)
         clipped = jnp.clip(action, self.action_low, self.action_high)  # CleanRL's ClipAction
         return state.replace(key=key), (action, clipped, gaussian_log_prob(action, mean, log_std), value)
@@ -276,48 +293,67 @@ class Agent:
     def learn(self, state: TrainState, traj: Transition) -> tuple[TrainState, dict, Minibatch]:
         """GAE then ``update_epochs`` x ``num_minibatches`` PPO steps on one seed's rollout ``[T, n]``."""
         cfg = self.cfg
-        _, _, next_value = self.apply(state.params, state.env.obs)
+        _, _, next_value = self.forward(state.params, state.opt_state, state.env.obs)
         advantages, returns = gae(traj.reward, traj.value, traj.done, next_value, cfg.gamma, cfg.gae_lambda)
         flat = lambda x: x.reshape((cfg.batch_size,) + x.shape[2:])
         batch = Minibatch(
             flat(traj.obs), flat(traj.action), flat(traj.logprob), flat(traj.value), flat(advantages), flat(returns), flat(traj.valid)
         )
         lr = learning_rate(cfg, state.update)
-        loss_grad = jax.value_and_grad(lambda p, mb: ppo_loss(p, self.apply, mb, cfg), has_aux=True)
+        tx = self.optimizer(lr)
 
         def minibatch_step(carry, idx):
-            params, opt_state, stopped = carry
+            params, opt_state, surgery_state, switch, key, stopped = carry
             mb = jax.tree.map(lambda x: x[idx], batch)
-            (_, aux), grads = loss_grad(params, mb)
-            direction, new_opt_state = self.tx.update(grads, opt_state, params)
-            new_params = jax.tree.map(lambda p, d: p - lr * d, params, direction)
+            apply_fn = lambda p, obs: self.forward(p, opt_state, obs)
+            (_, aux), grads = jax.value_and_grad(ppo_loss, has_aux=True)(params, apply_fn, mb, cfg)
+            updates, new_opt_state = tx.update(grads, opt_state, params)
+            new_params = optax.apply_updates(params, updates)
+            aux = dict(aux, **{"optim/grad_norm": optax.tree.norm(grads)})
+            key, surgery_key = jax.random.split(key)
+            if self.surgery is not None:  # the one place where surgeries act, after each gradient step
+                new_params, new_opt_state, surgery_state, surgery_metrics = self.surgery.apply(
+                    new_params, new_opt_state, surgery_state, self.batch_info(new_params, mb.obs, switch), surgery_key
+                )
+                aux.update(surgery_metrics)
             if cfg.target_kl is not None:  # CleanRL stops the remaining epochs; keep shapes static instead
                 new_params, new_opt_state = jax.tree.map(
                     lambda new, old: jnp.where(stopped, old, new), (new_params, new_opt_state), (params, opt_state)
                 )
-            aux = dict(aux, **{"optim/grad_norm": optax.tree.norm(grads)})
-            return (new_params, new_opt_state, stopped), aux
+            return (new_params, new_opt_state, surgery_state, jnp.zeros((), bool), key, stopped), aux
 
         def epoch(carry, key):
             perm = jax.random.permutation(key, cfg.batch_size).reshape(cfg.num_minibatches, cfg.minibatch_size)
-            (params, opt_state, stopped), aux = jax.lax.scan(minibatch_step, carry, perm)
+            carry, aux = jax.lax.scan(minibatch_step, carry, perm)
             if cfg.target_kl is not None:
-                stopped = stopped | (aux["loss/approx_kl"][-1] > cfg.target_kl)
-            return (params, opt_state, stopped), aux
+                carry = (*carry[:-1], carry[-1] | (aux["loss/approx_kl"][-1] > cfg.target_kl))
+            return carry, aux
 
         key, *epoch_keys = jax.random.split(state.key, cfg.update_epochs + 1)
-        (params, opt_state, _), aux = jax.lax.scan(
-            epoch, (state.params, state.opt_state, jnp.zeros((), bool)), jnp.stack(epoch_keys)
-        )
-        metrics = {k: v.mean() for k, v in aux.items()}
+        # Surgeries draw from a side stream so that turning them on leaves the training stream unchanged.
+        carry = (state.params, state.opt_state, state.surgery_state, state.task_switch,
+                 jax.random.fold_in(state.key, 0x5A5A), jnp.zeros((), bool))
+        (params, opt_state, surgery_state, _, _, _), aux = jax.lax.scan(epoch, carry, jnp.stack(epoch_keys))
+        # Counts of touched neurons add up over the update; everything else (eligible counts included) is a
+        # mean over the update's gradient steps.
+        summed = lambda k: k.startswith("mitigation/") and not k.endswith("/eligible")
+        metrics = {k: v.sum() if summed(k) else v.mean() for k, v in aux.items()}
         w = batch.valid.astype(jnp.float32)
         var_returns = masked_mean((batch.ret - masked_mean(batch.ret, w)) ** 2, w)
         resid = batch.ret - batch.value
         var_resid = masked_mean((resid - masked_mean(resid, w)) ** 2, w)
         metrics["loss/explained_variance"] = jnp.where(var_returns == 0, jnp.nan, 1.0 - var_resid / var_returns)
         metrics["optim/lr"] = lr
-        state = state.replace(params=params, opt_state=opt_state, key=key, update=state.update + 1)
+        state = state.replace(params=params, opt_state=opt_state, key=key, update=state.update + 1,
+                              surgery_state=surgery_state, task_switch=jnp.zeros((), bool))
         return state, metrics, batch
+
+    def batch_info(self, params, obs, task_switch) -> BatchInfo:
+        """What the surgeries read: hidden activations (ReDo, CBP) and layer-target MAGI (OCP perturbation)."""
+        needs = set(self.mitigations)
+        acts = self.forward_acts(params, obs) if needs & {"redo", "cbp", "ocp_perturb"} else None
+        magi = diag.layer_target_magi(self.forward_acts, params, obs, sorted(acts)) if "ocp_perturb" in needs else None
+        return BatchInfo(activations=acts, magi=magi, task_switch=task_switch)
 
     def measure(self, state: TrainState, batch: Minibatch) -> tuple[TrainState, dict, dict]:
         """Diagnostics (and curvature) of the updated network on the update's batch, when scheduled.
@@ -330,7 +366,7 @@ class Agent:
         cfg = self.cfg
         metrics, scores = {}, {}
         if cfg.diagnostics_every > 0:
-            loss_fn = lambda p: ppo_loss(p, self.apply, batch, cfg)[0]
+            loss_fn = lambda p: ppo_loss(p, lambda q, o: self.forward(q, state.opt_state, o), batch, cfg)[0]
 
             def run(diag_state):
                 return diag.measure(state.params, self.forward_acts, loss_fn, batch.obs, cfg.activation, diag_state,
@@ -358,7 +394,7 @@ class Agent:
         size = min(cfg.curvature_batch, cfg.batch_size)
         subset = jax.random.permutation(perm_key, cfg.batch_size)[:size]
         sub = jax.tree.map(lambda x: x[subset], batch)
-        loss_fn = lambda p: ppo_loss(p, self.apply, sub, cfg)[0]
+        loss_fn = lambda p: ppo_loss(p, lambda q, o: self.forward(q, state.opt_state, o), sub, cfg)[0]
         return {
             "curvature/hessian_top_eig": curvature.hessian_top_eigenvalue(loss_fn, state.params, eig_key, cfg.curvature_iters),
             "curvature/hessian_trace": curvature.hessian_trace(loss_fn, state.params, trace_key, cfg.curvature_samples),

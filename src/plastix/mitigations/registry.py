@@ -57,7 +57,7 @@ class ReDoOptions:
     """ReDo recycling of tau-dormant neurons (``redo.redo``)."""
 
     tau: float = 0.1  # ReDo's main experiments; 0.025 in its demonstration
-    every: int | None = 1000  # period in updates (Sokar et al.: 1000 gradient steps)
+    every: int | None = 1000  # period in gradient steps (Sokar et al.: 1000)
     at_switch: bool = False
 
 
@@ -93,6 +93,7 @@ class InjectionOptions:
     """Plasticity injection (``injection``)."""
 
     head_layers: int = 2
+    every: int | None = None
     at_switch: bool = True
 
 

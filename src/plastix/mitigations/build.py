@@ -1,0 +1,135 @@
+"""From ``plastix train`` options to an optimizer chain and a surgery: the trainer's single entry point.
+
+``--mitigations redo,l2_init,layernorm`` names the active mitigations; each one's options are the
+``TrainConfig`` field of the same name (``--redo.tau 0.1 --redo.every 1000``). ``build_optimizer`` and
+``build_surgery`` turn them into the objects of ``plastix.mitigations`` (see its module docstring for
+where each acts). Surgeries are called once per gradient step (minibatch), so ``every`` counts gradient
+steps, the unit of ReDo (Sokar et al.: every 1000 gradient steps) and continual backprop (every step).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import optax
+
+from plastix.mitigations import (
+    MITIGATIONS,
+    SURGERY,
+    adam_reset,
+    chain_surgeries,
+    check_compatible,
+    continual_backprop,
+    injection_freeze,
+    ocp_perturb,
+    plasticity_injection,
+    redo,
+    reset_layers,
+    scheduled,
+    shrink_perturb,
+)
+from plastix.mitigations.transforms import (
+    SoftShrinkPerturbState,
+    init_bounds,
+    l2_init,
+    make_optimizer,
+    soft_shrink_perturb,
+    weight_clipping,
+)
+
+NETWORK_OPTIONS = ("layernorm", "crelu")
+
+
+def parse_mitigations(text: str) -> tuple[str, ...]:
+    """``"redo, l2_init"`` -> ``("redo", "l2_init")``; unknown names raise ``ValueError`` naming the flag."""
+    names = tuple(n.strip() for n in str(text).split(",") if n.strip())
+    unknown = [n for n in names if n not in MITIGATIONS]
+    if unknown:
+        raise ValueError(f"--mitigations: unknown mitigation(s) {unknown}; allowed: {', '.join(MITIGATIONS)}")
+    return names
+
+
+def options_of(cfg: Any) -> dict[str, Any]:
+    """``{name: options dataclass}`` for every mitigation that has options (fields of ``cfg``)."""
+    return {name: getattr(cfg, name) for name in MITIGATIONS if hasattr(cfg, name)}
+
+
+def check(cfg: Any) -> tuple[str, ...]:
+    """Parse and check ``cfg.mitigations`` against each other and the network; raise ``ValueError``."""
+    names = parse_mitigations(cfg.mitigations)
+    try:
+        check_compatible(names, options_of(cfg), activation=cfg.activation, base_weight_decay=cfg.weight_decay)
+    except ValueError as err:
+        raise ValueError(f"--mitigations: {err}") from None
+    for name in names:
+        opts = getattr(cfg, name, None)
+        if MITIGATIONS[name].kind == SURGERY and opts is not None and hasattr(opts, "every"):
+            if opts.every is None and not getattr(opts, "at_switch", False):
+                raise ValueError(f"--{name}.every: {name} would never fire; give --{name}.every N or --{name}.at-switch")
+            if opts.every is not None and opts.every < 1:
+                raise ValueError(f"--{name}.every: must be >= 1 gradient steps, got {opts.every}")
+    return names
+
+
+def build_optimizer(cfg: Any, names: tuple[str, ...], init_fn: Callable, learning_rate) -> optax.GradientTransformation:
+    """Adam chain of ``cfg`` with the per-update mitigations among ``names`` (clip -> L2 -> l2_init ->
+    Adam -> lr -> soft S&P -> weight clipping -> injection freeze)."""
+    weight_decay, mode = cfg.weight_decay, "coupled"
+    if "l2" in names:  # added to the trainer's own coupled decay (same mode enforced by check_compatible)
+        weight_decay, mode = cfg.weight_decay + cfg.l2.weight_decay, cfg.l2.mode
+    gradient_transforms = [l2_init(cfg.l2_init.lam)] if "l2_init" in names else []
+    parameter_transforms = []
+    if "soft_sp" in names:
+        parameter_transforms.append(soft_shrink_perturb(init_fn, 0, cfg.soft_sp.lam, cfg.soft_sp.sigma))
+    if "weight_clip" in names:
+        bounds = init_bounds(init_fn(jax.random.PRNGKey(0)), cfg.weight_clip.bound_method)
+        parameter_transforms.append(weight_clipping(cfg.weight_clip.kappa, bounds))
+    final_transforms = [injection_freeze(cfg.injection.head_layers)] if "injection" in names else []
+    return make_optimizer(
+        learning_rate,
+        eps=cfg.adam_eps,
+        max_grad_norm=cfg.max_grad_norm,
+        weight_decay=weight_decay,
+        weight_decay_mode=mode,
+        gradient_transforms=gradient_transforms,
+        parameter_transforms=parameter_transforms,
+        final_transforms=final_transforms,
+    )
+
+
+def seed_optimizer_state(opt_state: Any, key: jax.Array) -> Any:
+    """Give the soft shrink & perturb state of one seed its own key (the chain is built once for all seeds)."""
+    return jax.tree.map(
+        lambda node: SoftShrinkPerturbState(key=key) if isinstance(node, SoftShrinkPerturbState) else node,
+        opt_state,
+        is_leaf=lambda node: isinstance(node, SoftShrinkPerturbState),
+    )
+
+
+def build_surgery(cfg: Any, names: tuple[str, ...], init_fn: Callable):
+    """One chained ``Surgery`` of the scheduled surgeries among ``names``, or None when there are none."""
+    parts = []
+
+    def add(name, surgery):
+        opts = getattr(cfg, name)
+        parts.append(scheduled(surgery, every=opts.every, at_switch=opts.at_switch, name=name))
+
+    if "redo" in names:
+        add("redo", redo(init_fn, cfg.redo.tau))
+    if "reset" in names:
+        add("reset", reset_layers(init_fn, cfg.reset.layers))
+    if "shrink_perturb" in names:
+        add("shrink_perturb", shrink_perturb(init_fn, cfg.shrink_perturb.lam, cfg.shrink_perturb.sigma))
+    if "adam_reset" in names:
+        add("adam_reset", adam_reset(cfg.adam_reset.reset_count))
+    if "ocp_perturb" in names:
+        opts = cfg.ocp_perturb
+        add("ocp_perturb", ocp_perturb(init_fn, opts.threshold, opts.relative, opts.noise_scale))
+    if "injection" in names:
+        parts.append(scheduled(plasticity_injection(init_fn, cfg.injection.head_layers), at_switch=cfg.injection.at_switch,
+                               every=cfg.injection.every, name="injection"))
+    if "cbp" in names:  # every gradient step, by definition
+        opts = cfg.cbp
+        parts.append(continual_backprop(init_fn, opts.replacement_rate, opts.maturity_threshold, opts.decay))
+    return chain_surgeries(*parts) if parts else None
