@@ -121,3 +121,141 @@ def hidden_activations(intermediates: dict) -> dict[str, tuple[jax.Array, jax.Ar
 
     walk(intermediates, "")
     return out
+
+
+# ================================================================================================ discrete
+# Discrete-action actor-critics (categorical policy). Parameters are float32; image inputs may be uint8
+# (scaled by 1/255 inside). Every hidden unit's activation is sown as "layer_i/pre" / "layer_i/post", so
+# ``hidden_activations`` and the diagnostics work unchanged; conv layers sow ``[B, H, W, C]`` maps
+# (dormancy averages a channel's activation over batch and spatial axes).
+
+
+def orthogonal_conv(features: int, kernel: int, stride: int, std: float, name: str, padding: str = "VALID") -> nn.Conv:
+    """CleanRL's ``layer_init`` for ``Conv2d``: orthogonal kernel with gain ``std``, zero bias, float32."""
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        (stride, stride),
+        padding=padding,
+        kernel_init=nn.initializers.orthogonal(std),
+        bias_init=nn.initializers.zeros,
+        param_dtype=jnp.float32,
+        dtype=jnp.float32,
+        name=name,
+    )
+
+
+def _image_input(x: jax.Array) -> jax.Array:
+    """uint8 images -> float32 in [0, 1]; float inputs are only cast."""
+    return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
+
+
+class NatureCNN(nn.Module):
+    """Mnih et al. (2015)'s torso, as CleanRL's ``ppo_atari``: conv 32x8x8/4, conv 64x4x4/2, conv 64x3x3/1,
+    dense 512, ReLU after each (orthogonal gain sqrt(2)). Input ``[B, H, W, C]`` (H, W >= 36), output ``[B, 512]``.
+
+    Param ``layer_i`` produces the units sown as ``layer_i`` (as in ``MLP``): ``layer_1..3`` conv, ``layer_4`` dense.
+    """
+
+    hidden: int = 512
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = _image_input(x)
+        layers = [(32, 8, 4), (64, 4, 2), (64, 3, 1)]
+        for i, (features, kernel, stride) in enumerate(layers, start=1):
+            z = orthogonal_conv(features, kernel, stride, math.sqrt(2.0), f"layer_{i}")(x)
+            x = jax.nn.relu(z)
+            self.sow("intermediates", f"layer_{i}/pre", z)
+            self.sow("intermediates", f"layer_{i}/post", x)
+        x = x.reshape(x.shape[:-3] + (-1,))
+        z = orthogonal_dense(self.hidden, math.sqrt(2.0), f"layer_{len(layers) + 1}")(x)
+        x = jax.nn.relu(z)
+        self.sow("intermediates", f"layer_{len(layers) + 1}/pre", z)
+        self.sow("intermediates", f"layer_{len(layers) + 1}/post", x)
+        return x
+
+
+class ImpalaCNN(nn.Module):
+    """Espeholt et al. (2018)'s residual torso as CleanRL's ``ppo_procgen``: per channel count in ``channels``
+    a conv 3x3 (SAME) + max-pool 3x3/2 + two residual blocks ``x + conv(relu(conv(relu(x))))``; then ReLU,
+    flatten, dense ``hidden`` + ReLU. Input ``[B, H, W, C]``, output ``[B, hidden]``.
+
+    CleanRL leaves the torso at PyTorch's default init (orthogonal only on the two heads); here every conv
+    and the dense use orthogonal gain sqrt(2), as ``NatureCNN`` does (a deliberate difference). Every ReLU is a sown layer, numbered in depth order: per stack
+    ``relu(block input)``, ``relu(conv_0)`` for each of the 2 blocks (4 per stack), then the final
+    ``relu(stream)`` and ``relu(dense)`` (14 layers for 3 stacks). The ``pre`` of a block-input ReLU is the
+    residual stream, not one conv's output; conv parameters are named ``stack_s_conv``,
+    ``stack_s_block_b_conv_0|1`` and the dense ``dense``.
+    """
+
+    channels: Sequence[int] = (16, 32, 32)
+    hidden: int = 256
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = _image_input(x)
+        layer = 0
+
+        def relu(z):
+            nonlocal layer
+            layer += 1
+            h = jax.nn.relu(z)
+            self.sow("intermediates", f"layer_{layer}/pre", z)
+            self.sow("intermediates", f"layer_{layer}/post", h)
+            return h
+
+        gain = math.sqrt(2.0)
+        for s, features in enumerate(self.channels, start=1):
+            x = orthogonal_conv(features, 3, 1, gain, f"stack_{s}_conv", "SAME")(x)
+            x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
+            for b in (1, 2):
+                h = orthogonal_conv(features, 3, 1, gain, f"stack_{s}_block_{b}_conv_0", "SAME")(relu(x))
+                x = x + orthogonal_conv(features, 3, 1, gain, f"stack_{s}_block_{b}_conv_1", "SAME")(relu(h))
+        x = relu(x).reshape(x.shape[:-3] + (-1,))
+        return relu(orthogonal_dense(self.hidden, gain, "dense")(x))
+
+
+class CNNActorCritic(nn.Module):
+    """CleanRL's ``ppo_atari`` / ``ppo_procgen`` ``Agent``: a shared CNN torso, a categorical policy head
+    (``Dense(num_actions)``, orthogonal gain 0.01) and a value head (``Dense(1)``, gain 1).
+
+    ``torso``: ``"nature"`` (Atari) or ``"impala"`` (Procgen). Input ``[B, H, W, C]`` (uint8 or float).
+    Returns ``(logits [B, num_actions] float32, value [B] float32)``. Params:
+    ``{"torso": {...}, "policy": {"output"}, "value": {"output"}}``; activations ``"torso/layer_i"``.
+    """
+
+    num_actions: int
+    torso: str = "nature"
+
+    def setup(self):
+        if self.torso not in ("nature", "impala"):
+            raise ValueError(f"--torso: unknown CNN torso {self.torso!r}; allowed: 'nature', 'impala'")
+        self.torso_net = NatureCNN(name="torso") if self.torso == "nature" else ImpalaCNN(name="torso")
+        self.policy_head = orthogonal_dense(self.num_actions, 0.01, "policy_output")
+        self.value_head = orthogonal_dense(1, 1.0, "value_output")
+
+    def __call__(self, obs: jax.Array):
+        h = self.torso_net(obs)
+        return self.policy_head(h), self.value_head(h)[..., 0]
+
+
+class DiscreteActorCritic(nn.Module):
+    """CleanRL's ``ppo.py`` discrete ``Agent`` for vector observations: separate policy and value ``MLP``s
+    (the same module as ``ActorCritic``), the policy's output being categorical logits (gain 0.01).
+
+    Returns ``(logits [..., num_actions], value [...])``. Params ``{"policy": MLP, "value": MLP}``, so the
+    MLP surgeries and ``hidden_activations`` keys (``"policy/layer_1"``) are those of ``ActorCritic``.
+    """
+
+    num_actions: int
+    hidden_sizes: Sequence[int] = (64, 64)
+    activation: str = "tanh"
+    layer_norm: bool = False
+
+    def setup(self):
+        self.policy = MLP(self.hidden_sizes, self.activation, self.num_actions, 0.01, self.layer_norm)
+        self.value = MLP(self.hidden_sizes, self.activation, 1, 1.0, self.layer_norm)
+
+    def __call__(self, obs: jax.Array):
+        return self.policy(obs), self.value(obs)[..., 0]
