@@ -14,8 +14,8 @@ apt_install() {  # apt_install PACKAGE...: install the Debian packages that are 
     $sudo apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 }
-# Qt5 runtime for envpool's Procgen environments.
-apt_install libqt5gui5 ${PLASTIX_EXTRA_APT:-}
+# Qt5 runtime for envpool's Procgen environments; Chromium for the report's headless-browser test.
+apt_install libqt5gui5 chromium ${PLASTIX_EXTRA_APT:-}
 
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3

@@ -139,18 +139,26 @@ def train_command(run_dir: Path, spec: RunSpec) -> list[str]:
 
 
 def config_flags(cfg) -> list[str]:
-    """The ``plastix train`` flags that reproduce ``cfg`` (tyro's spelling: ``--a-b``, ``--no-flag``)."""
-    from plastix.config import TrainConfig
+    """The ``plastix train`` flags that reproduce ``cfg`` (tyro's spelling: ``--a-b``, ``--no-flag``,
+    ``--group.option`` for nested option groups)."""
+    return ["--preset", cfg.preset] + _flags(cfg, "")
 
-    hints = typing.get_type_hints(TrainConfig)
-    flags = ["--preset", cfg.preset]
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        name = "--" + f.name.replace("_", "-")
-        if f.name == "preset" or value is None:
+
+def _flags(obj, prefix: str) -> list[str]:
+    hints = typing.get_type_hints(type(obj))
+    flags: list[str] = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        name = "--" + prefix + f.name.replace("_", "-")
+        if f.name == "preset" and not prefix:
             continue
-        if hints[f.name] is bool:
-            flags.append(name if value else "--no-" + f.name.replace("_", "-"))
+        if dataclasses.is_dataclass(value):
+            flags += _flags(value, prefix + f.name.replace("_", "-") + ".")
+        elif value is None:
+            if f.default is not None:
+                flags += [name, "None"]
+        elif hints[f.name] is bool:
+            flags.append(name if value else f"--{prefix}no-{f.name.replace('_', '-')}")
         elif isinstance(value, tuple):
             flags += [name, *map(str, value)]
         else:
@@ -242,14 +250,19 @@ class RayBackend:
 def run_sweep(
     experiments: list[ex.Experiment],
     sweep_dir: str | Path,
-    backend: str = "local",
+    backend: str | Any = "local",
     address: str | None = None,
     jobs: int | None = None,
     retries: int = 2,
     log=print,
 ) -> Path:
     """Train every run the experiments need into ``sweep_dir`` (skipping finished ones), then run their
-    non-training steps (task switch). Returns ``sweep_dir``."""
+    non-training steps (task switch). Returns ``sweep_dir``.
+
+    ``backend``: ``"local"`` (subprocesses, ``jobs`` at once), ``"ray"`` (``ray.init(address)``, a local
+    instance when ``address`` is None) or an object with ``start(cmd, log)``, ``poll``, ``stop``, ``close``
+    and ``jobs``. A run whose subprocess fails is retried ``retries`` times (resuming its folder).
+    """
     sweep_dir = Path(sweep_dir)
     (sweep_dir / "runs").mkdir(parents=True, exist_ok=True)
     (sweep_dir / "logs").mkdir(exist_ok=True)
@@ -265,6 +278,8 @@ def run_sweep(
             engine = LocalBackend(jobs)
         elif backend == "ray":
             engine = RayBackend(address, jobs)
+        elif hasattr(backend, "start"):  # a backend object (start, poll, stop, close, jobs)
+            engine = backend
         else:
             raise SweepError(f"--backend: unknown backend {backend!r}; allowed: local, ray")
         try:

@@ -179,11 +179,36 @@ def _read(path: Path) -> dict:
 
 # ------------------------------------------------------------------------------------------ validation
 def train_fields() -> dict[str, Any]:
-    """``{field name: type}`` of ``TrainConfig`` (so new fields are accepted as soon as they exist)."""
+    """``{option path: type}`` of ``TrainConfig``, nested option groups as dotted paths (``redo.tau``).
+
+    Read from the dataclass, so options added to ``TrainConfig`` are accepted as soon as they exist.
+    """
     from plastix.config import TrainConfig
 
-    hints = typing.get_type_hints(TrainConfig)
-    return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
+    def walk(cls, prefix: str) -> dict[str, Any]:
+        hints = typing.get_type_hints(cls)
+        out = {}
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if dataclasses.is_dataclass(tp):
+                out.update(walk(tp, f"{prefix}{f.name}."))
+            else:
+                out[f"{prefix}{f.name}"] = tp
+        return out
+
+    return walk(TrainConfig, "")
+
+
+def _flatten(table: dict, fields: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested TOML tables (``[base.redo]``, ``redo = { tau = 0.1 }``, ``redo.tau = 0.1``) -> dotted keys."""
+    out = {}
+    for key, value in table.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and path not in fields:
+            out.update(_flatten(value, fields, f"{path}."))
+        else:
+            out[path] = value
+    return out
 
 
 def _type_name(tp) -> str:
@@ -231,7 +256,7 @@ def _check_overrides(path: Path, where: str, table: Any, fields: dict[str, Any],
     if not isinstance(table, dict):
         raise ExperimentError(f"{path}: [{where}] must be a table of TrainConfig options")
     out = {}
-    for key, value in table.items():
+    for key, value in _flatten(table, fields).items():
         if key in RUNNER_FIELDS:
             hint = " (use `seeds = [...]` in [quick] / [paper])" if key == "seeds" else " (set by the runner)"
             raise ExperimentError(f"{path}: {where}.{key}: not allowed in an experiment file{hint}")
@@ -398,12 +423,38 @@ def load(name_or_path: str | Path, scale: str = "quick") -> Experiment:
 
 
 def config_for(overrides: dict[str, Any], seeds: list[int], **extra):
-    """The ``TrainConfig`` of a variant: its preset's defaults, then ``overrides``, seeds and ``extra``."""
+    """The ``TrainConfig`` of a variant: its preset's defaults, then ``overrides`` (dotted paths for nested
+    option groups, e.g. ``redo.tau``), seeds and ``extra``."""
     from plastix.config import TrainConfig, preset_config
 
-    preset = overrides.get("preset", TrainConfig.preset)
-    base = preset_config(preset)
-    return dataclasses.replace(base, **overrides, seeds=",".join(map(str, seeds)), **extra)
+    cfg = preset_config(overrides.get("preset", TrainConfig.preset))
+    for path, value in {**overrides, "seeds": ",".join(map(str, seeds)), **extra}.items():
+        cfg = _replace_path(cfg, path.split("."), value)
+    return cfg
+
+
+def config_from_json(data: dict[str, Any]):
+    """The ``TrainConfig`` of a run folder's ``config.json`` ``config`` part (nested option groups as
+    nested objects, JSON lists back to tuples)."""
+    from plastix.config import TrainConfig
+
+    fields = train_fields()
+    cfg = TrainConfig()
+    for path, value in _flatten(data, fields).items():
+        if path not in fields:
+            raise ExperimentError(f"config.json: unknown option {path!r}")
+        if value is not None:
+            ok, value = _coerce(value, fields[path])
+            if not ok:
+                raise ExperimentError(f"config.json: bad value for {path!r}; expected {_type_name(fields[path])}")
+        cfg = _replace_path(cfg, path.split("."), value)
+    return cfg
+
+
+def _replace_path(obj, parts: list[str], value):
+    if len(parts) == 1:
+        return dataclasses.replace(obj, **{parts[0]: value})
+    return dataclasses.replace(obj, **{parts[0]: _replace_path(getattr(obj, parts[0]), parts[1:], value)})
 
 
 def matches(key: str, pattern: str) -> bool:

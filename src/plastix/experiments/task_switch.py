@@ -28,9 +28,10 @@ def result_path(sweep_dir: str | Path, name: str) -> Path:
 
 def final_value_params(run_dir: Path):
     """``(cfg, value params stacked over seeds)`` from the run's final orbax checkpoint."""
-    from plastix.training import build, config_from_dict
+    from plastix.experiments import config_from_json
+    from plastix.training import build
 
-    cfg = config_from_dict(store.read_config(run_dir))
+    cfg = config_from_json(store.read_config(run_dir))
     latest = store.latest_checkpoint(run_dir)
     if latest is None or latest[0] < cfg.num_updates:
         raise RuntimeError(f"{run_dir}: no final checkpoint (update {cfg.num_updates}); rerun the sweep to finish it")

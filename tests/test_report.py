@@ -1,0 +1,191 @@
+"""Report: statistics on hand-checked cases, verdicts, and the page in headless Chromium."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from plastix import experiments as ex
+from plastix import store
+from plastix.experiments.task_switch import result_path
+from plastix.report import bootstrap_ci, build_report, evaluate_claim, final_values, iqm, stratified_bootstrap_ci
+from plastix.runner import plan, write_manifest
+
+EXPERIMENTS = ["ocp-fig1", "ocp-dormancy-vs-gradient", "ocp-weights", "ocp-ranks", "ocp-task-switch"]
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def test_iqm_is_the_mean_of_the_middle_half():
+    assert iqm(np.arange(1, 9)) == 4.5  # drops 1, 2 and 7, 8
+    assert iqm([5.0, -100.0, 1.0, 3.0, 1000.0, 2.0, 4.0, 6.0]) == 3.5
+    x = np.random.default_rng(0).normal(size=37)
+    from scipy.stats import trim_mean
+
+    assert np.isclose(iqm(x), trim_mean(x, 0.25))
+
+
+def test_stratified_bootstrap_ci():
+    point, lo, hi = stratified_bootstrap_ci(np.full((5, 3), 2.0))
+    assert point == lo == hi == 2.0
+    scores = np.random.default_rng(1).normal(10.0, 1.0, size=(20, 2))
+    point, lo, hi = stratified_bootstrap_ci(scores)
+    assert lo < point < hi and hi - lo < 2.0
+    # Stratified: every replicate keeps each task's values, so a task offset of 100 never leaks across tasks.
+    tasks = np.stack([np.zeros(10), np.full(10, 100.0)], axis=1)
+    assert stratified_bootstrap_ci(tasks, statistic=np.mean) == (50.0, 50.0, 50.0)
+    assert stratified_bootstrap_ci(np.array([3.0])) == (3.0, 3.0, 3.0)
+
+
+def test_bootstrap_band_over_seeds():
+    values = np.array([[0.0, 1.0, np.nan], [2.0, 3.0, 5.0]])
+    mean, lo, hi = bootstrap_ci(values)
+    np.testing.assert_allclose(mean, [1.0, 2.0, 5.0])
+    assert lo[0] == 0.0 and hi[0] == 2.0 and lo[2] == hi[2] == 5.0
+
+
+def test_final_values_average_the_last_tenth():
+    rows = pd.DataFrame({"run": "r", "seed": 0, "key": "k", "update": np.arange(1, 21), "value": np.arange(1.0, 21.0)})
+    assert final_values(rows).value.item() == 19.5  # last 2 of 20
+    assert final_values(rows, "mean").value.item() == 10.5
+
+
+def test_verdicts():
+    finals = pd.DataFrame([
+        (run, seed, f"{net}/layer_{i}/dormant_ratio@0.025", value)
+        for run, base in (("relu", 0.3), ("none", 0.0)) for seed in range(5) for net in ("policy", "value")
+        for i in (1, 2) for value in [base + (0.5 if (run, seed, net, i) == ("none", 4, "value", 2) else 0.0)]
+    ], columns=["run", "seed", "key", "value"])
+    labels = {"relu": {"activation": "relu"}, "none": {"activation": "none"}}
+    claim = dict(keys="*/layer_*/dormant_ratio@0.025", compare="less", a={"activation": "none"}, b={"activation": "relu"})
+    assert evaluate_claim(claim, finals, labels).startswith("partly, 4/5 seeds (4 keys")
+    assert evaluate_claim(dict(claim, keys="policy/*"), finals, labels).startswith("yes, 5/5 seeds")
+    assert evaluate_claim(dict(claim, compare="greater", keys="policy/*"), finals, labels).startswith("no, 0/5 seeds")
+    assert evaluate_claim(dict(claim, keys="*/srank"), finals, labels) == "not measured: no metric matches `*/srank`"
+    assert evaluate_claim(dict(claim, a={"activation": "tanh"}), finals, labels).startswith("not measured: no run with")
+    at_least = dict(keys="policy/*", compare="at_least", threshold=0.2, a={"activation": "relu"})
+    assert evaluate_claim(at_least, finals, labels).startswith("yes, 5/5")
+    similar = dict(claim, compare="similar", tolerance=0.1, a={"activation": "relu"}, b={"activation": "relu"})
+    assert evaluate_claim(similar, finals, labels).startswith("yes, 5/5")
+
+
+# ----------------------------------------------------------------------------------- synthetic sweep
+def fake_sweep(root: Path, skip_keys: str = "") -> Path:
+    """A sweep folder with the shipped OCP experiments and made-up metrics (no training, so it is fast).
+
+    ReLU's dormancy rises over training, No-Act's stays 0; keys matching ``skip_keys`` are left out."""
+    sweep = root / "sweep"
+    exps = [ex.load(name, "quick") for name in EXPERIMENTS]
+    runs = plan(exps)
+    (sweep / "runs").mkdir(parents=True)
+    write_manifest(sweep, exps, runs)
+    rng = np.random.default_rng(0)
+    for spec in runs:
+        run_dir = sweep / "runs" / spec.name
+        run_dir.mkdir()
+        cfg = spec.config(run_dir)
+        store.write_config(run_dir, {"activation": cfg.activation, "seeds": cfg.seeds})
+        relu = spec.values["activation"] == "relu"
+        updates = 20
+        metrics = {"return/episodic": -300 + np.linspace(0, 200 if relu else 150, updates)[:, None] + rng.normal(0, 10, (updates, 2)),
+                   "loss/value": rng.random((updates, 2)), "time/sps": np.full((updates, 2), 1000.0)}
+        for net in ("policy", "value"):
+            for layer in ("layer_1", "layer_2"):
+                p = f"{net}/{layer}"
+                dorm = np.linspace(0, 0.3, updates)[:, None] * relu + rng.random((updates, 2)) * 0.01 * relu
+                metrics[f"{p}/dormant_ratio@0.025"] = dorm
+                metrics[f"{p}/zero_grad_ratio/layer"] = dorm * 0.9
+                metrics[f"{p}/zero_grad_ratio/loss"] = dorm * 0.8
+                for o in ("dormant", "zero_grad", "dormant_zero_grad"):
+                    metrics[f"{p}/overlap/{o}"] = np.full((updates, 2), 0.95 if relu else 1.0)
+                for w in ("l2", "rms", "dist_init"):
+                    metrics[f"{p}/weight/{w}"] = np.linspace(1, 2, updates)[:, None] + rng.random((updates, 2))
+                metrics[f"{p}/srank"] = np.linspace(60, 40 if relu else 55, updates)[:, None] + rng.random((updates, 2))
+        metrics = {k: v for k, v in metrics.items() if not (skip_keys and re.search(skip_keys, k))}
+        for first in range(1, updates + 1, 10):
+            part = {k: v[first - 1 : first + 9] for k, v in metrics.items()}
+            store.write_metrics_part(run_dir, store.metrics_table(part, [0, 1], first, 2048), first)
+    steps = 30
+    rows = []
+    for source in ("activation=relu", "activation=none", "random-init/activation=relu", "random-init/activation=none"):
+        for seed in (0, 1):
+            for lr in (0.01, 0.005):
+                for split in ("train", "test"):
+                    loss = 10 * np.exp(-np.arange(steps + 1) * lr * 10) + 1 + rng.random() * 0.01
+                    rows.append(pd.DataFrame(dict(source=source, seed=seed, lr=lr, step=np.arange(steps + 1),
+                                                  split=split, loss=loss)))
+    out = result_path(sweep, "ocp-task-switch")
+    out.parent.mkdir(parents=True)
+    pd.concat(rows).to_parquet(out)
+    return sweep
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    assert path, "Chromium is missing: scripts/setup.sh installs the Debian package `chromium`"
+    return path
+
+
+def render(page: Path, tmp_path: Path) -> tuple[str, str]:
+    """Load ``page`` in headless Chromium: ``(DOM after the load event, browser log)``; also a screenshot."""
+    flags = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+             "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000"]
+    dom = subprocess.run(flags + ["--dump-dom", page.absolute().as_uri()], capture_output=True, text=True, timeout=120)
+    shot = tmp_path / "shot.png"
+    subprocess.run(flags + [f"--screenshot={shot}", "--window-size=1200,3000", page.absolute().as_uri()],
+                   capture_output=True, text=True, timeout=120)
+    assert shot.exists() and shot.stat().st_size > 10_000, "the screenshot is missing or blank"
+    return dom.stdout, dom.stderr
+
+
+def assert_renders_cleanly(page: Path, tmp_path: Path) -> str:
+    dom, log = render(page, tmp_path)
+    body = re.search(r"<body[^>]*>", dom).group(0)
+    assert "data-errors" not in body, body
+    console = [line for line in log.splitlines() if ":CONSOLE" in line]
+    assert not console, console
+    loaded = re.search(r'data-images-loaded="(\d+)/(\d+)"', body)
+    assert loaded, body
+    n_png = len(list(page.parent.glob("*.png")))
+    assert int(loaded.group(1)) == int(loaded.group(2)) == n_png > 0, (loaded.groups(), n_png)
+    return dom
+
+
+def test_report_renders_in_chromium_with_every_figure(tmp_path):
+    sweep = fake_sweep(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "plastix.cli", "report", str(sweep)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    page = sweep / "report" / "index.html"
+    assert f"report: {page}" in result.stdout
+    dom = assert_renders_cleanly(page, tmp_path)
+    for name in EXPERIMENTS:
+        assert f"id=\"{name}\"" in dom or f"id='{name}'" in dom
+    assert "No-Act dormancy below ReLU dormancy in every layer (tau = 0.025): <span class=\"yes\">yes, 2/2 seeds" in dom
+    assert "PPO-ReLU's value net reaches a final test loss similar to a random-init net" in dom
+    assert "random-init/activation=relu" in dom  # task-switch table
+    html = page.read_text()
+    for fig in ("ocp-fig1__return.png", "ocp-fig1__return_iqm.png", "ocp-fig1__dormancy__dormant_ratio-0.025.png",
+                "ocp-dormancy-vs-gradient__dvg__activation-relu.png", "ocp-weights__weights__weight-l2.png",
+                "ocp-ranks__ranks__srank.png", "ocp-task-switch__task_switch__lr0.01.png"):
+        assert fig in html and (page.parent / fig).exists(), fig
+    assert "Missing from this sweep" in html  # e.g. no dead_units rows in the synthetic runs
+
+
+def test_report_says_what_is_missing_instead_of_failing(tmp_path):
+    sweep = fake_sweep(tmp_path, skip_keys=r"overlap|srank|weight/|return/")
+    (result_path(sweep, "ocp-task-switch")).unlink()
+    shutil.rmtree(sweep / "runs" / "activation=none" / "metrics.parquet")
+    page = build_report(sweep)
+    html = page.read_text()
+    assert "Overlap coefficient: no metric matches `*/layer_*/overlap/.+`" in html
+    assert "Rank: no metric matches" in html and "Weights: no metric matches" in html
+    assert "return: no `return/episodic` rows" in html
+    assert "task switch: no results yet" in html
+    assert "not measured: no run with activation=none has" in html
+    assert_renders_cleanly(page, tmp_path)

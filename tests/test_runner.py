@@ -1,0 +1,141 @@
+"""Sweeps end to end on HalfCheetah-v4: local backend, kill and rerun, retries, query, Ray."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from plastix import experiments as ex
+from plastix.query import metrics
+from plastix.runner import LocalBackend, read_manifest, run_sweep
+from plastix.store import latest_checkpoint
+
+TINY = """
+description = "tiny sweep for tests"
+analyses = ["return", "dormancy", "weights"]
+[base]
+preset = "ocp"
+total_timesteps = 2048
+num_steps = 256
+num_minibatches = 4
+update_epochs = 2
+log_every = 2
+checkpoint_every = 2
+[grid]
+activation = ["relu", "none"]
+[quick]
+seeds = [0, 1]
+[paper]
+seeds = [0, 1]
+"""
+UPDATES = 8  # 2048 / 256
+RUNS = ["activation=relu", "activation=none"]
+
+
+def tiny_file(folder: Path) -> Path:
+    path = folder / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+def plastix(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "plastix.cli", *map(str, args)], capture_output=True, text=True,
+                          **kwargs)
+
+
+def deterministic(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every metric row except the wall-clock ones, in a canonical order."""
+    frame = frame[~frame.key.str.startswith("time/")]
+    return frame.sort_values(["run", "key", "seed", "update"]).reset_index(drop=True)
+
+
+def assert_complete(sweep: Path):
+    """Every run finished, and each per-update key has exactly one row per seed and update."""
+    for run in RUNS:
+        assert latest_checkpoint(sweep / "runs" / run)[0] == UPDATES
+    rows = metrics(sweep, "SELECT run, seed, \"update\", count(*) AS n FROM metrics WHERE key = 'loss/value' "
+                          "GROUP BY ALL ORDER BY ALL")
+    assert len(rows) == len(RUNS) * 2 * UPDATES and (rows.n == 1).all(), rows
+    assert sorted(rows["update"].unique()) == list(range(1, UPDATES + 1))
+
+
+@pytest.fixture(scope="module")
+def full_sweep(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("full")
+    result = plastix("run", tiny_file(folder), "--out", folder / "sweep", "--jobs", "2", timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return folder / "sweep"
+
+
+def test_tiny_sweep_end_to_end(full_sweep):
+    assert_complete(full_sweep)
+    manifest = read_manifest(full_sweep)
+    assert manifest["experiments"]["tiny"]["scale"] == "quick"
+    assert manifest["experiments"]["tiny"]["runs"] == RUNS
+    assert manifest["runs"]["activation=none"]["values"] == {"activation": "none"}
+    cfg = json.loads((full_sweep / "runs" / "activation=none" / "config.json").read_text())["config"]
+    assert cfg["activation"] == "none" and cfg["seeds"] == "0,1" and cfg["preset"] == "ocp"
+    # The query view recovers the run and its variant fields from the file paths and the manifest.
+    df = metrics(full_sweep)
+    assert {"run", "activation", "seed", "update", "env_step", "key", "value"} <= set(df.columns)
+    assert set(df.activation) == {"relu", "none"} and set(df.seed) == {0, 1}
+    assert (df.run == "activation=" + df.activation).all()
+    # The CLI prints a table; rerunning a finished sweep trains nothing.
+    out = plastix("query", full_sweep, "SELECT activation, count(DISTINCT seed) AS s FROM metrics GROUP BY 1 ORDER BY 1")
+    assert out.returncode == 0 and "none" in out.stdout and "relu" in out.stdout, out.stderr
+    again = plastix("run", tiny_file(full_sweep.parent), "--out", full_sweep, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("finished, skipped") == 2, again.stdout
+
+
+class FlakyBackend(LocalBackend):
+    """Local backend whose first attempt of every run crashes (exit 3) before training."""
+
+    def __init__(self):
+        super().__init__(jobs=2)
+        self.attempts: list[list[str]] = []
+
+    def start(self, cmd, log):
+        self.attempts.append(cmd)
+        if len(self.attempts) <= 2:
+            cmd = [sys.executable, "-c", "import sys; sys.exit(3)"]
+        return super().start(cmd, log)
+
+
+def test_killed_sweep_reruns_to_the_uninterrupted_result_and_crashes_are_retried(full_sweep, tmp_path):
+    sweep = tmp_path / "sweep"
+    runner = subprocess.Popen([sys.executable, "-m", "plastix.cli", "run", str(tiny_file(tmp_path)), "--out", str(sweep),
+                               "--jobs", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and runner.poll() is None:
+        if any(latest_checkpoint(p) for p in (sweep / "runs").glob("*") if p.is_dir()):
+            break
+        time.sleep(0.2)
+    assert runner.poll() is None, "the sweep finished before it could be killed"
+    runner.send_signal(signal.SIGKILL)
+    runner.wait()
+    time.sleep(1.0)  # the trainer subprocess dies with its runner (PR_SET_PDEATHSIG)
+    started = [r for r in RUNS if (sweep / "runs" / r / "config.json").exists()]
+    assert started and not all(latest_checkpoint(sweep / "runs" / r) and
+                               latest_checkpoint(sweep / "runs" / r)[0] == UPDATES for r in RUNS)
+
+    backend = FlakyBackend()
+    run_sweep([ex.load(tmp_path / "tiny.toml")], sweep, backend=backend, retries=1, log=lambda *_: None)
+    assert len(backend.attempts) == 4  # two crashes, two retries
+    assert any("--resume" in cmd for cmd in backend.attempts[2:])  # the killed run was continued, not restarted
+    assert_complete(sweep)
+    pd.testing.assert_frame_equal(deterministic(metrics(sweep)), deterministic(metrics(full_sweep)))
+
+
+@pytest.mark.slow
+def test_the_same_sweep_on_a_local_ray_instance(full_sweep, tmp_path):
+    pytest.importorskip("ray")  # an optional dependency: pip install 'plastix[ray]'
+    sweep = tmp_path / "sweep"
+    run_sweep([ex.load(tiny_file(tmp_path))], sweep, backend="ray", jobs=2, log=lambda *_: None)
+    assert_complete(sweep)
+    pd.testing.assert_frame_equal(deterministic(metrics(sweep)), deterministic(metrics(full_sweep)))
