@@ -250,7 +250,7 @@ class Agent:
     def layer_shapes(self, params) -> dict[str, tuple[int, int]]:
         """``{"policy/layer_1": (output units, kernel columns)}`` of every hidden layer."""
         acts = jax.eval_shape(self.forward_acts, params, jnp.zeros((1, self.obs_dim), jnp.float32))
-        return {name: (post.shape[-1], params[name.split("/")[0]][name.split("/")[1]]["kernel"].shape[1])
+        return {name: (post.shape[-1], params[name.split("/")[0]][name.split("/")[1]]["kernel"].shape[-1])
                 for name, (_, post) in acts.items()}
 
     def act(self, state: TrainState) -> tuple[TrainState, tuple]:

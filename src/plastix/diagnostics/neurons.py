@@ -94,12 +94,13 @@ def magi_from_grads(kernel_grad: jax.Array) -> jax.Array:
     layer's kernel to get the ``loss`` target of SCIENCE.md section 2.
 
     Args:
-        kernel_grad: ``[n_in, H]`` (Flax layout: neuron ``i`` owns column ``i``).
+        kernel_grad: ``[n_in, H]`` (Flax layout: neuron ``i`` owns column ``i``), or a conv kernel
+            ``[kh, kw, c_in, H]``, whose ``kh * kw * c_in`` incoming weights per output channel are the ``j``.
 
     Returns:
         ``[H]`` non-negative scores.
     """
-    return jnp.mean(jnp.abs(kernel_grad), axis=-2)
+    return jnp.mean(jnp.abs(kernel_grad.reshape(-1, kernel_grad.shape[-1])), axis=0)
 
 
 def magi_scores(x: jax.Array, kernel: jax.Array, bias: jax.Array, activation: Activation) -> jax.Array:
