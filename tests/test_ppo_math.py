@@ -60,7 +60,7 @@ def test_ppo_loss_matches_hand_computation():
     cfg = dataclasses.replace(TrainConfig(), norm_adv=False, clip_coef=0.2, vf_coef=0.5, ent_coef=0.01)
     # A fake network: mean 0, log_std 0, value given per sample through the params.
     params = {"value": jnp.array([1.0, 3.0])}
-    apply_fn = lambda p, obs: (jnp.zeros((2, 1)), jnp.zeros((1,)), p["value"])
+    apply_fn = lambda p, obs: ((jnp.zeros((2, 1)), jnp.zeros((1,))), p["value"])
     action = jnp.array([[0.0], [1.0]])
     logp_new = np.array([-0.5 * math.log(2 * math.pi), -0.5 - 0.5 * math.log(2 * math.pi)])
     old_logp = logp_new - np.array([0.5, -0.1])  # ratios e^0.5 (clipped at 1.2) and e^-0.1
@@ -87,7 +87,7 @@ def test_ppo_loss_matches_hand_computation():
 
 def test_invalid_samples_do_not_count():
     cfg = dataclasses.replace(TrainConfig(), norm_adv=False)
-    apply_fn = lambda p, obs: (jnp.zeros((2, 1)), jnp.zeros((1,)), p)
+    apply_fn = lambda p, obs: ((jnp.zeros((2, 1)), jnp.zeros((1,))), p)
     base = dict(obs=jnp.zeros((2, 1)), action=jnp.zeros((2, 1)), logprob=jnp.full((2,), -0.9189385))
     mb = Minibatch(**base, value=jnp.zeros(2), advantage=jnp.array([1.0, 50.0]), ret=jnp.array([1.0, 99.0]),
                    valid=jnp.array([True, False]))

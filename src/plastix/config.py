@@ -31,7 +31,8 @@ class TrainConfig:
     preset: Literal["cleanrl", "ocp"] = "cleanrl"
     """named defaults: `cleanrl` (CleanRL's) or `ocp` (the OCP paper's Appendix B); other flags override"""
     env_id: str = "HalfCheetah-v4"
-    """the id of the environment (an envpool id with continuous actions)"""
+    """the environment: envpool MuJoCo (HalfCheetah-v4, Ant-v4, ...), Procgen (CoinrunEasy-v0, ...), Atari
+    (MontezumaRevenge-v5, ...), or the JAX gridworld GridWorld-v0"""
     seeds: str = "0"
     """comma-separated integer seeds trained together in one process (vmapped), e.g. `0,1,2,3`"""
     total_timesteps: int = 1_000_000
@@ -120,6 +121,34 @@ class TrainConfig:
     """Hutchinson probes for the Hessian trace"""
     save_neuron_scores: bool = False
     """also write per-neuron dormancy and MAGI scores at each measurement to neurons.parquet/"""
+    shift: Literal["none", "permute", "window", "expand", "task", "dynamics"] = "none"
+    """non-stationary scenario: what changes between rounds (SCIENCE.md section 4)"""
+    rounds: int = 1
+    """training rounds; the shift happens between rounds; at-switch mitigations fire at each"""
+    steps_per_round: int | None = None
+    """env steps per seed per round (default: --total-timesteps / --rounds); sets the total when given"""
+    shift_seed: int = 0
+    """seed of the shifts' randomness (permutations, goals), shared by all training seeds"""
+    num_levels: int = 200
+    """levels per round for level-based envs (Procgen, gridworld): n of window [r*k, r*k+n) / expand [0, n+r*k)"""
+    level_step: int = 50
+    """k: levels the window slides / the set grows per round"""
+    heldout_levels: int = 100
+    """held-out test levels (never trained on) for the generalisation gap"""
+    patch_grid: int = 16
+    """permute on images: the image is cut into a patch_grid x patch_grid grid of patches that are shuffled"""
+    grid_size: int = 8
+    """GridWorld-v0: side of the grid"""
+    grid_obs: Literal["vector", "image"] = "vector"
+    """GridWorld-v0: vector (one-hot agent, goal, walls) or image observations"""
+    grid_max_steps: int = 64
+    """GridWorld-v0: episode time limit"""
+    cnn_torso: Literal["auto", "nature", "impala"] = "auto"
+    """CNN for image observations (auto: impala for Procgen, nature for Atari and the gridworld)"""
+    normalize_obs: Literal["auto", "on", "off"] = "auto"
+    """running observation normalisation (auto: on for MuJoCo vector observations, as CleanRL)"""
+    normalize_reward: Literal["auto", "on", "off"] = "auto"
+    """running return-based reward normalisation (auto: on for MuJoCo and Procgen, as CleanRL)"""
     obs_clip: float = 10.0
     """clip normalised observations to [-obs_clip, obs_clip]"""
     reward_clip: float = 10.0
@@ -150,8 +179,13 @@ class TrainConfig:
         return self.batch_size // self.num_minibatches
 
     @property
+    def updates_per_round(self) -> int:
+        steps = self.steps_per_round if self.steps_per_round is not None else self.total_timesteps // max(self.rounds, 1)
+        return steps // self.batch_size
+
+    @property
     def num_updates(self) -> int:
-        return self.total_timesteps // self.batch_size
+        return self.rounds * self.updates_per_round
 
     @property
     def chunk_updates(self) -> int:
@@ -186,6 +220,28 @@ def preset_config(name: str) -> TrainConfig:
     if name not in PRESETS:
         raise ConfigError(f"--preset: unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
     return dataclasses.replace(TrainConfig(), preset=name, **PRESETS[name])
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    """Inverse of ``dataclasses.asdict`` for ``TrainConfig``: nested option groups rebuilt, JSON lists
+    back to tuples. Unknown keys raise ``ConfigError`` naming them."""
+    return _dataclass_from_dict(TrainConfig(), data, "config.json")
+
+
+def _dataclass_from_dict(default, data: dict, where: str):
+    fields = {f.name for f in dataclasses.fields(default)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {unknown}; allowed: {sorted(fields)}")
+    values = {}
+    for name, value in data.items():
+        current = getattr(default, name)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            value = _dataclass_from_dict(current, value, f"{where}: {name}")
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[name] = value
+    return dataclasses.replace(default, **values)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -240,11 +296,21 @@ def validate(cfg: TrainConfig, check_env: bool = True) -> None:
             f"--num-minibatches: {cfg.num_minibatches} does not divide the batch of "
             f"num_envs * num_steps = {cfg.batch_size}"
         )
+    if cfg.rounds < 1:
+        raise ConfigError(f"--rounds: must be >= 1, got {cfg.rounds}")
+    if cfg.steps_per_round is not None and cfg.steps_per_round < cfg.batch_size:
+        raise ConfigError(f"--steps-per-round: {cfg.steps_per_round} is less than one rollout "
+                          f"(num_envs * num_steps = {cfg.batch_size})")
     if cfg.num_updates < 1:
         raise ConfigError(
-            f"--total-timesteps: {cfg.total_timesteps} is less than one rollout "
-            f"(num_envs * num_steps = {cfg.batch_size})"
+            f"--total-timesteps: {cfg.total_timesteps} is less than one rollout per round "
+            f"(rounds x num_envs x num_steps = {cfg.rounds * cfg.batch_size})"
         )
+    for name in ("num_levels", "heldout_levels", "patch_grid", "grid_size", "grid_max_steps"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(cfg, name)}")
+    if cfg.level_step < 0:
+        raise ConfigError(f"--level-step: must be >= 0, got {cfg.level_step}")
     if any(t < 0 for t in cfg.dormant_taus):
         raise ConfigError(f"--dormant-taus: thresholds must be >= 0, got {cfg.dormant_taus}")
     for name in ("curvature_batch", "curvature_iters", "curvature_samples"):
@@ -259,9 +325,21 @@ def validate(cfg: TrainConfig, check_env: bool = True) -> None:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     if check_env:
-        from plastix.envs.envpool_bridge import check_env_id
+        check_env_and_shift(cfg)
 
-        try:
+
+def check_env_and_shift(cfg: TrainConfig) -> None:
+    """The env id exists, the shift works on it, and the mitigations fit its network; else ``ConfigError``."""
+    from plastix.envs import shifts
+    from plastix.envs.envpool_bridge import check_env_id
+
+    try:
+        family = shifts.env_family(cfg.env_id)
+        if family == "mujoco":
             check_env_id(cfg.env_id)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
+        shifts.check_shift_supported(cfg.env_id, cfg.shift)
+    except ValueError as err:
+        message = str(err)
+        raise ConfigError(message if message.startswith("--") else f"--env-id/--shift: {message}") from None
+    if family != "mujoco" and "injection" in cfg.mitigations:
+        raise ConfigError(f"--mitigations: injection needs the continuous MLP actor-critic; {cfg.env_id} is {family}")

@@ -112,11 +112,13 @@ def neuron_table(scores: dict[str, np.ndarray], seeds: list[int], first_update: 
     return pa.Table.from_pandas(pd.concat(frames, ignore_index=True), preserve_index=False)
 
 
-def write_metrics_part(run_dir: Path, table: pa.Table, first_update: int, folder_name: str = METRICS_DIR) -> Path:
+def write_metrics_part(
+    run_dir: Path, table: pa.Table, first_update: int, folder_name: str = METRICS_DIR, suffix: str = ""
+) -> Path:
     """Atomically write one part named by its first update (so parts sort in training order)."""
     folder = Path(run_dir) / folder_name
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"part-{first_update:09d}.parquet"
+    path = folder / f"part-{first_update:09d}{suffix}.parquet"
     tmp = folder / f".{path.name}.tmp"
     pq.write_table(table, tmp)
     os.replace(tmp, path)

@@ -20,25 +20,13 @@ import numpy as np
 
 from plastix import store
 from plastix.algos.ppo import Agent, TrainState, make_chunk_fn
-from plastix.config import ConfigError, TrainConfig, validate
-from plastix.envs.envpool_bridge import EnvpoolBridge
+from plastix.config import ConfigError, TrainConfig, config_from_dict, validate
+from plastix.envs import make_bridge
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{cfg.env_id}__{cfg.preset}__{cfg.activation}__{stamp}"
-
-
-def config_from_dict(data: dict) -> TrainConfig:
-    """Inverse of ``dataclasses.asdict`` for ``TrainConfig`` (JSON lists back to tuples)."""
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(data) - fields
-    if unknown:
-        raise ConfigError(f"config.json: unknown option(s) {sorted(unknown)}; allowed: {sorted(fields)}")
-    data = dict(data)
-    if "hidden_sizes" in data:
-        data["hidden_sizes"] = tuple(data["hidden_sizes"])
-    return TrainConfig(**data)
 
 
 def prepare_run(cfg: TrainConfig) -> tuple[TrainConfig, Path, bool]:
@@ -58,11 +46,11 @@ def prepare_run(cfg: TrainConfig) -> tuple[TrainConfig, Path, bool]:
     return dataclasses.replace(cfg, run_dir=str(run_dir)), run_dir, False
 
 
-def build(cfg: TrainConfig) -> tuple[EnvpoolBridge, Agent, TrainState]:
-    """Env pool, agent and fresh stacked train states for ``cfg.seed_list``."""
+def build(cfg: TrainConfig):
+    """Env bridge, agent and fresh stacked train states for ``cfg.seed_list``."""
     seeds = cfg.seed_list
-    bridge = EnvpoolBridge(cfg.env_id, seeds, cfg.num_envs, cfg.num_threads)
-    agent = Agent(cfg, bridge.obs_dim, bridge.action_dim, bridge.action_low, bridge.action_high, bridge.max_episode_steps)
+    bridge = make_bridge(cfg, seeds)
+    agent = Agent(cfg, bridge.spec)
     raw_obs = jnp.asarray(bridge.reset())
     keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
     states = jax.jit(jax.vmap(agent.init_state))(keys, raw_obs)
@@ -73,38 +61,61 @@ def train(cfg: TrainConfig) -> Path:
     """Train PPO for every seed of ``cfg`` and return the run folder (see module docstring)."""
     cfg, run_dir, resuming = prepare_run(cfg)
     bridge, agent, states = build(cfg)
+    handle = bridge.handle()
     if resuming:
-        states = _resume(run_dir, bridge, states)
+        states, handle = _resume(run_dir, bridge, agent, states, handle)
     else:
         run_dir.mkdir(parents=True)
         store.write_config(run_dir, dataclasses.asdict(cfg))
-    _run_chunks(cfg, run_dir, bridge, agent, states)
+    _run_chunks(cfg, run_dir, bridge, agent, states, handle)
     bridge.close()
     return run_dir
 
 
-def _resume(run_dir: Path, bridge: EnvpoolBridge, fresh: TrainState) -> TrainState:
+def _checkpoint_tree(bridge, states: TrainState, handle) -> dict:
+    """What a checkpoint holds: the train states, and the envs' state when it is a JAX pytree."""
+    return {"train": states, "env": handle} if bridge.spec.resume == "state" else {"train": states}
+
+
+def _resume(run_dir: Path, bridge, agent: Agent, fresh: TrainState, handle):
+    """Restore the newest checkpoint; bring the envs back as their ``EnvSpec.resume`` says."""
     latest = store.latest_checkpoint(run_dir)
     if latest is None:  # killed before the first checkpoint: start again from scratch
         store.drop_metrics_after(run_dir, 0)
-        return fresh
+        return fresh, handle
     update, path = latest
-    states = store.restore_checkpoint(path, fresh)
-    env = jax.device_get(states.env)
-    bridge.restore(env.num_resets, env.episode_actions, env.actions_recorded)
+    tree = store.restore_checkpoint(path, _checkpoint_tree(bridge, fresh, handle))
+    states = tree["train"]
+    if bridge.spec.resume == "replay":
+        env = jax.device_get(states.env)
+        bridge.restore(env.num_resets, env.episode_actions, env.actions_recorded)
+    elif bridge.spec.resume == "state":
+        handle = tree["env"]
+        bridge.restore(handle)
+    else:  # the envs restarted from a reset: the learner continues on the fresh episodes
+        states = states.replace(env=states.env.replace(
+            obs=fresh.env.obs, done=fresh.env.done, episode_return=fresh.env.episode_return,
+            episode_length=fresh.env.episode_length))
     store.drop_metrics_after(run_dir, update)
-    return states
+    return states, handle
 
 
-def _run_chunks(cfg: TrainConfig, run_dir: Path, bridge: EnvpoolBridge, agent: Agent, states: TrainState) -> None:
+def _run_chunks(cfg: TrainConfig, run_dir: Path, bridge, agent: Agent, states: TrainState, handle) -> None:
+    """Compiled chunks of updates, round by round: metrics parts, checkpoints, per-round summaries."""
     seeds = cfg.seed_list
     done = int(np.asarray(states.update)[0])
+    per_round = cfg.updates_per_round
     compiled: dict[int, object] = {}
-    handle = bridge.handle()
     chunks_since_checkpoint = 0
+    if done < cfg.num_updates:
+        handle = bridge.set_round(done // per_round, handle)
     with _progress(cfg, done) as progress:
         while done < cfg.num_updates:
-            k = min(cfg.chunk_updates, cfg.num_updates - done)
+            round_idx, into_round = divmod(done, per_round)
+            if into_round == 0 and done > 0:  # a shift: new round, and at-switch mitigations fire
+                handle = bridge.set_round(round_idx, handle)
+                states = states.replace(task_switch=jnp.ones_like(states.task_switch))
+            k = min(cfg.chunk_updates, per_round - into_round)
             if k not in compiled:
                 compiled[k] = make_chunk_fn(agent, bridge.step, k).lower(states, handle).compile()
             start = time.perf_counter()
@@ -118,11 +129,42 @@ def _run_chunks(cfg: TrainConfig, run_dir: Path, bridge: EnvpoolBridge, agent: A
                 table = store.neuron_table(scores, seeds, done + 1, cfg.batch_size)
                 store.write_metrics_part(run_dir, table, done + 1, store.NEURONS_DIR)
             done += k
+            if cfg.rounds > 1 and done % per_round == 0:
+                _write_round_summary(cfg, run_dir, bridge, agent, states, round_idx, done)
             chunks_since_checkpoint += 1
             if chunks_since_checkpoint >= cfg.checkpoint_chunks or done == cfg.num_updates:
-                store.save_checkpoint(run_dir, done, states)
+                store.save_checkpoint(run_dir, done, _checkpoint_tree(bridge, states, handle))
                 chunks_since_checkpoint = 0
             progress.advance(done, sps, _latest_return(metrics["return/episodic"]))
+
+
+def _write_round_summary(cfg, run_dir: Path, bridge, agent: Agent, states: TrainState, round_idx: int, update: int):
+    """Per-round rows at the round's last update: ``round/index``, ``round/return_train`` (mean episodic
+    return over the round's last quarter of updates) and, for JAX envs, ``round/return_heldout`` (held-out
+    levels or an unseen permutation) and ``round/generalization_gap`` (train - held-out)."""
+    seeds = cfg.seed_list
+    df = store.read_metrics(run_dir)
+    first = update - max(1, cfg.updates_per_round // 4) + 1
+    recent = df[(df.key == "return/episodic") & (df["update"] >= first) & (df["update"] <= update)]
+    train_return = recent.groupby("seed").value.mean().reindex(seeds).to_numpy()
+    rows = {"round/index": np.full((1, len(seeds)), float(round_idx)), "round/return_train": train_return[None]}
+    if hasattr(bridge, "evaluate") and not agent.normalize_obs:
+        heldout = np.asarray(_evaluate_heldout(bridge, agent, states, round_idx))
+        rows["round/return_heldout"] = heldout[None]
+        rows["round/generalization_gap"] = (train_return - heldout)[None]
+    table = store.metrics_table(rows, seeds, update, cfg.batch_size)
+    store.write_metrics_part(run_dir, table, update, store.METRICS_DIR, suffix="-round")
+
+
+def _evaluate_heldout(bridge, agent: Agent, states: TrainState, round_idx: int):
+    """Held-out return of every seed's current policy (sampled actions), in one compiled call."""
+
+    def one_seed(params, opt_state, key):
+        act = lambda k, obs: agent.policy.sample(k, agent.forward(params, opt_state, obs)[0])
+        return bridge.evaluate(act, key)
+
+    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.PRNGKey(s), 10_000 + round_idx))(jnp.asarray(agent.cfg.seed_list))
+    return jax.jit(jax.vmap(one_seed))(states.params, states.opt_state, keys)
 
 
 def _latest_return(returns: np.ndarray) -> float:

@@ -1,4 +1,5 @@
-"""PPO for continuous control, faithful to CleanRL's ``ppo_continuous_action.py``, compiled end to end.
+"""PPO faithful to CleanRL's ``ppo_continuous_action.py`` (and, for discrete actions, ``ppo.py`` /
+``ppo_atari_envpool.py`` / ``ppo_procgen.py``), compiled end to end.
 
 One *update* = a rollout of ``num_steps`` steps in ``num_envs`` envs per seed (env steps inside
 ``lax.scan``), GAE, then ``update_epochs`` epochs of ``num_minibatches`` minibatches of the clipped PPO
@@ -13,6 +14,7 @@ Differences from CleanRL, all deliberate:
 - Logged losses are means over every minibatch of the update (CleanRL logs the last minibatch).
 - The global grad-norm clip is optax's (``max_norm / norm``) instead of PyTorch's
   ``max_norm / (norm + 1e-6)``.
+- Envs whose bridge resets within the step (the JAX gridworld) have no reset steps: nothing is masked.
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ import optax
 from flax import struct
 
 from plastix.config import TrainConfig
+from plastix.envs import EnvSpec
 from plastix.diagnostics import curvature
 from plastix.diagnostics import training as diag
 from plastix.envs import normalize as nz
 from plastix.mitigations import INJECTION_KEY, BatchInfo, add_injection_heads, injection_active, make_injected_apply
 from plastix.mitigations import build as mitigation_build
-from plastix.nets import ActorCritic
+from plastix.nets import ActorCritic, CNNActorCritic, DiscreteActorCritic
 
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -97,6 +100,42 @@ def gaussian_entropy(log_std: jax.Array) -> jax.Array:
     return jnp.sum(0.5 + LOG_SQRT_2PI + log_std, axis=-1)
 
 
+class Gaussian:
+    """Diagonal Gaussian policy with state-independent log-std: ``dist = (mean [..., A], log_std [A])``."""
+
+    @staticmethod
+    def sample(key, dist):
+        mean, log_std = dist
+        return mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape, jnp.float32)
+
+    @staticmethod
+    def log_prob(dist, action):
+        return gaussian_log_prob(action, *dist)
+
+    @staticmethod
+    def entropy(dist):
+        mean, log_std = dist
+        return jnp.broadcast_to(gaussian_entropy(log_std), mean.shape[:-1])
+
+
+class Categorical:
+    """Categorical policy over discrete actions: ``dist = logits [..., num_actions]``."""
+
+    @staticmethod
+    def sample(key, logits):
+        return jax.random.categorical(key, logits).astype(jnp.int32)
+
+    @staticmethod
+    def log_prob(logits, action):
+        logp = jax.nn.log_softmax(logits)
+        return jnp.take_along_axis(logp, action[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+    @staticmethod
+    def entropy(logits):
+        logp = jax.nn.log_softmax(logits)
+        return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
 def gae(
     rewards: jax.Array, values: jax.Array, dones: jax.Array, next_value: jax.Array, gamma: float, lam: float
 ) -> tuple[jax.Array, jax.Array]:
@@ -143,16 +182,17 @@ class Minibatch:
     valid: jax.Array
 
 
-def ppo_loss(params, apply_fn: Callable, mb: Minibatch, cfg: TrainConfig) -> tuple[jax.Array, dict]:
+def ppo_loss(params, apply_fn: Callable, mb: Minibatch, cfg: TrainConfig, policy=Gaussian) -> tuple[jax.Array, dict]:
     """CleanRL's PPO loss on one minibatch: ``pg_loss - ent_coef * entropy + vf_coef * v_loss``.
 
     ``pg_loss = mean(max(-A r, -A clip(r, 1-c, 1+c)))`` with ``r = exp(logp_new - logp_old)``;
     ``v_loss = 0.5 mean(max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2))`` (or unclipped);
-    means are over valid samples. Returns ``(loss, aux metrics)``.
+    means are over valid samples. ``apply_fn(params, obs) -> (dist, value)``; ``policy`` is ``Gaussian``
+    or ``Categorical``. Returns ``(loss, aux metrics)``.
     """
-    mean, log_std, value = apply_fn(params, mb.obs)
+    dist, value = apply_fn(params, mb.obs)
     w = mb.valid.astype(jnp.float32)
-    logratio = gaussian_log_prob(mb.action, mean, log_std) - mb.logprob
+    logratio = policy.log_prob(dist, mb.action) - mb.logprob
     ratio = jnp.exp(logratio)
     adv = normalize_advantages(mb.advantage, w) if cfg.norm_adv else mb.advantage
     pg_loss = masked_mean(jnp.maximum(-adv * ratio, -adv * jnp.clip(ratio, 1 - cfg.clip_coef, 1 + cfg.clip_coef)), w)
@@ -162,7 +202,7 @@ def ppo_loss(params, apply_fn: Callable, mb: Minibatch, cfg: TrainConfig) -> tup
         v_loss = 0.5 * masked_mean(jnp.maximum(v_unclipped, (v_clipped - mb.ret) ** 2), w)
     else:
         v_loss = 0.5 * masked_mean(v_unclipped, w)
-    entropy = gaussian_entropy(log_std)  # state-independent std: the same for every sample
+    entropy = masked_mean(policy.entropy(dist), w)
     loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
     aux = {
         "loss/policy": pg_loss,
@@ -190,27 +230,42 @@ def learning_rate(cfg: TrainConfig, update: jax.Array) -> jax.Array:
 
 # ------------------------------------------------------------------------------------------------ agent
 class Agent:
-    """The network, optimizer and config of one PPO learner; all methods are per seed and pure."""
+    """The network, optimizer and config of one PPO learner; all methods are per seed and pure.
 
-    def __init__(self, cfg: TrainConfig, obs_dim: int, action_dim: int, action_low, action_high, max_episode_steps):
-        self.cfg = cfg
-        self.obs_dim, self.action_dim = obs_dim, action_dim
-        self.action_low = jnp.asarray(action_low, jnp.float32)
-        self.action_high = jnp.asarray(action_high, jnp.float32)
-        self.max_episode_steps = max_episode_steps
+    The network follows the env (``EnvSpec``): CleanRL's continuous ``ActorCritic`` (Gaussian policy),
+    a discrete MLP actor-critic for vector observations, or a CNN actor-critic for images (categorical).
+    """
+
+    def __init__(self, cfg: TrainConfig, spec: EnvSpec):
+        self.cfg, self.spec = cfg, spec
+        self.policy = Categorical if spec.discrete else Gaussian
+        self.normalize_obs = _auto(cfg.normalize_obs, spec.family == "mujoco")
+        self.normalize_reward = _auto(cfg.normalize_reward, spec.family in ("mujoco", "procgen"))
         self.mitigations = mitigation_build.check(cfg)
-        activation = "crelu" if "crelu" in self.mitigations else cfg.activation
-        layer_norm = cfg.layer_norm or "layernorm" in self.mitigations
-        self.net = ActorCritic(action_dim, tuple(cfg.hidden_sizes), activation, layer_norm)
+        self.net = self._network()
         self.injection = "injection" in self.mitigations
         self.surgery = mitigation_build.build_surgery(cfg, self.mitigations, self.init_params)
         self._injected_apply = make_injected_apply(self.net, cfg.injection.head_layers) if self.injection else None
         base_acts = diag.make_forward_acts(self.net.apply)
         self.forward_acts = lambda p, obs: base_acts({k: v for k, v in p.items() if k != INJECTION_KEY}, obs)
 
+    def _network(self):
+        cfg, spec = self.cfg, self.spec
+        activation = "crelu" if "crelu" in self.mitigations else cfg.activation
+        layer_norm = cfg.layer_norm or "layernorm" in self.mitigations
+        if not spec.discrete:
+            return ActorCritic(spec.action_dim, tuple(cfg.hidden_sizes), activation, layer_norm)
+        if not spec.is_image:
+            return DiscreteActorCritic(spec.action_dim, tuple(cfg.hidden_sizes), activation, layer_norm)
+        torso = cfg.cnn_torso if cfg.cnn_torso != "auto" else ("impala" if spec.family == "procgen" else "nature")
+        return CNNActorCritic(spec.action_dim, torso)
+
+    def dummy_obs(self):
+        return jnp.zeros((1,) + tuple(self.spec.obs_shape), jnp.float32 if self.normalize_obs else self.spec.obs_dtype)
+
     def init_params(self, key: jax.Array):
         """Fresh network parameters (with the injection heads when plasticity injection is on)."""
-        params = self.net.init(key, jnp.zeros((1, self.obs_dim), jnp.float32))["params"]
+        params = self.net.init(key, self.dummy_obs())["params"]
         return add_injection_heads(params, self.cfg.injection.head_layers) if self.injection else params
 
     def optimizer(self, lr) -> optax.GradientTransformation:
@@ -218,28 +273,34 @@ class Agent:
         return mitigation_build.build_optimizer(self.cfg, self.mitigations, self.init_params, lr)
 
     def forward(self, params, opt_state, obs):
-        """``(mean, log_std, value)``; with plasticity injection, the injected heads once active."""
+        """``(dist, value)``: ``dist`` is ``(mean, log_std)`` or logits; with plasticity injection, the
+        injected heads once active."""
         if self.injection:
-            return self._injected_apply(params, obs, injection_active(opt_state))
-        return self.net.apply({"params": params}, obs)
+            mean, log_std, value = self._injected_apply(params, obs, injection_active(opt_state))
+            return (mean, log_std), value
+        out = self.net.apply({"params": params}, obs)
+        return (out[:2], out[2]) if not self.spec.discrete else out
 
     def init_state(self, key: jax.Array, raw_obs: jax.Array) -> TrainState:
-        """Fresh train state of one seed; ``raw_obs`` ``[n, D]`` is the pool's first observation."""
+        """Fresh train state of one seed; ``raw_obs`` ``[n, *obs_shape]`` is the envs' first observation."""
         key, init_key = jax.random.split(key)
         params = self.init_params(init_key)
         opt_state = self.optimizer(self.cfg.learning_rate).init(params)
         opt_state = mitigation_build.seed_optimizer_state(opt_state, jax.random.fold_in(init_key, 1))
         surgery_state = self.surgery.init(params, jax.random.fold_in(init_key, 2)) if self.surgery else None
         n = raw_obs.shape[0]
-        obs_rms = jax.vmap(lambda o: nz.rms_update(nz.rms_init((self.obs_dim,)), o[None]))(raw_obs)
+        obs_rms = None
+        if self.normalize_obs:
+            obs_rms = jax.vmap(lambda o: nz.rms_update(nz.rms_init(o.shape), o[None]))(raw_obs)
+        replay = self.spec.resume == "replay"
         env = EnvState(
             obs_rms=obs_rms,
             reward_norm=jax.vmap(lambda _: nz.reward_norm_init())(jnp.arange(n)),
-            obs=jax.vmap(nz.normalize_obs, in_axes=(0, 0, None))(obs_rms, raw_obs, self.cfg.obs_clip),
+            obs=self._normalize(obs_rms, raw_obs),
             done=jnp.zeros((n,), bool),
             episode_return=jnp.zeros((n,), jnp.float64),
             episode_length=jnp.zeros((n,), jnp.int32),
-            episode_actions=jnp.zeros((n, self.max_episode_steps, self.action_dim), jnp.float32),
+            episode_actions=jnp.zeros((n, self.spec.max_episode_steps, self.spec.action_dim), jnp.float32) if replay else None,
             actions_recorded=jnp.zeros((n,), jnp.int32),
             num_resets=jnp.zeros((n,), jnp.int32),
         )
@@ -247,53 +308,72 @@ class Agent:
         return TrainState(params, opt_state, key, jnp.zeros((), jnp.int32), env, diagnostics, surgery_state,
                           jnp.zeros((), bool))
 
+    def _normalize(self, obs_rms, raw_obs):
+        if not self.normalize_obs:
+            return raw_obs.astype(self.spec.obs_dtype if self.spec.is_image else jnp.float32)
+        return jax.vmap(nz.normalize_obs, in_axes=(0, 0, None))(obs_rms, raw_obs, self.cfg.obs_clip)
+
     def layer_shapes(self, params) -> dict[str, tuple[int, int]]:
         """``{"policy/layer_1": (output units, kernel columns)}`` of every hidden layer."""
-        acts = jax.eval_shape(self.forward_acts, params, jnp.zeros((1, self.obs_dim), jnp.float32))
+        acts = jax.eval_shape(self.forward_acts, params, self.dummy_obs())
         return {name: (post.shape[-1], params[name.split("/")[0]][name.split("/")[1]]["kernel"].shape[-1])
                 for name, (_, post) in acts.items()}
 
     def act(self, state: TrainState) -> tuple[TrainState, tuple]:
-        """Sample actions for the current observations: ``(action, clipped action, logprob, value)``."""
+        """Sample actions for the current observations: ``(action, env action, logprob, value)``."""
         key, sample_key = jax.random.split(state.key)
-        mean, log_std, value = self.forward(state.params, state.opt_state, state.env.obs)
-        action = mean + jnp.exp(log_std) * jax.random.normal(sample_key, mean.shape, jnp.float32)
-        clipped = jnp.clip(action, self.action_low, self.action_high)  # CleanRL's ClipAction
-        return state.replace(key=key), (action, clipped, gaussian_log_prob(action, mean, log_std), value)
+        dist, value = self.forward(state.params, state.opt_state, state.env.obs)
+        action = self.policy.sample(sample_key, dist)
+        env_action = action if self.spec.discrete else jnp.clip(action, self.spec.action_low, self.spec.action_high)
+        return state.replace(key=key), (action, env_action, self.policy.log_prob(dist, action), value)
 
-    def observe(self, env: EnvState, clipped_action, raw_obs, reward, terminated, truncated):
-        """Advance the env-side state by one step of the pool; returns ``(env, reward_norm, valid, finished)``."""
+    def observe(self, env: EnvState, env_action, raw_obs, reward, terminated, truncated, extras):
+        """Advance the env-side state by one step of the envs; returns ``(env, reward_norm, valid, finished)``.
+
+        ``valid`` is false on envpool's reset steps (``EnvSpec.autoreset == "next_step"``). Episode
+        statistics count the raw reward (Atari: the unclipped score, ``extras["raw_reward"]``) until the
+        episode ends (Atari with episodic life: until the game is over, ``extras["game_over"]``).
+        """
         cfg = self.cfg
-        valid = ~env.done  # the step after an episode end is envpool's reset step
-        obs_rms = jax.vmap(nz.rms_update_masked, in_axes=(0, 0, None))(env.obs_rms, raw_obs, True)
-        obs = jax.vmap(nz.normalize_obs, in_axes=(0, 0, None))(obs_rms, raw_obs, cfg.obs_clip)
-        reward_norm, norm_reward = jax.vmap(nz.normalize_reward, in_axes=(0, 0, 0, None, None, 0))(
-            env.reward_norm, reward, terminated, cfg.gamma, cfg.reward_clip, valid
-        )
+        valid = ~env.done if self.spec.autoreset == "next_step" else jnp.ones_like(env.done)
+        obs_rms = env.obs_rms
+        if self.normalize_obs:
+            obs_rms = jax.vmap(nz.rms_update_masked, in_axes=(0, 0, None))(env.obs_rms, raw_obs, True)
+        obs = self._normalize(obs_rms, raw_obs)
+        if self.normalize_reward:
+            reward_norm, learn_reward = jax.vmap(nz.normalize_reward, in_axes=(0, 0, 0, None, None, 0))(
+                env.reward_norm, reward, terminated, cfg.gamma, cfg.reward_clip, valid
+            )
+        else:
+            reward_norm, learn_reward = env.reward_norm, jnp.where(valid, reward, 0.0).astype(jnp.float32)
         done = (terminated | truncated) & valid
-        ep_return = env.episode_return + jnp.where(valid, reward.astype(jnp.float64), 0.0)
+        episode_over = extras.get("game_over", terminated | truncated) & valid
+        score = extras.get("raw_reward", reward)
+        ep_return = env.episode_return + jnp.where(valid, score.astype(jnp.float64), 0.0)
         ep_length = env.episode_length + valid.astype(jnp.int32)
-        finished = (jnp.where(done, ep_return, jnp.nan), jnp.where(done, ep_length, 0))
-        # Actions since the last reset; a reset step empties the record.
-        index = jnp.minimum(env.actions_recorded, self.max_episode_steps - 1)
-        recorded = jax.vmap(lambda buf, i, a: buf.at[i].set(a))(env.episode_actions, index, clipped_action)
+        finished = (jnp.where(episode_over, ep_return, jnp.nan), jnp.where(episode_over, ep_length, 0))
+        episode_actions = env.episode_actions
+        if episode_actions is not None:  # actions since the last reset, for an exact resume; a reset step empties it
+            index = jnp.minimum(env.actions_recorded, self.spec.max_episode_steps - 1)
+            recorded = jax.vmap(lambda buf, i, a: buf.at[i].set(a))(episode_actions, index, env_action)
+            episode_actions = jnp.where(valid[:, None, None], recorded, episode_actions)
         env = EnvState(
             obs_rms=obs_rms,
             reward_norm=reward_norm,
             obs=obs,
             done=done,
-            episode_return=jnp.where(done | ~valid, 0.0, ep_return),
-            episode_length=jnp.where(done | ~valid, 0, ep_length),
-            episode_actions=jnp.where(valid[:, None, None], recorded, env.episode_actions),
+            episode_return=jnp.where(episode_over | ~valid, 0.0, ep_return),
+            episode_length=jnp.where(episode_over | ~valid, 0, ep_length),
+            episode_actions=episode_actions,
             actions_recorded=jnp.where(valid, env.actions_recorded + 1, 0),
             num_resets=env.num_resets + (~valid).astype(jnp.int32),
         )
-        return env, norm_reward, valid, finished
+        return env, learn_reward, valid, finished
 
     def learn(self, state: TrainState, traj: Transition) -> tuple[TrainState, dict, Minibatch]:
         """GAE then ``update_epochs`` x ``num_minibatches`` PPO steps on one seed's rollout ``[T, n]``."""
         cfg = self.cfg
-        _, _, next_value = self.forward(state.params, state.opt_state, state.env.obs)
+        _, next_value = self.forward(state.params, state.opt_state, state.env.obs)
         advantages, returns = gae(traj.reward, traj.value, traj.done, next_value, cfg.gamma, cfg.gae_lambda)
         flat = lambda x: x.reshape((cfg.batch_size,) + x.shape[2:])
         batch = Minibatch(
@@ -306,7 +386,7 @@ class Agent:
             params, opt_state, surgery_state, switch, key, stopped = carry
             mb = jax.tree.map(lambda x: x[idx], batch)
             apply_fn = lambda p, obs: self.forward(p, opt_state, obs)
-            (_, aux), grads = jax.value_and_grad(ppo_loss, has_aux=True)(params, apply_fn, mb, cfg)
+            (_, aux), grads = jax.value_and_grad(ppo_loss, has_aux=True)(params, apply_fn, mb, cfg, self.policy)
             updates, new_opt_state = tx.update(grads, opt_state, params)
             new_params = optax.apply_updates(params, updates)
             aux = dict(aux, **{"optim/grad_norm": optax.tree.norm(grads)})
@@ -366,7 +446,7 @@ class Agent:
         cfg = self.cfg
         metrics, scores = {}, {}
         if cfg.diagnostics_every > 0:
-            loss_fn = lambda p: ppo_loss(p, lambda q, o: self.forward(q, state.opt_state, o), batch, cfg)[0]
+            loss_fn = lambda p: ppo_loss(p, lambda q, o: self.forward(q, state.opt_state, o), batch, cfg, self.policy)[0]
 
             def run(diag_state):
                 return diag.measure(state.params, self.forward_acts, loss_fn, batch.obs, cfg.activation, diag_state,
@@ -394,11 +474,16 @@ class Agent:
         size = min(cfg.curvature_batch, cfg.batch_size)
         subset = jax.random.permutation(perm_key, cfg.batch_size)[:size]
         sub = jax.tree.map(lambda x: x[subset], batch)
-        loss_fn = lambda p: ppo_loss(p, lambda q, o: self.forward(q, state.opt_state, o), sub, cfg)[0]
+        loss_fn = lambda p: ppo_loss(p, lambda q, o: self.forward(q, state.opt_state, o), sub, cfg, self.policy)[0]
         return {
             "curvature/hessian_top_eig": curvature.hessian_top_eigenvalue(loss_fn, state.params, eig_key, cfg.curvature_iters),
             "curvature/hessian_trace": curvature.hessian_trace(loss_fn, state.params, trace_key, cfg.curvature_samples),
         }
+
+
+def _auto(choice: str, default: bool) -> bool:
+    """``"on"``/``"off"``, or ``"auto"`` -> ``default``."""
+    return default if choice == "auto" else choice == "on"
 
 
 def _nan_like(shapes):
@@ -418,16 +503,16 @@ def episode_metrics(traj: Transition) -> dict:
 def make_update_fn(agent: Agent, env_step: Callable) -> Callable:
     """One PPO update for every seed: ``(states [S], handle) -> (states, handle, metrics [S])``.
 
-    ``env_step(handle, clipped_action [S, n, A]) -> handle, (raw_obs, reward, terminated, truncated)``.
+    ``env_step(handle, env_action [S, n, ...]) -> handle, (raw_obs, reward, terminated, truncated, extras)``.
     """
 
     def rollout_step(carry, _):
         states, handle = carry
         states, (action, clipped, logprob, value) = jax.vmap(agent.act)(states)
-        handle, (raw_obs, reward, terminated, truncated) = env_step(handle, clipped)
+        handle, (raw_obs, reward, terminated, truncated, extras) = env_step(handle, clipped)
         obs = states.env.obs
         env, norm_reward, valid, (ret, length) = jax.vmap(agent.observe)(
-            states.env, clipped, raw_obs, reward, terminated, truncated
+            states.env, clipped, raw_obs, reward, terminated, truncated, extras
         )
         transition = Transition(obs, action, logprob, value, norm_reward, env.done, valid, ret, length)
         return (states.replace(env=env), handle), transition

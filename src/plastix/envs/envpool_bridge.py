@@ -24,6 +24,37 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from flax import struct
+
+
+@struct.dataclass
+class RoundState:
+    """What a round of a scenario changes in a bridge's step (traced, so rounds never recompile).
+
+    ``perm``: the round's permutation of observation dimensions (vector observations) or of the patch
+    grid (images); the identity without ``permute``. ``direction``: +1 forward / -1 backward running
+    (``task`` shift on MuJoCo, ``shifts.task_direction``).
+    """
+
+    perm: Any
+    direction: Any
+
+
+def round_state(scenario: Any, round_idx: int, obs_size: int) -> RoundState:
+    """The ``RoundState`` of round ``round_idx`` of ``scenario`` (a ``TrainConfig``, or None: no shift)."""
+    import jax
+    import jax.numpy as jnp
+
+    from plastix.envs import shifts
+
+    shift = getattr(scenario, "shift", "none")
+    key = jax.random.PRNGKey(getattr(scenario, "shift_seed", 0))
+    if shift == "permute":
+        perm = shifts.observation_permutation(key, round_idx, obs_size)
+    else:
+        perm = jnp.arange(obs_size, dtype=jnp.int32)
+    direction = shifts.task_direction(round_idx) if shift == "task" else jnp.float32(1.0)
+    return RoundState(perm=perm, direction=direction)
 
 
 def list_envpool_envs() -> list[str]:
@@ -61,7 +92,7 @@ class EnvpoolBridge:
     seeds: list[int]
     envs_per_seed: int
     num_threads: int = 0
-    max_episode_steps_override: int | None = None
+    scenario: Any = None  # a TrainConfig with shift options, or None for a stationary task
 
     def __post_init__(self):
         import envpool
@@ -69,8 +100,6 @@ class EnvpoolBridge:
 
         jax.config.update("jax_enable_x64", True)
         kwargs: dict[str, Any] = {}
-        if self.max_episode_steps_override is not None:
-            kwargs["max_episode_steps"] = self.max_episode_steps_override
         self.env = envpool.make(
             self.env_id,
             env_type="gymnasium",
@@ -86,35 +115,57 @@ class EnvpoolBridge:
         self.action_low = np.asarray(space.low, np.float32)
         self.action_high = np.asarray(space.high, np.float32)
         self.max_episode_steps = int(self.env.spec.config.max_episode_steps)
-        self._handle, _, _, self._xla_step = self.env.xla()
+        self._xla_handle, _, _, self._xla_step = self.env.xla()
+        self._round = round_state(self.scenario, 0, self.obs_dim)
+
+    @property
+    def spec(self):
+        from plastix.envs import EnvSpec
+
+        return EnvSpec("mujoco", (self.obs_dim,), np.float64, False, self.action_dim, self.action_low,
+                       self.action_high, self.max_episode_steps, "next_step", "replay")
+
+    def set_round(self, round_idx: int, handle):
+        """Handle for round ``round_idx`` of the scenario (permutation / running direction)."""
+        return (handle[0], round_state(self.scenario, round_idx, self.obs_dim))
 
     @property
     def num_envs(self) -> int:
         return len(self.seeds) * self.envs_per_seed
 
     def reset(self) -> np.ndarray:
-        """Reset every env; raw observations ``[S, n, obs_dim]`` (float64)."""
+        """Reset every env; raw observations ``[S, n, obs_dim]`` (float64), permuted as in round 0."""
         obs, _ = self.env.reset()
-        return self._by_seed(obs)
+        return self._by_seed(obs)[..., np.asarray(self._round.perm)]
 
     def handle(self):
-        """The XLA handle to thread through the compiled loop."""
-        return self._handle
+        """``(XLA handle, RoundState)`` to thread through the compiled loop."""
+        return (self._xla_handle, self._round)
 
     def step(self, handle, action):
         """Compiled step. ``action``: ``[S, n, A]`` float32 (already clipped to the action bounds).
 
-        Returns ``handle, (obs [S,n,D] float64, reward [S,n], terminated [S,n], truncated [S,n])``.
+        Returns ``handle, (obs [S,n,D] float64, reward [S,n], terminated [S,n], truncated [S,n], extras)``;
+        the round's shift is applied (observation permutation; running direction of the ``task`` shift).
         """
         import jax.numpy as jnp
 
+        from plastix.envs.shifts import direction_reward
+
+        xla_handle, rnd = handle
         flat = action.reshape(self.num_envs, self.action_dim).astype(jnp.float64)
-        handle, (obs, reward, terminated, truncated, info) = self._xla_step(handle, flat)
+        xla_handle, (obs, reward, terminated, truncated, info) = self._xla_step(xla_handle, flat)
         # envpool returns sync-mode batches ordered by env id; scatter by id anyway so that holds by construction.
         order = info["env_id"]
-        unscramble = lambda x: jnp.zeros_like(x).at[order].set(x)
+        unscramble = lambda x: self._by_seed(jnp.zeros_like(x).at[order].set(x))
         obs, reward, terminated, truncated = map(unscramble, (obs, reward, terminated, truncated))
-        return handle, (self._by_seed(obs), self._by_seed(reward), self._by_seed(terminated), self._by_seed(truncated))
+        extras = {}
+        if "x_velocity" in info:
+            x_velocity = unscramble(info["x_velocity"])
+            extras["x_velocity"] = x_velocity
+            reward = direction_reward(reward, x_velocity, rnd.direction).astype(reward.dtype)
+        obs = jnp.take(obs, rnd.perm, axis=-1)
+        return (xla_handle, rnd), (obs, reward, terminated, truncated, extras)
 
     def restore(self, num_resets: np.ndarray, episode_actions: np.ndarray, episode_lengths: np.ndarray) -> None:
         """Bring a pool that was reset once (``reset()``, as every new run does) to a recorded state.

@@ -75,11 +75,20 @@ class ImageEnvBridge:
     start_level: int = 0
     num_levels: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    scenario: Any = None  # a TrainConfig with shift options (permute, window, expand), or None
 
     def __post_init__(self):
+        self.family = image_env_family(self.env_id)
+        if self.scenario is not None and self.family == "procgen" and self.scenario.shift in ("none", "permute", "window", "expand"):
+            from plastix.envs.shifts import train_levels
+
+            levels = train_levels(self.scenario.shift, 0, self.scenario.num_levels, self.scenario.level_step)
+            self.start_level, self.num_levels = levels.start, levels.num_levels
+        self._build()
+
+    def _build(self) -> None:
         import envpool
 
-        self.family = image_env_family(self.env_id)
         kwargs = dict(PROCGEN_OPTIONS if self.family == "procgen" else ATARI_OPTIONS)
         if self.family == "procgen":
             if self.start_level < 0 or self.num_levels < 0:
@@ -102,22 +111,69 @@ class ImageEnvBridge:
         self.observation_shape = (shape[1], shape[2], shape[0]) if self._channel_first else shape
         self.num_actions = int(self.env.action_space.n)
         self.max_episode_steps = int(self.env.spec.config.max_episode_steps)
-        self._handle, _, _, self._xla_step = self.env.xla()
+        self._xla_handle, _, _, self._xla_step = self.env.xla()
+        self._perm = self.round_perm(0)
+
+    @property
+    def spec(self):
+        from plastix.envs import EnvSpec
+
+        return EnvSpec(self.family, self.observation_shape, np.uint8, True, self.num_actions, None, None,
+                       self.max_episode_steps, "next_step", "reset")
+
+    def _patch_grid(self) -> int:
+        return getattr(self.scenario, "patch_grid", 16)
+
+    def round_perm(self, round_idx: int):
+        """Round ``round_idx``'s permutation of the image's patch grid (identity without ``permute``)."""
+        from plastix.envs import shifts
+
+        grid = self._patch_grid()
+        if getattr(self.scenario, "shift", "none") != "permute":
+            return jnp.arange(grid * grid, dtype=jnp.int32)
+        shifts.check_patch_grid(self.observation_shape[0], self.observation_shape[1], grid)
+        return shifts.observation_permutation(jax.random.PRNGKey(self.scenario.shift_seed), round_idx, grid * grid)
+
+    def set_round(self, round_idx: int, handle):
+        """Handle for round ``round_idx``: a new patch permutation, or (``window``/``expand``) a new pool
+        playing the round's level range (the XLA step is the same custom call, on the new pool)."""
+        shift = getattr(self.scenario, "shift", "none")
+        if shift in ("window", "expand") and round_idx > 0:
+            from plastix.envs.shifts import train_levels
+
+            levels = train_levels(shift, round_idx, self.scenario.num_levels, self.scenario.level_step)
+            self.env.close()
+            self.start_level, self.num_levels = levels.start, levels.num_levels
+            self._build()
+            self.reset()
+            return self.handle()
+        return (handle[0], self.round_perm(round_idx))
 
     @property
     def num_envs(self) -> int:
         return len(self.seeds) * self.envs_per_seed
 
     def reset(self) -> np.ndarray:
-        """Reset every env; observations ``[S, n, H, W, C]`` uint8."""
+        """Reset every env; observations ``[S, n, H, W, C]`` uint8 (patch-permuted as in round 0)."""
         obs, _ = self.env.reset()
         if self._channel_first:
             obs = np.moveaxis(obs, 1, -1)
-        return self._by_seed(obs)
+        return np.asarray(self._permute(jnp.asarray(self._by_seed(obs)), self._perm))
 
     def handle(self):
-        """The XLA handle to thread through the compiled loop."""
-        return self._handle
+        """``(XLA handle, patch permutation)`` to thread through the compiled loop."""
+        return (self._xla_handle, self._perm)
+
+    def _permute(self, obs, perm):
+        from plastix.envs.shifts import permute_patches
+
+        if getattr(self.scenario, "shift", "none") != "permute":
+            return obs
+        return permute_patches(obs, perm, self._patch_grid())
+
+    def restore(self, *_) -> None:
+        """Procgen/Atari cannot be replayed exactly: a resumed run's envs start from a reset (the learner's
+        state, statistics and RNG resume exactly)."""
 
     def step(self, handle, action):
         """Compiled step. ``action``: ``[S, n]`` integer actions.
@@ -126,8 +182,9 @@ class ImageEnvBridge:
         truncated [S,n] bool, extras)``; ``extras`` holds ``[S, n]`` arrays: Procgen ``level_seed``,
         ``prev_level_complete``; Atari ``raw_reward`` (float32), ``game_over`` (bool), ``lives``.
         """
+        xla_handle, perm = handle
         flat = action.reshape(self.num_envs).astype(jnp.int32)
-        handle, (obs, reward, terminated, truncated, info) = self._xla_step(handle, flat)
+        xla_handle, (obs, reward, terminated, truncated, info) = self._xla_step(xla_handle, flat)
         order = info["env_id"]
         unscramble = lambda x: jnp.zeros_like(x).at[order].set(x)
         if self._channel_first:
@@ -141,8 +198,8 @@ class ImageEnvBridge:
                 "lives": info["lives"],
             }
         out = (obs, reward.astype(jnp.float32), terminated.astype(bool), truncated.astype(bool), extras)
-        out = jax.tree_util.tree_map(lambda x: self._by_seed(unscramble(x)), out)
-        return handle, out
+        obs, *rest = jax.tree_util.tree_map(lambda x: self._by_seed(unscramble(x)), out)
+        return (xla_handle, perm), (self._permute(obs, perm), *rest)
 
     def _by_seed(self, x):
         return x.reshape((len(self.seeds), self.envs_per_seed) + tuple(x.shape[1:]))
