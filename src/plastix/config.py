@@ -105,6 +105,8 @@ class TrainConfig:
     """perturb zero-gradient (trapped) neurons (the OCP paper's claim)"""
     diagnostics_every: int = 10
     """measure dormancy, zero gradients, overlaps, ranks, weights, dead units every K updates (0 = off)"""
+    diagnostics_batch: int = 2048
+    """diagnostics use the first this-many samples of the update's batch (all of the OCP preset's 2048)"""
     dormant_taus: tuple[float, ...] = (0.0, 0.025, 0.1)
     """dormancy thresholds tau reported as `dormant_ratio@tau`"""
     overlap_tau: float = 0.025
@@ -313,7 +315,7 @@ def validate(cfg: TrainConfig, check_env: bool = True) -> None:
         raise ConfigError(f"--level-step: must be >= 0, got {cfg.level_step}")
     if any(t < 0 for t in cfg.dormant_taus):
         raise ConfigError(f"--dormant-taus: thresholds must be >= 0, got {cfg.dormant_taus}")
-    for name in ("curvature_batch", "curvature_iters", "curvature_samples"):
+    for name in ("diagnostics_batch", "curvature_batch", "curvature_iters", "curvature_samples"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(cfg, name)}")
     if cfg.target_kl is not None and cfg.target_kl <= 0:

@@ -316,8 +316,11 @@ class Agent:
     def layer_shapes(self, params) -> dict[str, tuple[int, int]]:
         """``{"policy/layer_1": (output units, kernel columns)}`` of every hidden layer."""
         acts = jax.eval_shape(self.forward_acts, params, self.dummy_obs())
-        return {name: (post.shape[-1], params[name.split("/")[0]][name.split("/")[1]]["kernel"].shape[-1])
-                for name, (_, post) in acts.items()}
+        shapes = {}
+        for name, (_, post) in acts.items():
+            layer = diag.layer_params(params, name)
+            shapes[name] = (post.shape[-1], layer["kernel"].shape[-1] if layer is not None else post.shape[-1])
+        return shapes
 
     def act(self, state: TrainState) -> tuple[TrainState, tuple]:
         """Sample actions for the current observations: ``(action, env action, logprob, value)``."""
@@ -440,16 +443,18 @@ class Agent:
 
         Runs under ``lax.cond`` (a real branch: the seeds are ``lax.map``-ped), so unscheduled updates cost
         nothing; their metrics are NaN and are not written. Randomness comes from ``fold_in`` of the
-        training key, so measuring never changes training. The ``loss`` MAGI target is the gradient of
-        the PPO loss on the whole batch (advantages normalised over the batch).
+        training key, so measuring never changes training. Diagnostics see the first
+        ``diagnostics_batch`` samples of the batch; the ``loss`` MAGI target is the gradient of the PPO
+        loss on those samples (advantages normalised over them).
         """
         cfg = self.cfg
         metrics, scores = {}, {}
         if cfg.diagnostics_every > 0:
-            loss_fn = lambda p: ppo_loss(p, lambda q, o: self.forward(q, state.opt_state, o), batch, cfg, self.policy)[0]
+            sample = jax.tree.map(lambda x: x[: min(cfg.diagnostics_batch, cfg.batch_size)], batch)
+            loss_fn = lambda p: ppo_loss(p, lambda q, o: self.forward(q, state.opt_state, o), sample, cfg, self.policy)[0]
 
             def run(diag_state):
-                return diag.measure(state.params, self.forward_acts, loss_fn, batch.obs, cfg.activation, diag_state,
+                return diag.measure(state.params, self.forward_acts, loss_fn, sample.obs, cfg.activation, diag_state,
                                     tuple(cfg.dormant_taus), cfg.overlap_tau, cfg.zero_grad_eps)
 
             def skip(diag_state):

@@ -61,11 +61,20 @@ def diagnostics_init(params: Any, layer_shapes: dict[str, tuple[int, int]]) -> D
     )
 
 
-def _layer_params(params: Any, path: str) -> dict:
+def layer_params(params: Any, path: str) -> dict | None:
+    """The parameter dict of the layer sown as ``path`` (``"policy/layer_1"``), or None when no single
+    layer produces it (e.g. an IMPALA residual stream)."""
     node = params
     for part in path.split("/"):
+        if not isinstance(node, dict) or part not in node:
+            return None
         node = node[part]
-    return node
+    return node if isinstance(node, dict) and "kernel" in node else None
+
+
+def layers_with_kernels(params: Any, layers: list[str]) -> list[str]:
+    """The sown layers whose output comes from one kernel (MAGI is defined per kernel column)."""
+    return [name for name in layers if layer_params(params, name) is not None]
 
 
 def layer_target_magi(forward_acts: Callable, params: Any, obs: jax.Array, layers: list[str]) -> dict[str, jax.Array]:
@@ -81,7 +90,7 @@ def layer_target_magi(forward_acts: Callable, params: Any, obs: jax.Array, layer
             return jnp.sum(forward_acts(p, obs)[name][1])
 
         grads = jax.grad(total_post)(params)
-        out[name] = neurons.magi_from_grads(_layer_params(grads, name)["kernel"])
+        out[name] = neurons.magi_from_grads(layer_params(grads, name)["kernel"])
     return out
 
 
@@ -113,38 +122,43 @@ def measure(
     acts = forward_acts(params, obs)
     layers = sorted(acts)
     loss_grads = jax.grad(loss_fn)(params)
-    magi_layer = layer_target_magi(forward_acts, params, obs, layers)
+    magi_layer = layer_target_magi(forward_acts, params, obs, layers_with_kernels(params, layers))
     metrics: dict[str, jax.Array] = {}
     scores: dict[str, jax.Array] = {}
     dormant_sets, zero_grad_sets = {}, {}
     for name in layers:
         post = acts[name][1]
         dormancy = neurons.dormancy_scores(post)
-        layer_grads = _layer_params(loss_grads, name)
-        magi_loss = neurons.magi_from_grads(layer_grads["kernel"])
         for tau in dormant_taus:
             metrics[f"{name}/dormant_ratio@{tau:g}"] = neurons.dormant_ratio(dormancy, tau)
+        dormant = neurons.dormant_mask(dormancy, overlap_tau)
+        nan = jnp.asarray(jnp.nan, jnp.float32)
+        metrics[f"{name}/overlap/dormant"] = jnp.where(state.has_prev, neurons.overlap(dormant, state.prev_dormant[name]), nan)
+        ranks = rank.rank_stats(post)
+        metrics[f"{name}/srank"] = ranks["srank"]
+        metrics[f"{name}/effective_rank"] = ranks["effective_rank"]
+        metrics[f"{name}/dead_units"] = neurons.dead_units(post, activation)
+        scores[f"{name}/dormancy"] = dormancy
+        dormant_sets[name] = dormant
+        layer_grads = layer_params(loss_grads, name)
+        if layer_grads is None:  # no single kernel makes this layer: no MAGI, no zero-gradient sets
+            zero_grad_sets[name] = state.prev_zero_grad[name]
+            continue
+        magi_loss = neurons.magi_from_grads(layer_grads["kernel"])
         for target, magi in (("layer", magi_layer[name]), ("loss", magi_loss)):
             metrics[f"{name}/zero_grad_ratio/{target}"] = neurons.zero_grad_ratio(magi, zero_grad_eps)
             metrics[f"{name}/zero_grad_ratio_rel@{overlap_tau:g}/{target}"] = neurons.relative_zero_grad_ratio(
                 magi, overlap_tau
             )
-        dormant = neurons.dormant_mask(dormancy, overlap_tau)
         zero_grad = neurons.zero_grad_mask(magi_layer[name], zero_grad_eps)
-        nan = jnp.asarray(jnp.nan, jnp.float32)
-        metrics[f"{name}/overlap/dormant"] = jnp.where(state.has_prev, neurons.overlap(dormant, state.prev_dormant[name]), nan)
         metrics[f"{name}/overlap/zero_grad"] = jnp.where(
             state.has_prev, neurons.overlap(zero_grad, state.prev_zero_grad[name]), nan
         )
         if dormant.shape == zero_grad.shape:
             metrics[f"{name}/overlap/dormant_zero_grad"] = neurons.overlap(dormant, zero_grad)
-        ranks = rank.rank_stats(post)
-        metrics[f"{name}/srank"] = ranks["srank"]
-        metrics[f"{name}/effective_rank"] = ranks["effective_rank"]
-        metrics[f"{name}/dead_units"] = neurons.dead_units(post, activation)
         metrics[f"{name}/grad_norm"] = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(layer_grads)))
-        scores.update({f"{name}/dormancy": dormancy, f"{name}/magi_layer": magi_layer[name], f"{name}/magi_loss": magi_loss})
-        dormant_sets[name], zero_grad_sets[name] = dormant, zero_grad
+        scores.update({f"{name}/magi_layer": magi_layer[name], f"{name}/magi_loss": magi_loss})
+        zero_grad_sets[name] = zero_grad
     for net in sorted({name.split("/")[0] for name in layers}):
         all_scores = jnp.concatenate([scores[f"{n}/dormancy"] for n in layers if n.startswith(net + "/")])
         for tau in dormant_taus:
