@@ -16,8 +16,16 @@ def _matrix(features: jax.Array) -> jax.Array:
 
 
 def singular_values(features: jax.Array) -> jax.Array:
-    """Singular values ``s_1 >= s_2 >= ...`` of ``features [..., H]`` (leading axes folded), ``[min(B, H)]``."""
-    return jnp.linalg.svd(_matrix(features), compute_uv=False)
+    """Singular values ``s_1 >= s_2 >= ...`` of ``features [..., H]`` (leading axes folded), ``[min(B, H)]``.
+
+    A tall matrix (``B > H``, e.g. conv features over batch x positions) is first reduced to its ``[H, H]``
+    QR factor ``R`` (same singular values: ``X = QR`` with orthonormal ``Q``), which keeps memory at
+    ``O(B H)`` where a direct SVD of a very tall matrix may allocate ``O(B^2)``.
+    """
+    matrix = _matrix(features)
+    if matrix.shape[0] > matrix.shape[1]:
+        matrix = jnp.linalg.qr(matrix, mode="r")
+    return jnp.linalg.svd(matrix, compute_uv=False)
 
 
 def srank(features: jax.Array, delta: float = 0.01) -> jax.Array:
