@@ -25,11 +25,35 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class ESOptions:
+    """OpenAI-ES (``--optimizer es``; ``plastix.algos.es``). Defaults: Salimans et al. 2017."""
+
+    popsize: int = 64
+    """population size (even: mirrored pairs)"""
+    sigma: float = 0.02
+    """noise standard deviation"""
+    learning_rate: float = 0.01
+    """Adam learning rate on the ES gradient estimate"""
+    weight_decay: float = 0.005
+    """L2 coefficient on the mean parameters (the OpenAI-ES l2coeff)"""
+    episode_steps: int = 1000
+    """steps of each member's episode"""
+    same_start_pairs: bool = True
+    """the two members of a mirrored pair start from the same env state"""
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """PPO for continuous control (CleanRL semantics), trained for one or many seeds at once."""
 
     preset: Literal["cleanrl", "ocp"] = "cleanrl"
     """named defaults: `cleanrl` (CleanRL's) or `ocp` (the OCP paper's Appendix B); other flags override"""
+    optimizer: Literal["ppo", "es"] = "ppo"
+    """ppo (gradient-based), or es: OpenAI evolution strategies for the same actor (the OCP paper's claim)"""
+    es: ESOptions = ESOptions()
+    """evolution strategies, with --optimizer es"""
+    env_backend: Literal["envpool", "mjx"] = "envpool"
+    """MuJoCo backend: envpool (C++, CPU) or mjx (MuJoCo XLA: HalfCheetah-v4 in JAX, for accelerators)"""
     env_id: str = "HalfCheetah-v4"
     """the environment: envpool MuJoCo (HalfCheetah-v4, Ant-v4, ...), Procgen (CoinrunEasy-v0, ...), Atari
     (MontezumaRevenge-v5, ...), or the JAX gridworld GridWorld-v0"""
@@ -340,6 +364,10 @@ def check_env_and_shift(cfg: TrainConfig) -> None:
         if family == "mujoco":
             check_env_id(cfg.env_id)
         shifts.check_shift_supported(cfg.env_id, cfg.shift)
+        if cfg.env_backend == "mjx":
+            from plastix.envs.mjx_halfcheetah import check_mjx_env
+
+            check_mjx_env(cfg.env_id, cfg.shift)
     except ValueError as err:
         message = str(err)
         raise ConfigError(message if message.startswith("--") else f"--env-id/--shift: {message}") from None

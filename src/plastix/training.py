@@ -58,7 +58,9 @@ def build(cfg: TrainConfig):
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Train PPO for every seed of ``cfg`` and return the run folder (see module docstring)."""
+    """Train every seed of ``cfg`` (PPO, or ES with ``--optimizer es``) and return the run folder."""
+    if cfg.optimizer == "es":
+        return _train_es(cfg)
     cfg, run_dir, resuming = prepare_run(cfg)
     bridge, agent, states = build(cfg)
     handle = bridge.handle()
@@ -70,6 +72,25 @@ def train(cfg: TrainConfig) -> Path:
     _run_chunks(cfg, run_dir, bridge, agent, states, handle)
     bridge.close()
     return run_dir
+
+
+def _train_es(cfg: TrainConfig) -> Path:
+    """``--optimizer es``: OpenAI-ES on the same actor network (``plastix.algos.es``)."""
+    from plastix.algos.es import es_config_from_train_config, train_es
+
+    if cfg.resume is not None:
+        raise ConfigError("--resume: ES runs cannot be resumed yet (they keep only a final checkpoint)")
+    if cfg.shift != "none" or cfg.mitigations:
+        raise ConfigError("--optimizer es: trains a stationary task without mitigations; drop --shift / --mitigations")
+    es_cfg = es_config_from_train_config(cfg, **dataclasses.asdict(cfg.es))
+    try:
+        es_cfg.validate()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+    if run_dir.exists():
+        raise ConfigError(f"--run-dir: {run_dir} already exists; choose another folder")
+    return train_es(es_cfg, run_dir)
 
 
 def _checkpoint_tree(bridge, states: TrainState, handle) -> dict:

@@ -18,6 +18,7 @@ family              env ids                        bridge
 ``procgen``         ``CoinrunEasy-v0``...          ``image_envs.ImageEnvBridge`` (discrete)
 ``atari``           ``MontezumaRevenge-v5``...     ``image_envs.ImageEnvBridge`` (discrete)
 ``gridworld``       ``GridWorld-v0``               ``gridworld_bridge.GridworldBridge`` (JAX)
+``mujoco`` + mjx    ``HalfCheetah-v4``             ``mjx_halfcheetah.MJXBridge`` (``--env-backend mjx``)
 ==================  =============================  ==============================================
 """
 
@@ -55,6 +56,10 @@ def make_bridge(cfg: Any, seeds: list[int]):
     from plastix.envs.shifts import env_family
 
     family = env_family(cfg.env_id)
+    if family == "mujoco" and getattr(cfg, "env_backend", "envpool") == "mjx":
+        from plastix.envs.mjx_halfcheetah import make_mjx_bridge
+
+        return make_mjx_bridge(cfg, seeds)
     if family == "mujoco":
         from plastix.envs.envpool_bridge import EnvpoolBridge
 
