@@ -53,7 +53,10 @@ def build(cfg: TrainConfig):
     agent = Agent(cfg, bridge.spec)
     raw_obs = jnp.asarray(bridge.reset())
     keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
-    states = jax.jit(jax.vmap(agent.init_state))(keys, raw_obs)
+    # lax.map, not vmap: a vmapped init batches the orthogonal inits' QR decompositions, and jaxlib 0.10's
+    # batched LAPACK kernels wait on sub-tasks queued to XLA's CPU pool, which deadlocks when the (2-core)
+    # pool's threads all run such kernels at once (fixed in jax 0.11, which needs Python 3.12).
+    states = jax.jit(lambda k, o: jax.lax.map(lambda x: agent.init_state(*x), (k, o)))(keys, raw_obs)
     return bridge, agent, states
 
 
