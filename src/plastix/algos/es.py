@@ -561,7 +561,8 @@ def train_es(cfg: ESConfig, run_dir: str | Path | None = None) -> Path:
     reset = lambda: jnp.asarray(bridge.reset().reshape(s, m, -1))
     first_obs = reset()
     keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
-    state = jax.jit(jax.vmap(trainer.init))(keys, first_obs)
+    # lax.map: vmapped orthogonal inits batch LAPACK QRs, which can deadlock jaxlib 0.10 on 2 cores.
+    state = jax.jit(lambda k, o: jax.lax.map(lambda x: trainer.init(*x), (k, o)))(keys, first_obs)
     handle = bridge.handle()
     generation = jax.jit(lambda st, obs, h, do: trainer.generation(st, obs, h, pool_step, do))
     generation = generation.lower(state, first_obs, handle, jnp.asarray(True)).compile()  # time/sps excludes compiling

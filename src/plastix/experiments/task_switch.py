@@ -69,7 +69,8 @@ def run_task_switch(exp: Experiment, sweep_dir: str | Path) -> Path:
         seeds = cfg.seed_list
         # A fresh value MLP per seed (CleanRL's init: orthogonal, gain 1.0 on the head).
         keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds) + 10_000)
-        fresh = jax.vmap(lambda k: net.init(k, jnp.zeros((1, data[0].shape[1])))["params"])(keys)
+        # lax.map: vmapped orthogonal inits batch LAPACK QRs, which can deadlock jaxlib 0.10 on 2 cores.
+        fresh = jax.lax.map(lambda k: net.init(k, jnp.zeros((1, data[0].shape[1])))["params"], keys)
 
         def apply_fn(p, x):
             return net.apply({"params": p}, x)
