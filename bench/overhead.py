@@ -52,13 +52,20 @@ def main() -> None:
     parser.add_argument("--suite", choices=sorted(SUITES), required=True)
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--updates", type=int, default=21, help="PPO updates per variant (2048 steps per seed each)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run the whole list this many times, interleaved, and keep each variant's median")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    runs: dict[str, list[dict]] = {name: [] for name in SUITES[args.suite]}
+    for _ in range(args.repeats):  # interleaved, so slow drifts of the machine hit every variant alike
+        for name, flags in SUITES[args.suite].items():
+            result = measure(flags, args.seeds, args.updates)
+            runs[name].append(result)
+            print(f"  measured {name}: {result['sps']:.0f} steps/s", file=sys.stderr, flush=True)
     rows = []
-    for name, flags in SUITES[args.suite].items():
-        result = measure(flags, args.seeds, args.updates)
-        rows.append({"variant": name, **result})
-        print(f"  measured {name}: {result['sps']:.0f} steps/s", file=sys.stderr, flush=True)
+    for name, results in runs.items():
+        median = sorted(results, key=lambda r: r["sps"])[len(results) // 2]
+        rows.append({"variant": name, **median, "all_sps": [r["sps"] for r in results]})
     reference = rows[0]["sps"]
     print(f"{'variant':<46} {'steps/s':>9} {'vs reference':>13} {'overhead':>9} {'peak MiB':>9}")
     for r in rows:
