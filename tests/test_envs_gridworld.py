@@ -1,10 +1,8 @@
-"""The JAX gridworld: solvable, deterministic, jit/vmap-able, same-step auto-reset, and a PPO learning check."""
+"""The JAX gridworld: solvable, deterministic, jit/vmap-able, same-step auto-reset."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import pytest
 
 import plastix  # noqa: F401  (x64 on, as in real use)
 from plastix.envs.gridworld import (
@@ -16,7 +14,6 @@ from plastix.envs.gridworld import (
     rollout_returns,
     shortest_path_action,
 )
-from plastix.nets import DiscreteActorCritic
 
 ENV = GridWorld()
 LEVELS = jnp.arange(32)
@@ -109,89 +106,4 @@ def test_same_step_autoreset_under_jit():
     assert jnp.all(ended)  # max_steps = 3: every first episode has ended by step 3
 
 
-def _ppo_returns(num_updates: int, key):
-    """A minimal discrete PPO (CleanRL ppo.py semantics, one program) on the gridworld; returns the mean
-    undiscounted greedy-ish (sampled) return before and after training."""
-    env = GridWorld(size=5, max_steps=20, wall_density=0.2)
-    params = env.make_params(jnp.arange(8))
-    net = DiscreteActorCritic(env.num_actions, (64, 64), "tanh")
-    n_envs, n_steps, gamma, lam, clip, epochs, n_mb = 32, 32, 0.95, 0.95, 0.2, 4, 4
-    k_init, k_reset, k_train, k_eval0, k_eval1 = jax.random.split(key, 5)
-    theta = net.init(k_init, jnp.zeros((1,) + env.observation_shape, jnp.float32))
-    opt = optax.chain(optax.clip_by_global_norm(0.5), optax.adam(2.5e-3, eps=1e-5))
-    opt_state = opt.init(theta)
-    obs, state = batch_reset(env, jax.random.split(k_reset, n_envs), params)
-
-    def policy_sample(theta):
-        def pol(k, o, s):
-            logits, _ = net.apply(theta, o[None])
-            return jax.random.categorical(k, logits[0]).astype(jnp.int32)
-        return pol
-
-    def loss_fn(theta, b):
-        logits, value = net.apply(theta, b["obs"])
-        logp_all = jax.nn.log_softmax(logits)
-        logp = jnp.take_along_axis(logp_all, b["act"][:, None], -1)[:, 0]
-        ratio = jnp.exp(logp - b["logp"])
-        adv = (b["adv"] - b["adv"].mean()) / (b["adv"].std() + 1e-8)
-        pg = jnp.maximum(-adv * ratio, -adv * jnp.clip(ratio, 1 - clip, 1 + clip)).mean()
-        v = 0.5 * ((value - b["ret"]) ** 2).mean()
-        ent = -(jnp.exp(logp_all) * logp_all).sum(-1).mean()
-        return pg + 0.5 * v - 0.01 * ent
-
-    def update(carry, k):
-        theta, opt_state, obs, state = carry
-
-        def env_step(c, k):
-            obs, state = c
-            k_a, k_e = jax.random.split(k)
-            logits, value = net.apply(theta, obs)
-            act = jax.random.categorical(k_a, logits).astype(jnp.int32)
-            logp = jnp.take_along_axis(jax.nn.log_softmax(logits), act[:, None], -1)[:, 0]
-            nobs, nstate, rew, term, trunc, _ = batch_step_autoreset(env, jax.random.split(k_e, n_envs), state, act, params)
-            return (nobs, nstate), dict(obs=obs, act=act, logp=logp, val=value, rew=rew, done=(term | trunc).astype(jnp.float32))
-
-        k_roll, k_upd = jax.random.split(k)
-        (obs, state), tr = jax.lax.scan(env_step, (obs, state), jax.random.split(k_roll, n_steps))
-        _, last_v = net.apply(theta, obs)
-
-        def gae(c, x):
-            adv_next, v_next = c
-            delta = x["rew"] + gamma * v_next * (1 - x["done"]) - x["val"]
-            adv = delta + gamma * lam * (1 - x["done"]) * adv_next
-            return (adv, x["val"]), adv
-
-        _, adv = jax.lax.scan(gae, (jnp.zeros(n_envs), last_v), tr, reverse=True)
-        batch = dict(obs=tr["obs"], act=tr["act"], logp=tr["logp"], adv=adv, ret=adv + tr["val"])
-        batch = jax.tree_util.tree_map(lambda x: x.reshape((n_envs * n_steps,) + x.shape[2:]), batch)
-
-        def epoch(c, k):
-            theta, opt_state = c
-            idx = jax.random.permutation(k, n_envs * n_steps).reshape(n_mb, -1)
-
-            def mb(c, i):
-                theta, opt_state = c
-                g = jax.grad(loss_fn)(theta, jax.tree_util.tree_map(lambda x: x[i], batch))
-                upd, opt_state = opt.update(g, opt_state, theta)
-                return (optax.apply_updates(theta, upd), opt_state), None
-
-            return jax.lax.scan(mb, (theta, opt_state), idx)[0], None
-
-        (theta, opt_state), _ = jax.lax.scan(epoch, (theta, opt_state), jax.random.split(k_upd, epochs))
-        return (theta, opt_state, obs, state), None
-
-    @jax.jit
-    def run(theta, opt_state, obs, state):
-        before = rollout_returns(env, k_eval0, params, policy_sample(theta), 256).mean()
-        (theta, *_), _ = jax.lax.scan(update, (theta, opt_state, obs, state), jax.random.split(k_train, num_updates))
-        after = rollout_returns(env, k_eval1, params, policy_sample(theta), 256).mean()
-        best = rollout_returns(env, k_eval1, params, lambda k, o, s: shortest_path_action(s), 256).mean()
-        return before, after, best
-
-    return run(theta, opt_state, obs, state)
-
-
-def test_ppo_learns_the_gridworld():
-    before, after, best = map(float, _ppo_returns(30, jax.random.PRNGKey(0)))
-    assert after > before + 0.3, (before, after, best)
-    assert after > best - 0.25, (before, after, best)
+# PPO learning the gridworld is tested through `plastix train` in tests/test_scenarios_training.py.
