@@ -88,3 +88,18 @@ def test_measure_finds_a_dead_relu_neuron():
     assert bool(state.prev_dormant["policy/layer_1"][5]) and np.isnan(float(metrics["policy/layer_1/overlap/dormant"]))
     metrics, _, _ = measure(params, forward, loss_fn, obs, "relu", state, (0.0,), 0.0, 0.0)
     assert float(metrics["policy/layer_1/overlap/dormant"]) == 1.0
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "crelu", "none"])
+def test_layer_by_layer_magi_equals_autodiff_through_the_network(activation):
+    from plastix.diagnostics.training import layer_target_magi, local_layer_magi
+
+    net = ActorCritic(2, (8, 8), activation)
+    params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 3), jnp.float32))["params"]
+    obs = jax.random.normal(jax.random.PRNGKey(1), (16, 3), jnp.float32)
+    forward = make_forward_acts(net.apply)
+    layers = ["policy/layer_1", "policy/layer_2", "value/layer_1", "value/layer_2"]
+    local = local_layer_magi(params, forward(params, obs), obs, activation, layers)
+    full = layer_target_magi(forward, params, obs, layers)
+    for name in layers:
+        np.testing.assert_allclose(local[name], full[name], rtol=1e-5, atol=1e-7)

@@ -249,9 +249,18 @@ class Agent:
         base_acts = diag.make_forward_acts(self.net.apply)
         self.forward_acts = lambda p, obs: base_acts({k: v for k, v in p.items() if k != INJECTION_KEY}, obs)
 
+    @property
+    def activation(self) -> str:
+        return "crelu" if "crelu" in self.mitigations else self.cfg.activation
+
+    @property
+    def plain_mlp(self) -> bool:
+        """Hidden layers are ``Dense -> activation`` (diagnostics can take per-layer shortcuts)."""
+        return not self.spec.is_image and not (self.cfg.layer_norm or "layernorm" in self.mitigations)
+
     def _network(self):
         cfg, spec = self.cfg, self.spec
-        activation = "crelu" if "crelu" in self.mitigations else cfg.activation
+        activation = self.activation
         layer_norm = cfg.layer_norm or "layernorm" in self.mitigations
         if not spec.discrete:
             return ActorCritic(spec.action_dim, tuple(cfg.hidden_sizes), activation, layer_norm)
@@ -454,8 +463,8 @@ class Agent:
             loss_fn = lambda p: ppo_loss(p, lambda q, o: self.forward(q, state.opt_state, o), sample, cfg, self.policy)[0]
 
             def run(diag_state):
-                return diag.measure(state.params, self.forward_acts, loss_fn, sample.obs, cfg.activation, diag_state,
-                                    tuple(cfg.dormant_taus), cfg.overlap_tau, cfg.zero_grad_eps)
+                return diag.measure(state.params, self.forward_acts, loss_fn, sample.obs, self.activation, diag_state,
+                                    tuple(cfg.dormant_taus), cfg.overlap_tau, cfg.zero_grad_eps, self.plain_mlp)
 
             def skip(diag_state):
                 skipped_metrics, skipped_scores, _ = jax.eval_shape(run, diag_state)

@@ -94,6 +94,21 @@ def layer_target_magi(forward_acts: Callable, params: Any, obs: jax.Array, layer
     return out
 
 
+def local_layer_magi(params: Any, acts: dict, obs: jax.Array, activation: str, layers: list[str]) -> dict[str, jax.Array]:
+    """The ``layer``-target MAGI of plain MLP layers (``Dense -> activation``, no LayerNorm) from each
+    layer's own input: ``plastix.diagnostics.magi_scores(x, kernel, bias, activation)`` with ``x`` the
+    previous layer's post-activation (the observation for ``layer_1``). The same numbers as
+    ``layer_target_magi`` at the cost of one layer's backward pass instead of the network's."""
+    out = {}
+    for name in layers:
+        net, layer = name.rsplit("/", 1)
+        index = int(layer.split("_")[1])
+        x = obs if index == 1 else acts[f"{net}/layer_{index - 1}"][1]
+        weights = layer_params(params, name)
+        out[name] = neurons.magi_scores(x.astype(jnp.float32), weights["kernel"], weights["bias"], activation)
+    return out
+
+
 def measure(
     params: Any,
     forward_acts: Callable[[Any, jax.Array], dict],
@@ -104,6 +119,7 @@ def measure(
     dormant_taus: tuple[float, ...],
     overlap_tau: float,
     zero_grad_eps: float,
+    plain_mlp: bool = False,
 ) -> tuple[dict, dict, DiagnosticsState]:
     """All diagnostics of one measurement.
 
@@ -115,6 +131,8 @@ def measure(
         activation: hidden activation name (for dead units).
         state: previous ``DiagnosticsState``.
         dormant_taus, overlap_tau, zero_grad_eps: thresholds (static).
+        plain_mlp: the hidden layers are ``Dense -> activation`` MLP layers named ``<net>/layer_i`` (no
+            LayerNorm): the ``layer`` MAGI target is then computed layer by layer (``local_layer_magi``).
 
     Returns:
         ``(metrics {key: scalar}, neuron_scores {"<layer>/dormancy|magi_layer|magi_loss": [H]}, new state)``.
@@ -122,7 +140,11 @@ def measure(
     acts = forward_acts(params, obs)
     layers = sorted(acts)
     loss_grads = jax.grad(loss_fn)(params)
-    magi_layer = layer_target_magi(forward_acts, params, obs, layers_with_kernels(params, layers))
+    with_kernels = layers_with_kernels(params, layers)
+    if plain_mlp:
+        magi_layer = local_layer_magi(params, acts, obs, activation, with_kernels)
+    else:
+        magi_layer = layer_target_magi(forward_acts, params, obs, with_kernels)
     metrics: dict[str, jax.Array] = {}
     scores: dict[str, jax.Array] = {}
     dormant_sets, zero_grad_sets = {}, {}
