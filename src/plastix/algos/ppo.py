@@ -251,6 +251,9 @@ class Agent:
 
     @property
     def activation(self) -> str:
+        """The hidden activation (the CNNs are ReLU networks whatever --activation says)."""
+        if self.spec.is_image:
+            return "relu"
         return "crelu" if "crelu" in self.mitigations else self.cfg.activation
 
     @property
