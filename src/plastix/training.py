@@ -96,6 +96,22 @@ def _train_es(cfg: TrainConfig) -> Path:
     return train_es(es_cfg, run_dir)
 
 
+def load_checkpoint(run_dir: str | Path, final: bool = True) -> tuple[TrainConfig, TrainState]:
+    """``(config, train states stacked over seeds)`` of a run folder's newest checkpoint.
+
+    With ``final``, the checkpoint must be the last update's (a finished run); else ``ValueError``.
+    """
+    run_dir = Path(run_dir)
+    cfg = config_from_dict(store.read_config(run_dir))
+    latest = store.latest_checkpoint(run_dir)
+    if latest is None or (final and latest[0] < cfg.num_updates):
+        raise ValueError(f"{run_dir}: no final checkpoint (update {cfg.num_updates}); finish the run with --resume")
+    bridge, _, fresh = build(cfg)
+    tree = store.restore_checkpoint(latest[1], _checkpoint_tree(bridge, fresh, bridge.handle()))
+    bridge.close()
+    return cfg, tree["train"]
+
+
 def _checkpoint_tree(bridge, states: TrainState, handle) -> dict:
     """What a checkpoint holds: the train states, and the envs' state when it is a JAX pytree."""
     return {"train": states, "env": handle} if bridge.spec.resume == "state" else {"train": states}

@@ -28,16 +28,12 @@ def result_path(sweep_dir: str | Path, name: str) -> Path:
 
 def final_value_params(run_dir: Path):
     """``(cfg, value params stacked over seeds)`` from the run's final orbax checkpoint."""
-    from plastix.experiments import config_from_json
-    from plastix.training import build
+    from plastix.training import load_checkpoint
 
-    cfg = config_from_json(store.read_config(run_dir))
-    latest = store.latest_checkpoint(run_dir)
-    if latest is None or latest[0] < cfg.num_updates:
-        raise RuntimeError(f"{run_dir}: no final checkpoint (update {cfg.num_updates}); rerun the sweep to finish it")
-    bridge, _, fresh = build(cfg)
-    bridge.close()
-    state = store.restore_checkpoint(latest[1], fresh)
+    try:
+        cfg, state = load_checkpoint(run_dir, final=True)
+    except ValueError as err:
+        raise RuntimeError(f"{err}; rerun the sweep to finish it") from None
     return cfg, state.params["value"]
 
 
