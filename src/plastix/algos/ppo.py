@@ -34,7 +34,7 @@ from plastix.diagnostics import training as diag
 from plastix.envs import normalize as nz
 from plastix.mitigations import INJECTION_KEY, BatchInfo, add_injection_heads, injection_active, make_injected_apply
 from plastix.mitigations import build as mitigation_build
-from plastix.nets import ActorCritic, CNNActorCritic, DiscreteActorCritic
+from plastix.nets import ActorCritic, CNNActorCritic, DiscreteActorCritic, hidden_activations
 
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -400,15 +400,14 @@ class Agent:
         def minibatch_step(carry, idx):
             params, opt_state, surgery_state, switch, key, stopped = carry
             mb = jax.tree.map(lambda x: x[idx], batch)
-            apply_fn = lambda p, obs: self.forward(p, opt_state, obs)
-            (_, aux), grads = jax.value_and_grad(ppo_loss, has_aux=True)(params, apply_fn, mb, cfg, self.policy)
+            (_, (aux, acts)), grads = jax.value_and_grad(self.loss_and_activations, has_aux=True)(params, opt_state, mb)
             updates, new_opt_state = tx.update(grads, opt_state, params)
             new_params = optax.apply_updates(params, updates)
             aux = dict(aux, **{"optim/grad_norm": optax.tree.norm(grads)})
             key, surgery_key = jax.random.split(key)
             if self.surgery is not None:  # the one place where surgeries act, after each gradient step
                 new_params, new_opt_state, surgery_state, surgery_metrics = self.surgery.apply(
-                    new_params, new_opt_state, surgery_state, self.batch_info(new_params, mb.obs, switch), surgery_key
+                    new_params, new_opt_state, surgery_state, self.batch_info(params, acts, mb.obs, switch), surgery_key
                 )
                 aux.update(surgery_metrics)
             if cfg.target_kl is not None:  # CleanRL stops the remaining epochs; keep shapes static instead
@@ -443,11 +442,34 @@ class Agent:
                               surgery_state=surgery_state, task_switch=jnp.zeros((), bool))
         return state, metrics, batch
 
-    def batch_info(self, params, obs, task_switch) -> BatchInfo:
-        """What the surgeries read: hidden activations (ReDo, CBP) and layer-target MAGI (OCP perturbation)."""
+    def loss_and_activations(self, params, opt_state, mb: Minibatch):
+        """The PPO loss of a minibatch, with the hidden activations of its forward pass as aux when a surgery
+        reads them (ReDo, CBP, OCP perturbation: the batch before the step, as in Sokar's and Dohare's code),
+        so surgeries cost no extra forward pass. Returns ``(loss, (aux metrics, activations or None))``."""
+        if self.injection or not set(self.mitigations) & {"redo", "cbp", "ocp_perturb"}:
+            loss, aux = ppo_loss(params, lambda p, o: self.forward(p, opt_state, o), mb, self.cfg, self.policy)
+            return loss, (aux, None)
+        sown = {}
+
+        def apply_fn(p, obs):
+            out, state = self.net.apply({"params": p}, obs, mutable=["intermediates"])
+            sown["acts"] = hidden_activations(state["intermediates"])
+            return (out[:2], out[2]) if not self.spec.discrete else out
+
+        loss, aux = ppo_loss(params, apply_fn, mb, self.cfg, self.policy)
+        return loss, (aux, sown["acts"])
+
+    def batch_info(self, params, acts, obs, task_switch) -> BatchInfo:
+        """What the surgeries read: hidden activations (ReDo, CBP; from the loss's forward pass when given)
+        and layer-target MAGI (OCP perturbation), for ``params`` before the gradient step."""
         needs = set(self.mitigations)
-        acts = self.forward_acts(params, obs) if needs & {"redo", "cbp", "ocp_perturb"} else None
-        magi = diag.layer_target_magi(self.forward_acts, params, obs, sorted(acts)) if "ocp_perturb" in needs else None
+        if acts is None and needs & {"redo", "cbp", "ocp_perturb"}:
+            acts = self.forward_acts(params, obs)
+        magi = None
+        if "ocp_perturb" in needs:
+            with_kernels = diag.layers_with_kernels(params, sorted(acts))
+            magi = (diag.local_layer_magi(params, acts, obs, self.activation, with_kernels) if self.plain_mlp
+                    else diag.layer_target_magi(self.forward_acts, params, obs, with_kernels))
         return BatchInfo(activations=acts, magi=magi, task_switch=task_switch)
 
     def measure(self, state: TrainState, batch: Minibatch) -> tuple[TrainState, dict, dict]:
