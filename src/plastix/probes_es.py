@@ -20,11 +20,9 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from plastix.algos.es import es_init, es_step
-from plastix.probes import ApplyFn, RegressionCurves
+from plastix.probes import ApplyFn, RegressionCurves, _mse
 
 
-def _mse(apply_fn: ApplyFn, params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
-    return jnp.mean((apply_fn(params, x).reshape(y.shape) - y) ** 2)
 
 
 def es_regression_probe(

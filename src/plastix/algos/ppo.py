@@ -44,7 +44,7 @@ LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 class EnvState:
     """Per-seed env-side state: normalisation statistics, current observation, episode bookkeeping.
 
-    Shapes are per seed (``n`` = envs per seed). ``episode_actions``/``episode_lengths``/``num_resets``
+    Shapes are per seed (``n`` = envs per seed). ``episode_actions``/``actions_recorded``/``num_resets``
     record what ``EnvpoolBridge.restore`` needs to rebuild the simulator exactly on resume.
     """
 
@@ -54,7 +54,8 @@ class EnvState:
     done: jax.Array  # [n] bool: the last step ended an episode (so the next step is an envpool reset step)
     episode_return: jax.Array  # [n] float64, raw reward (CleanRL's RecordEpisodeStatistics)
     episode_length: jax.Array  # [n] int32
-    episode_actions: jax.Array  # [n, max_episode_steps, A] float32: clipped actions since the last reset
+    episode_actions: jax.Array | None  # [n, max_episode_steps, A] float32: clipped actions since the last reset
+    #                                    (None unless the env resumes by replay)
     actions_recorded: jax.Array  # [n] int32: how many of those are filled (kept after `done` until the reset)
     num_resets: jax.Array  # [n] int32: auto-resets since the initial reset
 

@@ -99,7 +99,6 @@ class EnvpoolBridge:
         import jax
 
         jax.config.update("jax_enable_x64", True)
-        kwargs: dict[str, Any] = {}
         self.env = envpool.make(
             self.env_id,
             env_type="gymnasium",
@@ -107,7 +106,6 @@ class EnvpoolBridge:
             seed=self.seeds[0],
             env_seed=env_seeds(self.seeds, self.envs_per_seed),
             num_threads=self.num_threads,
-            **kwargs,
         )
         space = self.env.action_space
         self.obs_dim = int(np.prod(self.env.observation_space.shape))
