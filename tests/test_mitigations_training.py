@@ -33,6 +33,21 @@ def test_several_mitigations_compose_in_one_run(tmp_path):
     assert "policy/layer_1/dormant_ratio@0.1" in keys  # diagnostics still on
 
 
+def test_scheduled_ocp_perturbation_fires_on_schedule_in_training(tmp_path):
+    """The trainer hands MAGI to the OCP perturbation lazily (``BatchInfo.magi_fn``); it must still be
+    computed, and the perturbation act, on exactly the scheduled gradient steps."""
+    from plastix.mitigations.registry import OCPPerturbOptions
+
+    cfg = dataclasses.replace(
+        TINY, mitigations="ocp_perturb", run_dir=str(tmp_path / "run"),
+        ocp_perturb=OCPPerturbOptions(threshold=0.5, relative=True, every=20, at_switch=False),
+    )
+    df = read_metrics(train(cfg))
+    assert set(df[df.key == "mitigation/ocp_perturb/applied"].value) == {4.0}  # 80 steps per update / 20
+    perturbed = df[df.key == "mitigation/ocp_perturb/perturbed"].value
+    assert (perturbed > 0).all()  # relative threshold 0.5: some neurons sit below half the layer's mean MAGI
+
+
 def test_contradictory_mitigations_fail_before_compute(tmp_path, capsys):
     run_dir = tmp_path / "run"
     code = main(["train", "--mitigations", "crelu", "--activation", "tanh", "--run-dir", str(run_dir)])

@@ -466,12 +466,14 @@ class Agent:
         needs = set(self.mitigations)
         if acts is None and needs & {"redo", "cbp", "ocp_perturb"}:
             acts = self.forward_acts(params, obs)
-        magi = None
+        magi_fn = None
         if "ocp_perturb" in needs:
-            with_kernels = diag.layers_with_kernels(params, sorted(acts))
-            magi = (diag.local_layer_magi(params, acts, obs, self.activation, with_kernels) if self.plain_mlp
-                    else diag.layer_target_magi(self.forward_acts, params, obs, with_kernels))
-        return BatchInfo(activations=acts, magi=magi, task_switch=task_switch)
+            def magi_fn():  # lazy: computed only where the scheduled OCP perturbation fires
+                with_kernels = diag.layers_with_kernels(params, sorted(acts))
+                if self.plain_mlp:
+                    return diag.local_layer_magi(params, acts, obs, self.activation, with_kernels)
+                return diag.layer_target_magi(self.forward_acts, params, obs, with_kernels)
+        return BatchInfo(activations=acts, task_switch=task_switch, magi_fn=magi_fn)
 
     def measure(self, state: TrainState, batch: Minibatch) -> tuple[TrainState, dict, dict]:
         """Diagnostics (and curvature) of the updated network on the update's batch, when scheduled.

@@ -105,8 +105,6 @@ def continual_backprop(
                 "continual_backprop needs batch_info.activations (plastix.nets.hidden_activations)"
             )
         params = to_dict(params)
-        fresh = fresh_params(init_fn, key, params)
-        keep = ones_like_tree(params)
         new_state, metrics, total, recycled, folds = {}, {}, f32(0.0), [], []
         for layer in hidden_layers(params):
             st = state[layer.name]
@@ -147,12 +145,20 @@ def continual_backprop(
             metrics[f"mitigation/cbp/{layer.name}/replaced"] = n
             metrics[f"mitigation/cbp/{layer.name}/eligible"] = f32(jnp.sum(eligible))
             total = total + n
-        # All statistics above read the parameters as they were; now rewrite them.
-        for path, fold in folds:
-            bias = get_path(params, path)
-            params = set_path(params, path, (bias + fold).astype(bias.dtype))
-        params, keep = recycle_units(params, keep, fresh, recycled)
         metrics["mitigation/cbp/replaced"] = total
-        return params, scale_adam_moments(opt_state, keep), new_state, metrics
+
+        def rewrite(args):  # all statistics above read the parameters as they were; now rewrite them
+            params, opt_state = args
+            for path, fold in folds:
+                bias = get_path(params, path)
+                params = set_path(params, path, (bias + fold).astype(bias.dtype))
+            params, keep = recycle_units(params, ones_like_tree(params), fresh_params(init_fn, key, params), recycled)
+            return params, scale_adam_moments(opt_state, keep)
+
+        # With rr = 1e-4 a replacement happens on a small fraction of steps; the fresh initialisation it
+        # needs costs about one gradient step, so draw it only then (when nothing is replaced the rewrite
+        # is the identity: zero folds, all-keep masks).
+        params, opt_state = jax.lax.cond(total > 0, rewrite, lambda args: args, (params, opt_state))
+        return params, opt_state, new_state, metrics
 
     return Surgery(init, apply)

@@ -22,7 +22,7 @@ def ocp_perturb(
 ) -> Surgery:
     """Perturb the incoming weights of zero-gradient neurons (the OCP paper's claim, Sec. 1 and 5).
 
-    A hidden neuron ``i`` of a layer listed in ``batch_info.magi`` (its zero-gradient index ``G_i``,
+    A hidden neuron ``i`` of a layer listed in ``batch_info.layer_magi()`` (its zero-gradient index ``G_i``,
     SCIENCE.md Eqs. 16-18) is trapped when ``G_i <= threshold`` (``relative=False``; 0 = strictly zero
     gradient) or ``G_i / mean_k G_k <= threshold`` (``relative=True``). Its incoming kernel column gets
     ``W[:, i] += noise_scale * std_l * N(0, I)``, ``std_l`` the layer's init scale: the root-mean-square of
@@ -42,15 +42,16 @@ def ocp_perturb(
     """
 
     def apply(params, opt_state, state, batch_info, key):
-        if batch_info.magi is None:
-            raise ValueError("ocp_perturb needs batch_info.magi ({layer_name: MAGI [H]})")
+        magi = batch_info.layer_magi()
+        if magi is None:
+            raise ValueError("ocp_perturb needs batch_info.magi ({layer_name: MAGI [H]}) or batch_info.magi_fn")
         params = to_dict(params)
         init_key, noise_key = jax.random.split(key)
         fresh = fresh_params(init_fn, init_key, params)
         metrics, total = {}, f32(0.0)
-        layers = [layer for layer in hidden_layers(params) if layer.name in batch_info.magi]
+        layers = [layer for layer in hidden_layers(params) if layer.name in magi]
         for layer, k in zip(layers, jax.random.split(noise_key, max(len(layers), 1))):
-            g = batch_info.magi[layer.name]
+            g = magi[layer.name]
             score = g / (jnp.mean(g) + 1e-12) if relative else g
             trapped = score <= threshold
             path = layer.mlp_path + (layer.layer, "kernel")
