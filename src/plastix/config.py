@@ -161,6 +161,11 @@ class TrainConfig:
     """k: levels the window slides / the set grows per round"""
     heldout_levels: int = 100
     """held-out test levels (never trained on) for the generalisation gap"""
+    baseline: Literal["none", "fresh"] = "none"
+    """fresh: also train, beside each seed, a copy re-initialised at every round start (same config and
+    schedule), and write `round/return_fresh` and `round/normalized_return` = warm / fresh (Juliani & Ash)"""
+    heldout_episodes: int = 16
+    """episodes per seed of the held-out evaluation at each round end (test levels / an unseen permutation)"""
     patch_grid: int = 16
     """permute on images: the image is cut into a patch_grid x patch_grid grid of patches that are shuffled"""
     grid_size: int = 8
@@ -191,6 +196,12 @@ class TrainConfig:
     """envpool worker threads (0: envpool's default)"""
     quiet: bool = False
     """no progress bar or messages (for scripts)"""
+    tensorboard: bool = False
+    """also write every metric as TensorBoard scalars under <run-dir>/tensorboard/seed_<s>/"""
+    wandb: Literal["off", "offline", "online"] = "off"
+    """also log to Weights & Biases (offline: a local run folder under <run-dir>/wandb, no network)"""
+    wandb_project: str = "plastix"
+    """the Weights & Biases project with --wandb offline|online"""
 
     @property
     def seed_list(self) -> list[int]:
