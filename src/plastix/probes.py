@@ -3,6 +3,8 @@
 - ``eq15`` / ``eq15_dataset``: the OCP paper's task-switch regression (Appendix A, Eq. 15).
 - ``regression_probe``: the OCP Fig 3/5 protocol: train a copy of a (e.g. PPO-trained value) network on a
   regression task with Adam and MSE, and return its train and test loss curves.
+- ``interpolated_targets``: targets at a controlled distance ``alpha`` from a network's own task (the OCP
+  paper's Sec. 3.2 made quantitative: ``plastix.experiments.task_switch``, ``ocp-task-relevance``).
 - ``random_target_probe``: Lyle et al. (2023)-style probe: train a copy on fresh random targets for a fixed
   budget of steps and report how low the loss gets (lower = more plastic).
 
@@ -103,6 +105,27 @@ def eq15_dataset(
     y_train = eq15(x_train, noise_std, k_eps_train)
     y_test = eq15(x_test, noise_std, k_eps_test)
     return x_train, y_train, x_test, y_test
+
+
+def interpolated_targets(own: jax.Array, new: jax.Array, alpha: float | jax.Array) -> jax.Array:
+    """Regression targets at task distance ``alpha`` from a network's own task (OCP Sec. 3.2, quantified).
+
+    ``y_alpha = (1 - alpha) * own + alpha * new``, where ``own = v_theta0(X)`` are the trained network's own
+    outputs on the inputs (the task it already solves) and ``new`` a new task's targets on the same inputs
+    (e.g. ``eq15(X)`` with its noise). Task distance is ``alpha``: 0 is the network's own task, 1 the new
+    task (the OCP Fig 3 switch). In function space the target moves linearly,
+    ``mean((y_alpha - own)^2) = alpha^2 * mean((new - own)^2)``, so distance is measured in units of the
+    whole switch; the same ``y_alpha`` is given to a random-init network for comparison.
+
+    Args:
+        own: ``v_theta0(X)`` ``[N]``.
+        new: the new task's targets ``[N]``.
+        alpha: task distance (may be traced, e.g. vmapped over).
+
+    Returns:
+        ``y_alpha`` ``[N]``.
+    """
+    return (1.0 - alpha) * own + alpha * new
 
 
 def _mse(apply_fn: ApplyFn, params: Any, x: jax.Array, y: jax.Array) -> jax.Array:

@@ -137,16 +137,22 @@ def evaluate_claim(claim: dict, finals: pd.DataFrame, labels: dict[str, dict]) -
 
     ``finals``: rows ``run, seed, key, value`` (final values); ``labels``: ``{run: {field: value}}`` used to
     find the runs selected by ``claim["a"]`` and ``claim["b"]``. A seed supports the claim when every key
-    matching ``claim["keys"]`` satisfies the comparison in that seed.
+    matching ``claim["keys"]`` satisfies the comparison in that seed (``combine = "mean"``: when the mean over
+    the matching keys does). ``not_less``: ``a >= b - tolerance * |b|``.
     """
     finals = finals[finals.key.map(lambda k: matches(k, claim["keys"]))]
     if finals.empty:
         return f"not measured: no metric matches `{claim['keys']}`"
+    nkeys_matched = finals.key.nunique()
 
     def pick(selector: dict) -> pd.DataFrame | None:
         runs = [r for r, v in labels.items() if all(str(v.get(k)) == str(x) for k, x in selector.items())]
         sel = finals[finals.run.isin(runs)]
-        return None if sel.empty else sel.groupby(["seed", "key"]).value.mean()
+        if sel.empty:
+            return None
+        if claim.get("combine", "every") == "mean":
+            sel = sel.assign(key=f"mean of {nkeys_matched} keys")
+        return sel.groupby(["seed", "key"]).value.mean()
 
     a = pick(claim["a"])
     if a is None:
@@ -167,6 +173,8 @@ def evaluate_claim(claim: dict, finals: pd.DataFrame, labels: dict[str, dict]) -
             ok = a < b
         elif op == "greater":
             ok = a > b
+        elif op == "not_less":
+            ok = a >= b - tol * b.abs()
         else:
             ok = (a - b).abs() <= tol * b.abs()
         detail = f"mean {a.mean():.3g} vs {b.mean():.3g}"
@@ -174,7 +182,8 @@ def evaluate_claim(claim: dict, finals: pd.DataFrame, labels: dict[str, dict]) -
     k, n = int(per_seed.sum()), len(per_seed)
     word = "yes" if k == n else ("no" if k == 0 else "partly")
     nkeys = ok.index.get_level_values("key").nunique()
-    return f"{word}, {k}/{n} seeds ({nkeys} key{'s' if nkeys != 1 else ''}; {detail})"
+    what = f"mean of {nkeys_matched} keys" if claim.get("combine", "every") == "mean" else f"{nkeys} key{'s' if nkeys != 1 else ''}"
+    return f"{word}, {k}/{n} seeds ({what}; {detail})"
 
 
 def _fmt_sel(selector: dict) -> str:
@@ -259,6 +268,7 @@ class Section:
         self.parts: list[str] = []
         self.missing: list[str] = []
         self.figures: list[str] = []
+        self.verdicts: list[tuple[str, str]] = []  # computed by analyses (regressions, correlations)
 
     def html(self, text: str) -> None:
         self.parts.append(text)
@@ -279,6 +289,10 @@ class Section:
 
     def note_missing(self, what: str) -> None:
         self.missing.append(what)
+
+    def verdict(self, text: str, verdict: str) -> None:
+        """A verdict computed by an analysis (shown with the claims' verdicts)."""
+        self.verdicts.append((text, verdict))
 
 
 def _slug(text: str) -> str:
@@ -446,6 +460,334 @@ def analysis_task_switch(sec, ts: pd.DataFrame | None, exp):
         sec.table(table, f"Final test loss per source network, lr {lr:g}")
 
 
+def analysis_mitigations(sec, frame, keys, run_labels, exp):
+    mit_keys = [k for k in sorted(keys) if k.startswith("mitigation/")]
+    if not mit_keys:
+        sec.note_missing("mitigations: no `mitigation/*` rows (no surgery fired, or none is active)")
+        return
+    panels = [(k.removeprefix("mitigation/"), _variant_lines(frame, k, run_labels)) for k in mit_keys]
+    sec.figure("mitigations", "What the mitigations touched (mean over seeds, 95% bootstrap band)",
+               lambda p: curves_figure(p, panels, "count"))
+
+
+# ----------------------------------------------------------------------------------------- rounds
+ROUND_INDEX = "round/index"
+ROUND_FINAL_KEYS = ("round/normalized_return", "round/return_train")  # the first present is "final return"
+
+
+def round_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows ``run, seed, round, key, value`` of the ``round/*`` keys (except ``round/index``).
+
+    The trainer writes every ``round/*`` row of a round at the round's last update, with ``round/index`` the
+    round number (0-based); rows are matched to it by ``(run, seed, update)``. Without ``round/index`` rows,
+    a row's round is the rank of its update among the run's round rows.
+    """
+    rounds = frame[frame.key.str.startswith("round/")]
+    other = rounds[rounds.key != ROUND_INDEX]
+    index = rounds[rounds.key == ROUND_INDEX]
+    if index.empty:
+        rank = other.groupby(["run", "seed"])["update"].rank(method="dense") - 1
+        out = other.assign(round=rank)
+    else:
+        index = index[["run", "seed", "update", "value"]].rename(columns={"value": "round"})
+        out = other.merge(index, on=["run", "seed", "update"], how="inner")
+    out = out.assign(round=out["round"].astype(int))
+    return out[["run", "seed", "round", "key", "value"]].reset_index(drop=True)
+
+
+def round_curve(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(rounds, mean, low, high)`` over seeds (95% percentile bootstrap) of rows ``seed, round, value``."""
+    wide = rows.pivot_table(index="seed", columns="round", values="value", aggfunc="mean")
+    mean, lo, hi = bootstrap_ci(wide.to_numpy(np.float64))
+    return wide.columns.to_numpy(np.float64), mean, lo, hi
+
+
+def rounds_figure(path: Path, rows: pd.DataFrame, run_labels: dict[str, str], keys: list[str]) -> None:
+    """One panel per ``round/*`` key: every variant's mean over seeds per round with its bootstrap band."""
+    plt = _plt()
+    labels = [run_labels[r] for r in run_labels if r in set(rows.run)]
+    colors = _colors(labels)
+    ncols = min(3, len(keys))
+    nrows = math.ceil(len(keys) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.7 * nrows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        for run, g in rows[rows.key == key].groupby("run", sort=False):
+            if run not in run_labels:
+                continue
+            x, mean, lo, hi = round_curve(g)
+            lab = run_labels[run]
+            ax.plot(x, mean, color=colors[lab], label=lab, marker="o", ms=3, lw=1.3)
+            ax.fill_between(x, lo, hi, color=colors[lab], alpha=0.15, lw=0)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("round")
+        if key == "round/normalized_return":
+            ax.axhline(1.0, color="#777", lw=0.8, ls=":")
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="upper center", ncol=min(len(names), 4), frameon=False, fontsize=8,
+                   bbox_to_anchor=(0.5, 1.0 + 0.03 * math.ceil(len(names) / 4)))
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _final_round(rows: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Rows ``run, seed, value`` of ``key`` at each run's last round."""
+    sub = rows[rows.key == key]
+    last = sub.groupby("run")["round"].transform("max")
+    return sub[sub["round"] == last][["run", "seed", "value"]]
+
+
+def analysis_rounds(sec, frame, keys, run_labels, exp):
+    round_keys = [k for k in keys if k.startswith("round/") and k != ROUND_INDEX]
+    if not round_keys:
+        sec.note_missing("rounds: no `round/*` rows (a run with --rounds > 1 writes them at each round end)")
+        return
+    rows = round_rows(frame[frame.key.str.startswith("round/")])
+    order = ["round/return_train", "round/return_heldout", "round/generalization_gap", "round/return_fresh",
+             "round/normalized_return"]
+    panel_keys = [k for k in order if k in round_keys] + sorted(set(round_keys) - set(order))
+    sec.figure("rounds", "Per-round metrics (mean over seeds, 95% bootstrap band); normalised return = warm / fresh",
+               lambda p: rounds_figure(p, rows, run_labels, panel_keys))
+    key = next((k for k in ROUND_FINAL_KEYS if k in round_keys), None)
+    if key is None:
+        return
+    table = []
+    for run, g in _final_round(rows, key).groupby("run", sort=False):
+        if run in run_labels:
+            point, lo, hi = stratified_bootstrap_ci(g.value.to_numpy())
+            table.append(dict(label=run_labels[run], iqm=point, low=lo, high=hi, seeds=len(g)))
+    if table:
+        table = pd.DataFrame(table)
+        sec.figure("rounds_final", f"Final-round {key}: IQM with 95% stratified-bootstrap CI",
+                   lambda p: iqm_figure(p, table, f"final-round {key.removeprefix('round/')} (IQM)"))
+        sec.table(table, f"Final-round {key} per variant: IQM [95% CI] over seeds")
+
+
+# ---------------------------------------------------------------------------- Juliani & Ash regression
+WEIGHT_MAGNITUDE_KEYS = "*/weight/mean_abs"
+DEAD_UNIT_KEYS = "*/layer_*/dead_units"
+SIGNIFICANCE = 0.05
+
+
+def ols(y: np.ndarray, X: np.ndarray, names: list[str]) -> tuple[pd.DataFrame, float, int]:
+    """Ordinary least squares ``y = b0 + X b + e`` with classical standard errors.
+
+    ``b = (A'A)^-1 A'y`` with ``A = [1, X]``; ``se_j = sqrt(s^2 [(A'A)^-1]_jj)``, ``s^2 = |e|^2 / (n - p)``;
+    ``t_j = b_j / se_j``; two-sided ``p_j = 2 P(T_{n-p} > |t_j|)`` (Student t, ``n - p`` degrees of freedom).
+
+    Returns:
+        ``(table with columns term, coef, se, t, p; R^2; degrees of freedom)``.
+    """
+    from scipy import stats
+
+    y = np.asarray(y, np.float64)
+    A = np.column_stack([np.ones(len(y)), np.asarray(X, np.float64)])
+    dof = len(y) - A.shape[1]
+    if dof < 1:
+        raise ValueError(f"OLS needs more observations ({len(y)}) than coefficients ({A.shape[1]})")
+    coef, *_ = np.linalg.lstsq(A, y, rcond=None)
+    resid = y - A @ coef
+    s2 = float(resid @ resid) / dof
+    se = np.sqrt(s2 * np.diag(np.linalg.inv(A.T @ A)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = coef / se
+    p = 2 * stats.t.sf(np.abs(t), dof)
+    tss = float(((y - y.mean()) ** 2).sum())
+    r2 = 1 - float(resid @ resid) / tss if tss > 0 else float("nan")
+    table = pd.DataFrame(dict(term=["intercept", *names], coef=coef, se=se, t=t, p=p))
+    return table, r2, dof
+
+
+def regression_data(frame: pd.DataFrame, keys: list[str], run_labels: dict[str, str]) -> tuple[pd.DataFrame, str]:
+    """Per run and seed: the final-round return ``y`` (``round/normalized_return`` when the runs have a
+    fresh baseline, else ``round/return_train``), the weight magnitude ``mean_abs_w`` (mean over every
+    kernel of its final ``weight/mean_abs``) and ``dead_units`` (mean over hidden layers of the final
+    fraction of dead units; Juliani & Ash count them: with equal widths a fraction is a count / width).
+    Returns ``(rows run, variant, seed, y, mean_abs_w, dead_units; the y key)``."""
+    key = next((k for k in ROUND_FINAL_KEYS if k in keys), None)
+    if key is None:
+        return pd.DataFrame(columns=["run", "variant", "seed", "y", "mean_abs_w", "dead_units"]), ""
+    y = _final_round(round_rows(frame[frame.key.str.startswith("round/")]), key).rename(columns={"value": "y"})
+    parts = [y]
+    for name, pattern in (("mean_abs_w", WEIGHT_MAGNITUDE_KEYS), ("dead_units", DEAD_UNIT_KEYS)):
+        sub = frame[frame.key.map(lambda k, p=pattern: matches(k, p))]
+        f = final_values(sub).groupby(["run", "seed"]).value.mean().rename(name).reset_index()
+        parts.append(f)
+    data = parts[0]
+    for f in parts[1:]:
+        data = data.merge(f, on=["run", "seed"], how="inner")
+    data = data[data.run.isin(run_labels)].assign(variant=lambda d: d.run.map(run_labels))
+    return data[["run", "variant", "seed", "y", "mean_abs_w", "dead_units"]].reset_index(drop=True), key
+
+
+def regression_verdict(table: pd.DataFrame, r2: float, n: int) -> str:
+    """``yes`` when both regressors have p < 0.05 (the paper's finding), ``partly`` for one, ``no`` for none."""
+    rows = table.set_index("term")
+    terms = [t for t in ("mean_abs_w", "dead_units") if t in rows.index]
+    significant = [t for t in terms if rows.loc[t, "p"] < SIGNIFICANCE]
+    word = "yes" if len(significant) == 2 else ("partly" if significant else "no")
+    detail = "; ".join(f"{t}: coef {rows.loc[t, 'coef']:+.3g}, p = {rows.loc[t, 'p']:.2g}" for t in terms)
+    return f"{word}, {len(significant)}/2 regressors with p < {SIGNIFICANCE:g} ({detail}; n = {n}, R^2 = {r2:.2f})"
+
+
+def regression_figure(path: Path, data: pd.DataFrame, ylabel: str) -> None:
+    """Final-round return against each regressor, one colour per variant."""
+    plt = _plt()
+    colors = _colors(list(dict.fromkeys(data.variant)))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, col, xlabel in zip(axes, ("mean_abs_w", "dead_units"), ("mean |w| (all kernels)", "dead-unit fraction")):
+        for variant, g in data.groupby("variant", sort=False):
+            ax.scatter(g[col], g.y, color=colors[variant], label=variant, s=18)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    axes[1].legend(frameon=False, fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+
+
+REGRESSION_CLAIM = ("Weight magnitude and dead units both predict the final-round return (OLS, p < 0.05; "
+                    "Juliani & Ash 2024)")
+
+
+def analysis_juliani_ash_regression(sec, frame, keys, run_labels, exp):
+    data, key = regression_data(frame, keys, run_labels)
+    if data.empty:
+        sec.note_missing("regression: needs `round/return_train` (or `round/normalized_return`), "
+                         f"`{WEIGHT_MAGNITUDE_KEYS}` and `{DEAD_UNIT_KEYS}` rows in the same runs")
+        sec.verdict(REGRESSION_CLAIM, "not measured: no run has the final-round return and both regressors")
+        return
+    terms = [c for c in ("mean_abs_w", "dead_units") if data[c].std() > 0]
+    constant = sorted({"mean_abs_w", "dead_units"} - set(terms))
+    if constant or len(data) <= len(terms) + 1:
+        why = (f"{', '.join(constant)} constant across runs ({data[constant[0]].iloc[0]:.3g})" if constant
+               else f"only {len(data)} runs x seeds")
+        sec.verdict(REGRESSION_CLAIM, f"not measured: {why}; the regression needs variation in both")
+    if terms and len(data) > len(terms) + 1:
+        table, r2, dof = ols(data.y.to_numpy(), data[terms].to_numpy(), terms)
+        if not constant:
+            sec.verdict(REGRESSION_CLAIM, regression_verdict(table, r2, len(data)))
+        sec.table(table, f"OLS of final-round {key} on {' and '.join(terms)}: n = {len(data)}, dof = {dof}, "
+                         f"R^2 = {r2:.3f}")
+    sec.figure("regression", f"Final-round {key} vs weight magnitude and dead units (one point per run and seed)",
+               lambda p: regression_figure(p, data, key.removeprefix("round/")))
+    sec.table(data.drop(columns="run"), "Regression data: one row per run and seed")
+
+
+# ------------------------------------------------------------------------------------ task relevance
+def relevance_table(tr: pd.DataFrame) -> pd.DataFrame:
+    """Per trained source, lr, alpha and seed: final test losses of the trained and the random-init network
+    on ``y_alpha``, their ratio (plasticity loss at distance alpha; > 1: the trained net learns worse) and
+    the target's distance from the trained net's own outputs, ``mean((y_alpha - v_theta0)^2)`` (its test
+    loss before training)."""
+    test = tr[tr.split == "test"]
+    last = test[test.step == test.step.max()]
+    first = test[test.step == 0]
+    idx = ["source", "alpha", "lr", "seed"]
+    final = last.set_index(idx).loss
+    start = first.set_index(idx).loss
+    rows = []
+    for src in sorted(s for s in final.index.get_level_values("source").unique() if not s.startswith("random-init/")):
+        rand = f"random-init/{src}"
+        trained, fresh = final.xs(src, level="source"), final.xs(rand, level="source") if rand in final.index else None
+        if fresh is None:
+            continue
+        trained, fresh = trained.align(fresh, join="inner")
+        frame = pd.DataFrame(dict(loss_trained=trained, loss_random=fresh, ratio=trained / fresh,
+                                  distance=start.xs(src, level="source").reindex(trained.index)))
+        rows.append(frame.reset_index().assign(source=src))
+    cols = ["source", "lr", "alpha", "seed", "loss_trained", "loss_random", "ratio", "distance"]
+    return pd.concat(rows, ignore_index=True)[cols] if rows else pd.DataFrame(columns=cols)
+
+
+def relevance_verdict(sub: pd.DataFrame) -> str:
+    """Spearman's rho of alpha and the loss ratio over every (alpha, seed) point, and its sign's meaning.
+
+    The OCP paper (Sec. 3.2) holds that plasticity loss is task-specific: largest on tasks close to the
+    network's own, gone on a distant one, i.e. the ratio falls as alpha grows (rho < 0): ``yes`` when
+    rho < 0 with p < 0.05, ``no`` when rho > 0 with p < 0.05, else ``inconclusive``.
+    """
+    from scipy import stats
+
+    ok = np.isfinite(sub.ratio.to_numpy())
+    if ok.sum() < 3 or sub.alpha[ok].nunique() < 2:
+        return "not measured: fewer than 3 finite (alpha, ratio) points"
+    rho, p = stats.spearmanr(sub.alpha[ok], sub.ratio[ok])
+    word = "yes" if (rho < 0 and p < SIGNIFICANCE) else ("no" if (rho > 0 and p < SIGNIFICANCE) else "inconclusive")
+    means = sub.groupby("alpha").ratio.mean()
+    curve = ", ".join(f"{a:g}: {v:.3g}" for a, v in means.items())
+    return f"{word}, Spearman rho = {rho:+.2f} (p = {p:.2g}, {int(ok.sum())} points); mean ratio per alpha {curve}"
+
+
+def relevance_figure(path: Path, table: pd.DataFrame) -> None:
+    """Loss ratio (trained / random init) against task distance alpha; one panel per learning rate."""
+    plt = _plt()
+    lrs = sorted(table.lr.unique(), reverse=True)
+    colors = _colors(sorted(table.source.unique()))
+    fig, axes = plt.subplots(1, len(lrs), figsize=(4.2 * len(lrs), 3.2), squeeze=False)
+    for ax, lr in zip(axes.flat, lrs):
+        for src, g in table[table.lr == lr].groupby("source"):
+            wide = g.pivot_table(index="seed", columns="alpha", values="ratio")
+            mean, lo, hi = bootstrap_ci(wide.to_numpy(np.float64))
+            x = wide.columns.to_numpy(np.float64)
+            ax.plot(x, mean, color=colors[src], label=src, marker="o", ms=3)
+            ax.fill_between(x, lo, hi, color=colors[src], alpha=0.2, lw=0)
+        ax.axhline(1.0, color="#777", lw=0.8, ls=":")
+        ax.set_yscale("log")
+        ax.set_title(f"lr {lr:g}", fontsize=9)
+        ax.set_xlabel("task distance alpha (0 = own task, 1 = Eq. 15)")
+        ax.set_ylabel("final test loss: trained / random init")
+    axes.flat[0].legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+
+
+def analysis_task_relevance(sec, tr: pd.DataFrame | None, exp):
+    if tr is None or tr.empty:
+        sec.note_missing("task relevance: no results yet (run `plastix run` for this experiment)")
+        return
+    table = relevance_table(tr)
+    if table.empty:
+        sec.note_missing("task relevance: no source has both trained and random-init results")
+        return
+    sec.figure("task_relevance", "Plasticity loss vs task distance: final test loss of the trained value net / a "
+               "random-init net on y_alpha = (1 - alpha) v_theta0(X) + alpha eq15(X) (mean over seeds, 95% band)",
+               lambda p: relevance_figure(p, table))
+    for (src, lr), sub in table.groupby(["source", "lr"]):
+        sec.verdict(f"{src}, lr {lr:g}: plasticity loss shrinks with task distance (OCP Sec. 3.2: the loss ratio "
+                    "falls as alpha grows; alpha = 0 also measures the head start on the network's own task)",
+                    relevance_verdict(sub))
+    summary = table.groupby(["source", "lr", "alpha"]).agg(
+        distance=("distance", "mean"), loss_trained=("loss_trained", "mean"), loss_random=("loss_random", "mean"),
+        ratio=("ratio", "mean"), seeds=("seed", "nunique")).reset_index()
+    sec.table(summary, "Per alpha (means over seeds): distance = MSE of y_alpha from the trained net's own outputs; "
+                       "ratio = final test loss trained / random init")
+
+
+def _task_relevance_finals(tr: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """Claim rows: ``task_relevance/final_test_loss/alpha=A/lr=L`` per source (trained and random-init) and
+    ``task_relevance/loss_ratio/alpha=A/lr=L`` per trained source."""
+    test = tr[tr.split == "test"]
+    last = test[test.step == test.step.max()]
+    losses = pd.DataFrame({
+        "run": last.source, "seed": last.seed,
+        "key": [f"task_relevance/final_test_loss/alpha={a:g}/lr={lr:g}" for a, lr in zip(last.alpha, last.lr)],
+        "value": last.loss,
+    })
+    table = relevance_table(tr)
+    ratios = pd.DataFrame({
+        "run": table.source, "seed": table.seed,
+        "key": [f"task_relevance/loss_ratio/alpha={a:g}/lr={lr:g}" for a, lr in zip(table.alpha, table.lr)],
+        "value": table.ratio,
+    })
+    finals = pd.concat([losses, ratios], ignore_index=True)
+    return finals, {s: {"source": s} for s in last.source.unique()}
+
+
 ANALYSIS_FNS = {
     "return": analysis_return,
     "dormancy": analysis_dormancy,
@@ -454,8 +796,12 @@ ANALYSIS_FNS = {
     "weights": analysis_weights,
     "ranks": analysis_ranks,
     "losses": analysis_losses,
+    "mitigations": analysis_mitigations,
+    "rounds": analysis_rounds,
+    "juliani_ash_regression": analysis_juliani_ash_regression,
 }
-assert set(ANALYSIS_FNS) | {"task_switch"} == set(ANALYSES)
+PROBE_ANALYSES = {"task_switch": analysis_task_switch, "task_relevance": analysis_task_relevance}  # (sec, data, exp)
+assert set(ANALYSIS_FNS) | set(PROBE_ANALYSES) == set(ANALYSES)
 
 
 def _task_switch_finals(ts: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, dict]]:
@@ -470,7 +816,7 @@ def _task_switch_finals(ts: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, dict]
 def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     """Write ``index.html`` and its PNGs to ``out_dir`` (default ``SWEEP_DIR/report``); return the page's path."""
     from plastix import store
-    from plastix.experiments.task_switch import read_task_switch
+    from plastix.experiments.task_switch import read_task_relevance, read_task_switch
     from plastix.query import connect
 
     sweep_dir = Path(sweep_dir)
@@ -492,9 +838,14 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pa
                             f"(SELECT unnest(?::VARCHAR[]))", [runs]).df()
         keys = sorted(frame.key.unique()) if not frame.empty else []
         # Verdicts first: the page answers the experiment's questions before it shows the evidence.
-        ts = read_task_switch(sweep_dir, name) if exp["kind"] == "task-switch" else None
+        probes = {"task_switch": None, "task_relevance": None}
         if exp["kind"] == "task-switch":
-            finals, labels = _task_switch_finals(ts) if ts is not None else (pd.DataFrame(columns=["run", "seed", "key", "value"]), {})
+            relevance = "alphas" in (exp.get("task_switch") or {})
+            reader, finals_of = ((read_task_relevance, _task_relevance_finals) if relevance
+                                 else (read_task_switch, _task_switch_finals))
+            data = reader(sweep_dir, name)
+            probes["task_relevance" if relevance else "task_switch"] = data
+            finals, labels = finals_of(data) if data is not None else (pd.DataFrame(columns=["run", "seed", "key", "value"]), {})
         else:
             finals, labels = None, run_values
         verdicts = []
@@ -508,8 +859,8 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pa
             sec.note_missing("no metrics yet: none of this experiment's runs has written a metrics part")
         for analysis in exp["analyses"]:
             try:
-                if analysis == "task_switch":
-                    analysis_task_switch(sec, ts, exp)
+                if analysis in PROBE_ANALYSES:
+                    PROBE_ANALYSES[analysis](sec, probes[analysis], exp)
                 elif not frame.empty:
                     ANALYSIS_FNS[analysis](sec, frame, keys, run_labels, exp)
             except Exception as err:  # one broken figure must not take the page down
@@ -522,7 +873,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pa
             status.append(dict(run=r, seeds=",".join(map(str, cfg.get("seeds", []))),
                                checkpoint_update=latest[0] if latest else 0,
                                rows=int((frame.run == r).sum()) if not frame.empty else 0))
-        sections.append((name, exp, sec, verdicts, pd.DataFrame(status)))
+        sections.append((name, exp, sec, verdicts + sec.verdicts, pd.DataFrame(status)))
     con.close()
     page = out_dir / "index.html"
     page.write_text(_page(sweep_dir, manifest, sections))
@@ -586,7 +937,7 @@ def _page(sweep_dir: Path, manifest: dict, sections) -> str:
                          + "".join(f"<li>{esc(m)}</li>" for m in sec.missing) + "</ul></div>")
         parts.extend(sec.parts)
         parts.append("<h3>Runs</h3>" + status.to_html(index=False, border=0, classes="tbl"))
-        config = {k: exp[k] for k in ("kind", "base", "grid", "analyses", "source", "task_switch") if exp.get(k)}
+        config = {k: exp[k] for k in ("kind", "base", "grid", "arms", "analyses", "source", "task_switch") if exp.get(k)}
         parts.append("<details><summary>Experiment config</summary><pre>" + esc(json.dumps(config, indent=2, default=str))
                      + "</pre></details>")
         for r in exp["runs"]:

@@ -16,6 +16,10 @@ it (``plastix run my-experiment.toml``). Schema (every key is validated, see ``l
     [grid]                                 # the variants: the cartesian product of these lists
     activation = ["relu", "none"]
 
+    [arms]                                 # optional named variants (interventions), crossed with [grid]:
+    warm_start = {}                        # each a table of TrainConfig overrides; a variant's `arm`
+    reset_all = { mitigations = "reset", reset = { layers = "all" } }   # value is its name
+
     [task_switch]                          # kind = "task-switch" only (defaults in TASK_SWITCH_DEFAULTS)
     learning_rates = [0.01, 0.005]
 
@@ -31,6 +35,12 @@ it (``plastix run my-experiment.toml``). Schema (every key is validated, see ``l
     base = { total_timesteps = 65536 }     # overrides [base] at this scale
     grid = { ... }                         # optional: replaces [grid] at this scale
     task_switch = { steps = 300 }          # optional: overrides [task_switch] at this scale
+    arms = ["warm_start"]                  # optional: the arms run at this scale (a subset, in order)
+
+Claims may also set ``compare = "not_less"`` (``a >= b - tolerance * |b|``: "at least about as high") and
+``combine = "mean"`` (compare the mean over the matching keys instead of requiring every key to hold).
+A task-switch experiment with ``task_switch = { alphas = [...] }`` runs the task-relevance probe instead of
+the plain Eq. 15 switch (``plastix.experiments.task_switch``, ``plastix.probes.interpolated_targets``).
 
 ``load(name_or_path, scale)`` returns an ``Experiment`` whose ``variants`` are ready-to-train
 ``TrainConfig`` override dicts, or raises ``ExperimentError`` naming the file, the key and what is allowed.
@@ -41,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import itertools
+import re
 import tomllib
 import types
 import typing
@@ -60,12 +71,19 @@ ANALYSES = {
     "ranks": "per-layer feature ranks (srank, effective rank)",
     "losses": "PPO losses and optimiser statistics",
     "task_switch": "Eq. 15 regression from trained vs random-init value nets: loss curves and final test loss",
+    "task_relevance": "plasticity loss vs task distance: trained / random-init final test loss per alpha (OCP Sec. 3.2)",
+    "mitigations": "what the mitigations touched over env steps (`mitigation/*` keys)",
+    "rounds": "per-round curves of the `round/*` keys (train, held-out, fresh, normalised return) across variants",
+    "juliani_ash_regression": "OLS of final-round return on mean |weight| and dead units (Juliani & Ash 2024)",
 }
-COMPARES = ("less", "greater", "similar", "at_least", "at_most")
-TOP_KEYS = {"name", "description", "kind", "analyses", "source", "base", "grid", "task_switch", "claims", *SCALES}
-SCALE_KEYS = {"seeds", "base", "grid", "task_switch"}
-CLAIM_KEYS = {"text", "keys", "compare", "a", "b", "tolerance", "threshold", "stat"}
+COMPARES = ("less", "greater", "similar", "at_least", "at_most", "not_less")
+CLAIM_COMBINES = ("every", "mean")
+TOP_KEYS = {"name", "description", "kind", "analyses", "source", "base", "grid", "arms", "task_switch", "claims", *SCALES}
+SCALE_KEYS = {"seeds", "base", "grid", "arms", "task_switch"}
+CLAIM_KEYS = {"text", "keys", "compare", "a", "b", "tolerance", "threshold", "stat", "combine"}
 CLAIM_STATS = ("final", "mean")
+ARM_KEY = "arm"  # the variant field naming an arm
+ARM_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
 # Never taken from an experiment file: the runner owns these.
 RUNNER_FIELDS = {"seeds", "run_dir", "resume", "quiet"}
 TASK_SWITCH_DEFAULTS: dict[str, Any] = dict(
@@ -77,6 +95,8 @@ TASK_SWITCH_DEFAULTS: dict[str, Any] = dict(
     x_dist="normal",  # how X is drawn (the paper does not say; SCIENCE.md)
     data_seed=0,  # PRNG seed of the Eq. 15 data set (shared by every source network)
 )
+# Optional [task_switch] keys without a default (absent = the plain Eq. 15 switch).
+TASK_SWITCH_OPTIONAL = {"alphas": "task distances alpha in [0, 1] of the task-relevance probe"}
 
 
 class ExperimentError(ValueError):
@@ -108,16 +128,24 @@ class Experiment:
     claims: list[dict]
     source: str | None = None
     task_switch: dict[str, Any] = field(default_factory=dict)
+    arms: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def variants(self) -> list[Variant]:
-        """The cartesian product of the grid (one variant named ``base`` when the grid is empty)."""
+        """The cartesian product of the grid and the arms (one variant named ``base`` when both are empty).
+
+        An arm adds ``arm = <its name>`` to the variant's values and its overrides to the variant's config
+        (after ``[base]``; an arm never sets a grid key, ``load`` checks it)."""
         keys = list(self.grid)
+        arms = list(self.arms.items()) or [(None, {})]
         out = []
         for combo in itertools.product(*(self.grid[k] for k in keys)):
-            values = dict(zip(keys, combo))
-            name = variant_name(values)
-            out.append(Variant(name, values, {**self.base, **values}))
+            for arm, arm_overrides in arms:
+                values = dict(zip(keys, combo))
+                if arm is not None:
+                    values[ARM_KEY] = arm
+                grid_values = {k: v for k, v in values.items() if k != ARM_KEY}
+                out.append(Variant(variant_name(values), values, {**self.base, **arm_overrides, **grid_values}))
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -297,12 +325,15 @@ def _check_claims(path: Path, claims: Any) -> list[dict]:
             raise ExperimentError(f"{path}: {where}.compare: bad value {claim['compare']!r}; allowed: {', '.join(COMPARES)}")
         if claim.get("stat", "final") not in CLAIM_STATS:
             raise ExperimentError(f"{path}: {where}.stat: bad value {claim['stat']!r}; allowed: {', '.join(CLAIM_STATS)}")
+        if claim.get("combine", "every") not in CLAIM_COMBINES:
+            raise ExperimentError(
+                f"{path}: {where}.combine: bad value {claim['combine']!r}; allowed: {', '.join(CLAIM_COMBINES)}")
         for key in ("a", "b"):
             if key in claim and not isinstance(claim[key], dict):
                 raise ExperimentError(f"{path}: {where}.{key}: must be an inline table such as {{ activation = \"relu\" }}")
         if "a" not in claim:
             raise ExperimentError(f"{path}: {where}.a: required (the variant the claim is about)")
-        if claim["compare"] in ("less", "greater", "similar") and "b" not in claim:
+        if claim["compare"] in ("less", "greater", "similar", "not_less") and "b" not in claim:
             raise ExperimentError(f"{path}: {where}.b: required for compare = {claim['compare']!r}")
         if claim["compare"] in ("at_least", "at_most") and not isinstance(claim.get("threshold"), (int, float)):
             raise ExperimentError(f"{path}: {where}.threshold: required number for compare = {claim['compare']!r}")
@@ -316,10 +347,15 @@ def _check_task_switch(path: Path, where: str, table: Any) -> dict:
     if not isinstance(table, dict):
         raise ExperimentError(f"{path}: [{where}] must be a table")
     for key, value in table.items():
-        if key not in TASK_SWITCH_DEFAULTS:
-            raise ExperimentError(f"{path}: {where}.{key}: unknown key; allowed: {', '.join(TASK_SWITCH_DEFAULTS)}")
-        default = TASK_SWITCH_DEFAULTS[key]
-        if key == "learning_rates":
+        if key not in TASK_SWITCH_DEFAULTS and key not in TASK_SWITCH_OPTIONAL:
+            allowed = ", ".join([*TASK_SWITCH_DEFAULTS, *TASK_SWITCH_OPTIONAL])
+            raise ExperimentError(f"{path}: {where}.{key}: unknown key; allowed: {allowed}")
+        default = TASK_SWITCH_DEFAULTS.get(key)
+        if key == "alphas":
+            ok = (isinstance(value, list) and len(value) >= 2 and len(set(value)) == len(value)
+                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in value))
+            expect = "a list of at least 2 distinct numbers in [0, 1] (0 = the network's own task, 1 = Eq. 15)"
+        elif key == "learning_rates":
             ok = isinstance(value, list) and value and all(isinstance(v, (int, float)) and v > 0 for v in value)
             expect = "a non-empty list of positive numbers"
         elif key == "x_dist":
@@ -331,7 +367,38 @@ def _check_task_switch(path: Path, where: str, table: Any) -> dict:
             ok, expect = isinstance(value, (int, float)) and value >= 0, "a number >= 0"
         if not ok:
             raise ExperimentError(f"{path}: {where}.{key}: bad value {value!r}; expected {expect}")
-    return dict(table)
+    out = dict(table)
+    if "alphas" in out:
+        out["alphas"] = [float(a) for a in out["alphas"]]
+    return out
+
+
+def _check_arms(path: Path, raw: dict, scale_table: dict, scale: str, grid: dict, fields: dict[str, Any]) -> dict:
+    """``{arm name: TrainConfig overrides}`` of ``[arms]``, restricted to ``<scale>.arms`` when given."""
+    table = raw.get("arms", {})
+    if not isinstance(table, dict):
+        raise ExperimentError(f"{path}: [arms] must be a table of named tables of TrainConfig options")
+    arms = {}
+    for name, overrides in table.items():
+        if not ARM_NAME.match(name):
+            raise ExperimentError(f"{path}: arms.{name}: bad arm name; use letters, digits and _ . + -")
+        if not isinstance(overrides, dict):
+            raise ExperimentError(f"{path}: arms.{name}: must be a table of TrainConfig options, e.g. {{}} or "
+                                  "{ mitigations = \"reset\" }")
+        arms[name] = _check_overrides(path, f"arms.{name}", overrides, fields)
+        clash = sorted(set(arms[name]) & set(grid))
+        if clash:
+            raise ExperimentError(f"{path}: arms.{name}.{clash[0]}: also a grid key; set it in [grid] or in the arms")
+    chosen = scale_table.get("arms")
+    if chosen is None:
+        return arms
+    if not (isinstance(chosen, list) and chosen and all(isinstance(a, str) for a in chosen)
+            and len(set(chosen)) == len(chosen)):
+        raise ExperimentError(f"{path}: {scale}.arms: bad value {chosen!r}; expected a list of distinct arm names")
+    for a in chosen:
+        if a not in arms:
+            raise ExperimentError(f"{path}: {scale}.arms: unknown arm {a!r}; defined: {', '.join(arms) or '(none)'}")
+    return {a: arms[a] for a in chosen}
 
 
 def load(name_or_path: str | Path, scale: str = "quick") -> Experiment:
@@ -383,14 +450,19 @@ def load(name_or_path: str | Path, scale: str = "quick") -> Experiment:
     grid = _check_overrides(path, "grid", raw.get("grid", {}), fields, grid=True)
     if "grid" in sc:
         grid = _check_overrides(path, f"{scale}.grid", sc["grid"], fields, grid=True)
+    arms = _check_arms(path, raw, sc, scale, grid, fields)
+    selectable = [*grid, *([ARM_KEY] if arms else [])]
     claims = _check_claims(path, raw.get("claims", []))
     for i, claim in enumerate(claims):
         for side in ("a", "b"):
-            for key in claim.get(side, {}):
-                if kind == "train" and key not in grid:
+            for key, value in claim.get(side, {}).items():
+                if kind == "train" and key not in selectable:
                     raise ExperimentError(
-                        f"{path}: claims[{i}].{side}.{key}: not a grid key; allowed: {', '.join(grid) or '(empty grid)'}"
+                        f"{path}: claims[{i}].{side}.{key}: not a grid key; allowed: {', '.join(selectable) or '(empty grid)'}"
                     )
+                if kind == "train" and key == ARM_KEY and value not in raw.get("arms", {}):
+                    raise ExperimentError(f"{path}: claims[{i}].{side}.arm: unknown arm {value!r}; defined: "
+                                          f"{', '.join(raw.get('arms', {}))}")
                 if kind == "task-switch" and key != "source":
                     raise ExperimentError(f"{path}: claims[{i}].{side}.{key}: task-switch claims select by `source`")
 
@@ -405,10 +477,13 @@ def load(name_or_path: str | Path, scale: str = "quick") -> Experiment:
         for key in ("source", "task_switch"):
             if key in raw or key in sc:
                 raise ExperimentError(f"{path}: {key}: only allowed with kind = 'task-switch'")
+    if kind == "task-switch" and arms:
+        raise ExperimentError(f"{path}: arms: only allowed with kind = 'train' (a task switch probes its source's runs)")
 
     exp = Experiment(
         name=name, description=description, kind=kind, scale=scale, path=str(path), seeds=list(sc["seeds"]),
         base=base, grid=grid, analyses=list(analyses), claims=claims, source=source, task_switch=task_switch,
+        arms=arms,
     )
     for variant in exp.variants:
         try:
