@@ -189,3 +189,194 @@ def test_report_says_what_is_missing_instead_of_failing(tmp_path):
     assert "task switch: no results yet" in html
     assert "not measured: no run with activation=none has" in html
     assert_renders_cleanly(page, tmp_path)
+
+
+# ------------------------------------------------------------------ ocp-perturb, task relevance, juliani-ash
+NEW_EXPERIMENTS = ["ocp-perturb", "ocp-task-relevance", "juliani-ash"]
+
+
+def test_not_less_and_mean_combined_claims():
+    on, off = {"x/1": 1.1, "x/2": 0.0, "y": 0.9}, {"x/1": 1.0, "x/2": 0.3, "y": 1.0}
+    finals = pd.DataFrame([(run, s, k, v) for run, vals in (("on", on), ("off", off)) for s in range(4)
+                           for k, v in vals.items()], columns=["run", "seed", "key", "value"])
+    labels = {"on": {"arm": "on"}, "off": {"arm": "off"}}
+    claim = dict(keys="y", compare="not_less", a={"arm": "on"}, b={"arm": "off"})
+    assert evaluate_claim(claim, finals, labels).startswith("no, 0/4 seeds")  # 0.9 < 1.0
+    assert evaluate_claim(dict(claim, tolerance=0.1), finals, labels).startswith("yes, 4/4 seeds")  # >= 0.9
+    # every key: x/1 is not less (1.1 vs 1.0); the mean over keys (0.55 vs 0.65) is.
+    less = dict(keys="x/*", compare="less", a={"arm": "on"}, b={"arm": "off"})
+    assert evaluate_claim(less, finals, labels).startswith("no, 0/4 seeds (2 keys")
+    assert evaluate_claim(dict(less, combine="mean"), finals, labels).startswith("yes, 4/4 seeds (mean of 2 keys")
+
+
+def test_ols_matches_scipy_and_the_normal_equations():
+    from scipy import stats
+
+    from plastix.report import ols
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=30)
+    y = 1.0 + 2.0 * x + rng.normal(size=30)
+    table, r2, dof = ols(y, x[:, None], ["x"])
+    ref = stats.linregress(x, y)
+    row = table.set_index("term").loc["x"]
+    assert dof == 28 and np.isclose(row.coef, ref.slope) and np.isclose(row.se, ref.stderr)
+    assert np.isclose(row.p, ref.pvalue) and np.isclose(r2, ref.rvalue**2)
+    X = rng.normal(size=(40, 2))
+    y = 0.5 - 1.0 * X[:, 0] + 0.0 * X[:, 1] + 0.1 * rng.normal(size=40)
+    table, r2, dof = ols(y, X, ["a", "b"])
+    A = np.column_stack([np.ones(40), X])
+    beta = np.linalg.solve(A.T @ A, A.T @ y)
+    np.testing.assert_allclose(table.coef, beta)
+    resid = y - A @ beta
+    se = np.sqrt(resid @ resid / 37 * np.diag(np.linalg.inv(A.T @ A)))
+    np.testing.assert_allclose(table.se, se)
+    np.testing.assert_allclose(table.p, 2 * stats.t.sf(np.abs(beta / se), 37))
+    assert table.p[1] < 1e-10 and table.p[2] > 0.01 and dof == 37
+    with pytest.raises(ValueError, match="more observations"):
+        ols(y[:3], X[:3], ["a", "b"])
+
+
+def test_round_rows_read_the_round_from_round_index():
+    from plastix.report import round_rows
+
+    rows = []
+    for seed in (0, 1):
+        for r, update in enumerate((8, 16, 24)):
+            rows += [("a", seed, update, "round/index", float(r)), ("a", seed, update, "round/return_train", r + seed / 10)]
+    frame = pd.DataFrame(rows, columns=["run", "seed", "update", "key", "value"])
+    out = round_rows(frame)
+    assert set(out.key) == {"round/return_train"} and sorted(out["round"].unique()) == [0, 1, 2]
+    assert out[(out.seed == 1) & (out["round"] == 2)].value.item() == 2.1
+    # Without round/index rows the round is the rank of the update.
+    assert round_rows(frame[frame.key != "round/index"]).equals(out)
+
+
+def fake_relevance(rng, alphas=(0.0, 0.25, 0.5, 0.75, 1.0), steps: int = 20) -> pd.DataFrame:
+    """Task-relevance rows where the trained net's advantage shrinks with alpha (ratio = 0.2 + alpha)."""
+    rows = []
+    for src in ("activation=relu", "activation=none"):
+        for seed in (0, 1):
+            for alpha in alphas:
+                for lr in (0.01, 0.005):
+                    final = {src: (0.2 + alpha) * 2.0, f"random-init/{src}": 2.0}
+                    for source, end in final.items():
+                        start = 10.0 * alpha**2 if source == src else 30.0
+                        loss = np.linspace(start, end + rng.random() * 1e-3, steps + 1)
+                        for split in ("train", "test"):
+                            rows.append(pd.DataFrame(dict(source=source, seed=seed, alpha=alpha, lr=lr,
+                                                          step=np.arange(steps + 1), split=split, loss=loss)))
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_relevance_table_and_verdict():
+    from plastix.report import relevance_table, relevance_verdict
+
+    table = relevance_table(fake_relevance(np.random.default_rng(0)))
+    assert set(table.source) == {"activation=relu", "activation=none"}
+    sub = table[(table.source == "activation=relu") & (table.lr == 0.01)]
+    np.testing.assert_allclose(sub.sort_values(["alpha", "seed"]).ratio, np.repeat(0.2 + np.array([0, .25, .5, .75, 1]), 2),
+                               rtol=3e-3)
+    np.testing.assert_allclose(sub[sub.alpha == 0.5].distance, 2.5)  # the trained net's loss before training
+    verdict = relevance_verdict(sub)
+    assert verdict.startswith("no, Spearman rho = +") and "10 points" in verdict  # rises with alpha: rho > 0
+    falling = sub.assign(ratio=1.0 / sub.ratio)
+    assert relevance_verdict(falling).startswith("yes, Spearman rho = -")
+    flat = sub.assign(ratio=np.random.default_rng(1).permutation(np.tile([1.0, 1.1], 5)))
+    assert relevance_verdict(flat).split(",")[0] in ("inconclusive", "yes", "no")
+
+
+def write_runs(sweep: Path, specs, metrics_of) -> None:
+    for spec in specs:
+        run_dir = sweep / "runs" / spec.name
+        run_dir.mkdir()
+        store.write_config(run_dir, {"values": spec.values})
+        metrics, updates = metrics_of(spec)
+        for first in range(1, updates + 1, 8):
+            part = {k: v[first - 1 : first + 7] for k, v in metrics.items()}
+            store.write_metrics_part(run_dir, store.metrics_table(part, [0, 1], first, 1024), first)
+
+
+def new_metrics(rng):
+    """Made-up metrics of the new experiments' runs: ``spec -> ({key: [updates, 2]}, updates)``."""
+    helps = {"warm_start": 0.0, "reset_all": 0.5, "l2_init": 0.3, "layernorm": 0.4, "soft_sp+layernorm": 0.6}
+
+    def of(spec):
+        arm = spec.values.get("arm", "")
+        updates = 24
+        nan = np.full((updates, 2), np.nan)
+        m = {"return/episodic": rng.normal(0, 1, (updates, 2)) + np.linspace(0, 5, updates)[:, None]}
+        if arm in ("no_perturb", "ocp_perturb"):
+            zg = 0.05 if arm == "no_perturb" else 0.01
+            for net in ("policy", "value"):
+                for layer in ("layer_1", "layer_2"):
+                    m[f"{net}/{layer}/zero_grad_ratio_rel@0.025/layer"] = np.full((updates, 2), zg)
+                    m[f"{net}/{layer}/dormant_ratio@0.025"] = np.full((updates, 2), zg)
+            if arm == "ocp_perturb":
+                m["mitigation/ocp_perturb/perturbed"] = rng.integers(0, 5, (updates, 2)).astype(float)
+        if arm in helps:
+            # Weight magnitude and dead units grow without help; the final return falls with both.
+            w = 0.3 + (1 - helps[arm]) * 0.2 + rng.normal(0, 0.02, 2)
+            dead = 0.2 * (1 - helps[arm]) + rng.normal(0, 0.02, 2).clip(-0.01, 0.01)
+            for net in ("policy", "value"):
+                for layer in ("layer_1", "layer_2"):
+                    m[f"{net}/{layer}/dead_units"] = np.tile(dead, (updates, 1))
+                    m[f"{net}/{layer}/weight/mean_abs"] = np.tile(w, (updates, 1))
+            for key in ("round/index", "round/return_train", "round/return_fresh", "round/normalized_return",
+                        "round/return_heldout", "round/generalization_gap"):
+                m[key] = nan.copy()
+            for r, update in enumerate((8, 16, 24)):
+                fresh = 1.0 + rng.normal(0, 0.01, 2)
+                train = fresh * (1 - (1 - helps[arm]) * 0.2 * r) - 2 * (w - 0.3) - dead
+                row = {"round/index": np.full(2, float(r)), "round/return_train": train, "round/return_fresh": fresh,
+                       "round/normalized_return": train / fresh, "round/return_heldout": train - 0.1,
+                       "round/generalization_gap": np.full(2, 0.1)}
+                for key, value in row.items():
+                    m[key][update - 1] = value
+        return m, updates
+
+    return of
+
+
+def fake_new_sweep(root: Path) -> Path:
+    """A sweep with ocp-perturb, ocp-task-relevance (and its ocp-fig1 runs) and juliani-ash, made-up data."""
+    from plastix.experiments.task_switch import relevance_path
+
+    sweep = root / "sweep"
+    exps = [ex.load(name, "quick") for name in NEW_EXPERIMENTS]
+    runs = plan(exps)
+    (sweep / "runs").mkdir(parents=True)
+    write_manifest(sweep, exps, runs)
+    rng = np.random.default_rng(0)
+    write_runs(sweep, runs, new_metrics(rng))
+    out = relevance_path(sweep, "ocp-task-relevance")
+    out.parent.mkdir(parents=True)
+    fake_relevance(rng).to_parquet(out)
+    return sweep
+
+
+def test_new_analyses_render_with_their_verdicts(tmp_path):
+    sweep = fake_new_sweep(tmp_path)
+    page = build_report(sweep)
+    html = page.read_text()
+    for fig in ("ocp-perturb__return.png", "ocp-perturb__mitigations.png", "ocp-task-relevance__task_relevance.png",
+                "juliani-ash__rounds.png", "juliani-ash__rounds_final.png", "juliani-ash__regression.png"):
+        assert fig in html and (page.parent / fig).exists(), fig
+    assert "could not be drawn" not in html, re.findall(r"could not be drawn[^<]*", html)
+    verdict = lambda text: re.search(re.escape(html_escape(text)) + r'[^<]*: <span class="(\w+)">([^<]*)</span>', html)
+    assert verdict("The OCP perturbation lowers the zero-gradient ratio").group(1) == "yes"
+    regression = verdict("Weight magnitude and dead units both predict the final-round return")
+    assert regression.group(1) == "yes" and "2/2 regressors with p &lt; 0.05" in regression.group(2), regression.group(2)
+    assert verdict("Soft shrink & perturb + LayerNorm mitigates plasticity loss").group(1) == "yes"
+    assert verdict("Warm start loses plasticity").group(1) == "yes"
+    assert "not measured: no run with arm=crelu" in html  # CReLU is not in the quick subset
+    assert verdict("activation=relu, lr 0.01: plasticity loss shrinks with task distance").group(1) == "no"
+    assert verdict("Close to its own task (alpha = 0.25) PPO-ReLU").group(1) == "no"  # ratio 0.45 < 1
+    assert "OLS of final-round round/normalized_return on mean_abs_w and dead_units" in html
+    assert_renders_cleanly(page, tmp_path)
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text)

@@ -285,7 +285,8 @@ class Section:
     def table(self, frame: pd.DataFrame, caption: str = "") -> None:
         cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
         body = frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, classes="tbl", escape=True)
-        self.parts.append(body.replace('<table border="0" class="dataframe tbl">', f'<table class="tbl">{cap}', 1))
+        # pandas writes `<table border="0" class="dataframe tbl">` (pandas 2) or without `border` (pandas 3).
+        self.parts.append(re.sub(r'<table[^>]*class="dataframe tbl">', lambda _: f'<table class="tbl">{cap}', body, count=1))
 
     def note_missing(self, what: str) -> None:
         self.missing.append(what)
