@@ -164,6 +164,12 @@ def test_es_regression_probe_reduces_the_eq15_test_loss():
         (dict(total_timesteps=10), "--total-timesteps"),
         (dict(diagnostics_every=-1), "--diagnostics-every"),
         (dict(env_id="NoSuchEnv-v0"), "--env-id"),
+        (dict(shift="permute", rounds=2), "--shift"),
+        (dict(shift="task", env_id="Swimmer-v4", rounds=2), "--shift"),
+        (dict(baseline="warm"), "--baseline"),
+        (dict(rounds=0), "--rounds"),
+        (dict(rounds=2, steps_per_round=1000), "--steps-per-round"),
+        (dict(rounds=1000, total_timesteps=64_000), "--total-timesteps"),
     ],
 )
 def test_config_validate_names_the_option(change, option):

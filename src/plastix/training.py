@@ -78,13 +78,17 @@ def train(cfg: TrainConfig) -> Path:
 
 
 def _train_es(cfg: TrainConfig) -> Path:
-    """``--optimizer es``: OpenAI-ES on the same actor network (``plastix.algos.es``)."""
-    from plastix.algos.es import es_config_from_train_config, train_es
+    """``--optimizer es``: OpenAI-ES on the same actor network (``plastix.algos.es``), in ``--rounds`` rounds
+    under ``--shift none`` or ``task``, with ``--baseline fresh`` (the fresh copies of ``algos/es.py``)."""
+    from plastix.algos.es import ES_SHIFTS, es_config_from_train_config, train_es
 
     if cfg.resume is not None:
         raise ConfigError("--resume: ES runs cannot be resumed yet (they keep only a final checkpoint)")
-    if cfg.shift != "none" or cfg.mitigations:
-        raise ConfigError("--optimizer es: trains a stationary task without mitigations; drop --shift / --mitigations")
+    if cfg.shift not in ES_SHIFTS:
+        raise ConfigError(f"--shift {cfg.shift}: not supported with --optimizer es; ES trains with --shift "
+                          f"{' or '.join(ES_SHIFTS)} (task: running direction of HalfCheetah, Ant, Hopper, Walker2d)")
+    if cfg.mitigations:
+        raise ConfigError("--optimizer es: trains without mitigations; drop --mitigations")
     es_cfg = es_config_from_train_config(cfg, **dataclasses.asdict(cfg.es))
     try:
         es_cfg.validate()

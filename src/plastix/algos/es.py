@@ -39,6 +39,45 @@ frozen during a generation (every member sees the same input transform, as in th
 It starts from the first reset's observations and, after each generation, merges every observation the
 members acted on (the reference merges a random 1% of rollouts; here all of them).
 
+**Rounds, the task shift and the fresh baseline** (SCIENCE.md section 4; Juliani & Ash 2024). Training runs
+in ``rounds`` rounds of ``G = steps_per_round // (popsize * episode_steps)`` generations each
+(``steps_per_round`` defaults to ``total_timesteps / rounds``). With ``shift = "task"`` the fitness of every
+generation of round ``r`` is the return under the running direction ``d_r = shifts.task_direction(r)`` (+1
+forward on even rounds, -1 backward on odd ones): each step's reward is
+``shifts.direction_reward(reward, x_velocity, d_r) = reward + (d_r - 1) x_velocity``, applied by the
+envpool bridge from the round's ``RoundState``, which the host sets before the round's first generation.
+Nothing else changes at a boundary: the search distribution, Adam's moments and the observation statistics
+carry over (ES runs without mitigations), so round ``r > 0`` measures how well a *trained* ES adapts.
+
+``baseline = "fresh"`` trains, beside each seed, a *fresh copy* (as PPO's ``--baseline fresh``). In round 0
+the copy is the seed itself (same key, same env seeds: the same run, so the normalised return is 1). At the
+start of every later round ``r`` its ES state (mean, Adam's moments, generation counter), its PRNG stream
+and its diagnostics state are re-initialised from ``fresh_key(seed, r) = fold_in(fold_in(PRNGKey(seed),
+FRESH_STREAM), r)`` (a new network, never the seed's own init), while its observation statistics carry on,
+as PPO's copies keep their envs' normalisation: the only thing the copy lacks in round ``r`` is the seed's
+trained search distribution. It then trains on the same round (same direction, same env seeds, so the same
+start states). The copies are extra *lanes* of the seed axis (lanes ``0..S-1`` are the seeds, ``S..2S-1``
+their copies): the pool holds ``2S`` env groups and one compiled generation steps both, and a seed's lane
+computes exactly what it computes without the baseline. Per generation, the seeds' metrics are written and,
+of the copies, ``baseline/return/episodic`` only; only the seeds are checkpointed.
+
+Per-round rows (``update`` = the round's last generation; written when ``rounds > 1`` or a baseline is on;
+the keys and part names of PPO's ``training._write_round_summary``):
+
+==============================  ==========================================================================
+``round/index``                 ``r``
+``round/return_train``          mean of ``return/episodic`` over the round's last ``max(1, G // 4)``
+                                generations: the *mean policy's* raw return (the centre of the search
+                                distribution, what ES optimises and would deploy; the population's returns
+                                carry the exploration noise), or the population mean without
+                                ``eval_mean_policy``
+``round/return_fresh``          the same for the fresh copy (``baseline = "fresh"``)
+``round/normalized_return``     ``return_train / return_fresh`` (Juliani & Ash's normalised return: below 1
+                                the seed lost ground to a fresh start; NaN, not written, when the fresh
+                                return is 0). Only meaningful when the fresh return is clearly positive: a
+                                barely trained HalfCheetah policy returns about 0 or less
+==============================  ==========================================================================
+
 **Diagnostics** (the same keys as PPO's ``policy/...`` ones; ``plastix.diagnostics.training.measure``): of
 the mean policy after the generation's update, on ``diagnostics_batch`` observations drawn uniformly from
 the generation's rollouts (all evaluated members), normalised as the members saw them. ES has no training
@@ -56,7 +95,7 @@ generation; the mean-policy episode is not counted as a training sample):
 ``es/update_norm``              ``||theta' - theta||``
 ``es/param_norm``               ``||theta'||``
 ``es/sigma``, ``es/lr``         the noise std and Adam's learning rate
-``time/sps``                    env steps simulated per second (all seeds and members, the host reset included)
+``time/sps``                    env steps simulated per second (all lanes and members, the host reset included)
 ``policy/...``                  diagnostics (above), every ``diagnostics_every`` generations
 ==============================  ==========================================================================
 """
@@ -82,6 +121,11 @@ from plastix import store
 from plastix.diagnostics import training as diag
 from plastix.envs import normalize as nz
 from plastix.nets import ACTIVATIONS, MLP, hidden_activations
+
+# Shifts ES can train under: the reward-only task switch needs nothing from the trainer but a RoundState.
+ES_SHIFTS = ("none", "task")
+# fold_in tag of the fresh copies' keys (fresh_key): a stream no seed's own key ever reaches.
+FRESH_STREAM = 0x0F5E5
 
 # openai/evolution-strategies-starter's Adam.
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
@@ -226,6 +270,16 @@ class ESConfig:
     """the two members of an antithetic pair start from the same initial state (same envpool env seed)"""
     eval_mean_policy: bool = True
     """also run one episode of the unperturbed mean policy per generation (return/mean_policy)"""
+    rounds: int = 1
+    """training rounds; the shift happens between rounds"""
+    steps_per_round: int | None = None
+    """env steps per seed per round (default: total_timesteps / rounds); sets the total when given"""
+    shift: str = "none"
+    """what changes between rounds: none, or task (MuJoCo running direction: forward, backward, ...)"""
+    shift_seed: int = 0
+    """seed of the shifts' randomness (unused by `task`, which is deterministic; kept for the bridge)"""
+    baseline: str = "none"
+    """fresh: also train, beside each seed, a copy re-initialised at every round start (round/return_fresh)"""
     activation: str = "tanh"
     """hidden activation: tanh, relu, none (identity, the OCP paper's No-Act), gelu, silu, softplus, sigmoid, crelu"""
     hidden_sizes: tuple[int, ...] = (64, 64)
@@ -267,12 +321,31 @@ class ESConfig:
         return self.popsize * self.episode_steps
 
     @property
+    def round_steps(self) -> int:
+        """Env steps per seed and round (``steps_per_round``, else ``total_timesteps // rounds``)."""
+        return self.steps_per_round if self.steps_per_round is not None else self.total_timesteps // max(self.rounds, 1)
+
+    @property
+    def generations_per_round(self) -> int:
+        return self.round_steps // self.steps_per_generation
+
+    @property
     def num_generations(self) -> int:
-        return self.total_timesteps // self.steps_per_generation
+        return self.rounds * self.generations_per_round
 
     @property
     def envs_per_seed(self) -> int:
         return self.popsize + int(self.eval_mean_policy)
+
+    @property
+    def lanes_per_seed(self) -> int:
+        """1, or 2 with the fresh baseline (the seed and its fresh copy; see the module docstring)."""
+        return 2 if self.baseline == "fresh" else 1
+
+    @property
+    def writes_rounds(self) -> bool:
+        """Whether per-round rows are written (as PPO: with several rounds; also with a baseline)."""
+        return self.rounds > 1 or self.baseline != "none"
 
     def validate(self, check_env: bool = True) -> None:
         """Raise ``ValueError`` naming the option for any bad input, before any compute."""
@@ -293,28 +366,41 @@ class ESConfig:
             raise ValueError(f"--hidden-sizes: need one or more positive widths, got {self.hidden_sizes}")
         if any(t < 0 for t in self.dormant_taus):
             raise ValueError(f"--dormant-taus: thresholds must be >= 0, got {self.dormant_taus}")
-        if self.num_generations < 1:
-            raise ValueError(
-                f"--total-timesteps: {self.total_timesteps} is less than one generation "
-                f"(popsize * episode_steps = {self.steps_per_generation})"
-            )
+        self._validate_rounds()
         if check_env:
             from plastix.envs.envpool_bridge import check_env_id
+            from plastix.envs.shifts import check_shift_supported
 
             check_env_id(self.env_id)
+            check_shift_supported(self.env_id, self.shift)
+
+    def _validate_rounds(self) -> None:
+        if self.shift not in ES_SHIFTS:
+            raise ValueError(f"--shift: ES trains with --shift {' or '.join(ES_SHIFTS)}, got {self.shift!r}")
+        if self.baseline not in ("none", "fresh"):
+            raise ValueError(f"--baseline: none or fresh, got {self.baseline!r}")
+        if self.rounds < 1:
+            raise ValueError(f"--rounds: must be >= 1, got {self.rounds}")
+        if self.generations_per_round < 1:
+            option = "--steps-per-round" if self.steps_per_round is not None else "--total-timesteps"
+            raise ValueError(
+                f"{option}: {self.round_steps} env steps per round is less than one generation "
+                f"(popsize * episode_steps = {self.steps_per_generation})"
+            )
 
 
 def es_config_from_train_config(train_cfg: Any, **es_options: Any) -> ESConfig:
     """An ``ESConfig`` sharing a PPO ``TrainConfig``'s env, seeds, budget, network and diagnostics options.
 
-    Copied: ``env_id, seeds, total_timesteps, activation, hidden_sizes, layer_norm, obs_clip,
-    diagnostics_every, dormant_taus, overlap_tau, zero_grad_eps, run_dir, log_every, num_threads, quiet``.
+    Copied: ``env_id, seeds, total_timesteps, rounds, steps_per_round, shift, shift_seed, baseline,
+    activation, hidden_sizes, layer_norm, obs_clip, diagnostics_every, dormant_taus, overlap_tau,
+    zero_grad_eps, run_dir, log_every, num_threads, quiet``.
     Not copied (different meaning or scale in ES): ``learning_rate`` and ``weight_decay``; give the ES ones
     (and ``popsize``, ``sigma``, ``episode_steps``...) as ``es_options``.
     """
-    shared = ("env_id", "seeds", "total_timesteps", "activation", "hidden_sizes", "layer_norm", "obs_clip",
-              "diagnostics_every", "dormant_taus", "overlap_tau", "zero_grad_eps", "run_dir", "log_every",
-              "num_threads", "quiet")
+    shared = ("env_id", "seeds", "total_timesteps", "rounds", "steps_per_round", "shift", "shift_seed", "baseline",
+              "activation", "hidden_sizes", "layer_norm", "obs_clip", "diagnostics_every", "dormant_taus",
+              "overlap_tau", "zero_grad_eps", "run_dir", "log_every", "num_threads", "quiet")
     values = {name: getattr(train_cfg, name) for name in shared if hasattr(train_cfg, name)}
     return ESConfig(**{**values, **es_options})
 
@@ -415,7 +501,7 @@ def rollout(
 # =============================================================================================== train
 @struct.dataclass
 class ESRunState:
-    """Everything ``train_es`` carries between generations, stacked over training seeds."""
+    """Everything ``train_es`` carries between generations, stacked over lanes (the seeds, then any fresh copies)."""
 
     es: ESState
     obs_rms: nz.RunningMeanStd
@@ -523,12 +609,17 @@ def default_run_dir(cfg: ESConfig) -> Path:
 
 
 def make_pool(cfg: ESConfig):
-    """The envpool bridge holding ``envs_per_seed`` envs per training seed (flat: one env per "seed" entry)."""
+    """The envpool bridge holding ``envs_per_seed`` envs per lane (flat: one env per "seed" entry).
+
+    Lanes are the seeds, then (``baseline = "fresh"``) their fresh copies, which reuse their seed's env
+    seeds: a copy faces the same start states as its seed. The bridge applies the round's shift (``cfg``
+    is its scenario: ``shift``, ``shift_seed``).
+    """
     from plastix.envs.envpool_bridge import EnvpoolBridge
 
-    env_seeds = [e for s in cfg.seed_list
-                 for e in member_env_seeds(s, cfg.popsize, cfg.eval_mean_policy, cfg.same_start_pairs)]
-    bridge = EnvpoolBridge(cfg.env_id, env_seeds, 1, cfg.num_threads)
+    lane_seeds = cfg.seed_list * cfg.lanes_per_seed
+    env_seeds = [e for s in lane_seeds for e in member_env_seeds(s, cfg.popsize, cfg.eval_mean_policy, cfg.same_start_pairs)]
+    bridge = EnvpoolBridge(cfg.env_id, env_seeds, 1, cfg.num_threads, scenario=cfg)
     if cfg.episode_steps > bridge.max_episode_steps:
         bridge.close()
         raise ValueError(f"--episode-steps: {cfg.episode_steps} exceeds {cfg.env_id}'s episode limit of "
@@ -536,61 +627,141 @@ def make_pool(cfg: ESConfig):
     return bridge
 
 
-def train_es(cfg: ESConfig, run_dir: str | Path | None = None) -> Path:
+# ========================================================================================== rounds
+def fresh_key(seed: int, round_idx: int) -> jax.Array:
+    """Root key of seed ``seed``'s fresh copy in round ``round_idx``: ``fold_in(fold_in(PRNGKey(seed), FRESH_STREAM), r)``."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), FRESH_STREAM), round_idx)
+
+
+def reinit_fresh_lanes(init_fn: Callable, state: ESRunState, seeds: list[int], round_idx: int,
+                       raw_obs: jax.Array) -> ESRunState:
+    """Re-initialise the fresh copies' lanes (``S..2S-1``) of ``state`` for round ``round_idx``.
+
+    ``init_fn(keys [S], raw_obs [S, M, D]) -> ESRunState`` (the trainer's init over lanes); ``raw_obs``
+    ``[2S, M, D]`` the round's reset observations. The copies get a new ES state, diagnostics state and PRNG
+    stream from ``fresh_key(seed, round_idx)`` and keep their observation statistics (module docstring); the
+    seeds' lanes are returned untouched.
+    """
+    s = len(seeds)
+    new = init_fn(jnp.stack([fresh_key(sd, round_idx) for sd in seeds]), raw_obs[s:])
+    fresh = jax.tree.map(lambda x: x[s:], state).replace(es=new.es, diagnostics=new.diagnostics, key=new.key)
+    return jax.tree.map(lambda old, copy: jnp.concatenate([old[:s], copy]), state, fresh)
+
+
+def split_lanes(metrics: dict[str, np.ndarray], num_seeds: int) -> dict[str, np.ndarray]:
+    """The seeds' metrics ``{key: [S]}`` of ``{key: [lanes]}``, plus the fresh copies' ``return/episodic`` as
+    ``baseline/return/episodic`` when there are copies (PPO's key; their other metrics are not written)."""
+    out = {k: np.asarray(v)[:num_seeds] for k, v in metrics.items()}
+    if np.asarray(metrics["return/episodic"]).shape[0] > num_seeds:
+        out["baseline/return/episodic"] = np.asarray(metrics["return/episodic"])[num_seeds:]
+    return out
+
+
+def round_rows(episodic: np.ndarray, num_seeds: int, round_idx: int) -> dict[str, np.ndarray]:
+    """The round's summary rows ``{key: [1, S]}`` from ``return/episodic`` of its generations ``[G, lanes]``.
+
+    ``return_train`` (and ``return_fresh`` when there are fresh lanes) is the mean over the last
+    ``max(1, G // 4)`` generations; ``normalized_return = return_train / return_fresh`` (module docstring).
+    """
+    last = episodic[-max(1, episodic.shape[0] // 4):]
+    per_lane = np.mean(last, axis=0)
+    train = per_lane[:num_seeds]
+    rows = {"round/index": np.full((1, num_seeds), float(round_idx)), "round/return_train": train[None]}
+    if per_lane.shape[0] > num_seeds:
+        fresh = per_lane[num_seeds:]
+        rows["round/return_fresh"] = fresh[None]
+        with np.errstate(divide="ignore", invalid="ignore"):  # undefined (NaN: not written) when fresh is 0
+            rows["round/normalized_return"] = np.where(fresh != 0, train / fresh, np.nan)[None]
+    return rows
+
+
+# =============================================================================================== train
+def train_es(cfg: ESConfig, run_dir: str | Path | None = None, bridge: Any = None) -> Path:
     """Train OpenAI-ES for every seed of ``cfg`` and write a plastix run folder; returns it.
 
     The folder holds ``config.json`` (``store.write_config``), ``metrics.parquet`` parts of
-    ``log_every`` generations (``update`` = generation) and a final orbax checkpoint
-    ``{"params": {"policy": ...}, "obs_rms": ...}`` stacked over seeds (the layout of PPO's
-    ``params["policy"]``, for the task-switch probes).
+    ``log_every`` generations (``update`` = generation), one ``-round`` part per round (``round_rows``,
+    when ``cfg.writes_rounds``) and a final orbax checkpoint ``{"params": {"policy": ...}, "obs_rms": ...}``
+    stacked over seeds (the layout of PPO's ``params["policy"]``, for the task-switch probes).
+
+    ``bridge``: an already built pool of ``lanes_per_seed * S * envs_per_seed`` envs with
+    ``EnvpoolBridge``'s interface (tests pass a JAX stand-in); default ``make_pool(cfg)``.
     """
-    cfg.validate()
+    cfg.validate(check_env=bridge is None)
     run_dir = Path(run_dir or cfg.run_dir or default_run_dir(cfg))
     if run_dir.exists():
         raise ValueError(f"--run-dir: {run_dir} already exists; choose another folder")
     cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
     seeds = cfg.seed_list
     s, m = len(seeds), cfg.envs_per_seed
-    bridge = make_pool(cfg)
+    lanes = s * cfg.lanes_per_seed
+    bridge = bridge if bridge is not None else make_pool(cfg)
     trainer = ESTrainer(cfg, bridge.obs_dim, bridge.action_dim, bridge.action_low, bridge.action_high)
 
     def pool_step(handle, action):
-        handle, out = bridge.step(handle, action.reshape(s * m, 1, -1))
-        return handle, tuple(x.reshape((s, m) + x.shape[2:]) for x in out[:4])  # obs, reward, terminated, truncated
+        handle, out = bridge.step(handle, action.reshape(lanes * m, 1, -1))
+        return handle, tuple(x.reshape((lanes, m) + x.shape[2:]) for x in out[:4])  # obs, reward, terminated, truncated
 
-    reset = lambda: jnp.asarray(bridge.reset().reshape(s, m, -1))
+    reset = lambda: jnp.asarray(bridge.reset().reshape(lanes, m, -1))
     first_obs = reset()
-    keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
     # lax.map: vmapped orthogonal inits batch LAPACK QRs, which can deadlock jaxlib 0.10 on 2 cores.
-    state = jax.jit(lambda k, o: jax.lax.map(lambda x: trainer.init(*x), (k, o)))(keys, first_obs)
+    init_fn = jax.jit(lambda k, o: jax.lax.map(lambda x: trainer.init(*x), (k, o)))
+    # Every lane starts from its seed's key: in round 0 a fresh copy is its seed (module docstring).
+    state = init_fn(jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds * cfg.lanes_per_seed)), first_obs)
     handle = bridge.handle()
     generation = jax.jit(lambda st, obs, h, do: trainer.generation(st, obs, h, pool_step, do))
     generation = generation.lower(state, first_obs, handle, jnp.asarray(True)).compile()  # time/sps excludes compiling
     run_dir.mkdir(parents=True)
     store.write_config(run_dir, dataclasses.asdict(cfg))
-    buffer: list[dict] = []
-    first = 1
-    chunk_start = time.perf_counter()
+    log = _MetricsLog(cfg, run_dir, seeds)
+    per_round = cfg.generations_per_round
+    episodic = np.zeros((per_round, lanes))  # return/episodic of every lane in the current round
     for g in range(cfg.num_generations):
         t0 = time.perf_counter()
+        round_idx, into_round = divmod(g, per_round)
         raw_obs = reset() if g > 0 else first_obs
+        if into_round == 0 and g > 0:  # a shift: the next round's direction; new fresh copies
+            handle = bridge.set_round(round_idx, handle)
+            if cfg.lanes_per_seed == 2:
+                state = reinit_fresh_lanes(init_fn, state, seeds, round_idx, raw_obs)
         measure = cfg.diagnostics_every > 0 and g % cfg.diagnostics_every == 0
         state, handle, metrics = generation(state, raw_obs, handle, jnp.asarray(measure))
         metrics = jax.device_get(metrics)
-        elapsed = time.perf_counter() - t0
-        metrics["time/sps"] = np.full((s,), s * m * cfg.episode_steps / elapsed)
-        buffer.append(metrics)
-        if len(buffer) == cfg.log_every or g == cfg.num_generations - 1:
-            stacked = {k: np.stack([b[k] for b in buffer]) for k in buffer[0]}
-            table = store.metrics_table(stacked, seeds, first, cfg.steps_per_generation)
-            store.write_metrics_part(run_dir, table, first)
-            if not cfg.quiet:
-                rate = len(buffer) / (time.perf_counter() - chunk_start)
-                print(f"[es] generation {g + 1}/{cfg.num_generations}  {rate:.2f} gen/s  "
-                      f"return/mean {float(np.mean(stacked['return/mean'][-1])):.1f}  "
-                      f"return/episodic {float(np.mean(stacked['return/episodic'][-1])):.1f}", flush=True)
-            first, buffer, chunk_start = g + 2, [], time.perf_counter()
-    final = {"params": {"policy": jax.vmap(trainer.unravel)(state.es.mean)}, "obs_rms": state.obs_rms}
+        episodic[into_round] = metrics["return/episodic"]
+        metrics = split_lanes(metrics, s)
+        metrics["time/sps"] = np.full((s,), lanes * m * cfg.episode_steps / (time.perf_counter() - t0))
+        log.append(g, metrics, round_idx)
+        if cfg.writes_rounds and into_round == per_round - 1:
+            table = store.metrics_table(round_rows(episodic, s, round_idx), seeds, g + 1, cfg.steps_per_generation)
+            store.write_metrics_part(run_dir, table, g + 1, store.METRICS_DIR, suffix="-round")
+    seed_lanes = jax.tree.map(lambda x: x[:s], state)
+    final = {"params": {"policy": jax.vmap(trainer.unravel)(seed_lanes.es.mean)}, "obs_rms": seed_lanes.obs_rms}
     store.save_checkpoint(run_dir, cfg.num_generations, final)
     bridge.close()
     return run_dir
+
+
+class _MetricsLog:
+    """Buffers per-generation metrics ``{key: [S]}`` and writes a part every ``log_every`` generations."""
+
+    def __init__(self, cfg: ESConfig, run_dir: Path, seeds: list[int]):
+        self.cfg, self.run_dir, self.seeds = cfg, run_dir, seeds
+        self.buffer: list[dict] = []
+        self.first, self.start = 1, time.perf_counter()
+
+    def append(self, g: int, metrics: dict, round_idx: int) -> None:
+        """Add generation ``g``'s (0-based) metrics; flush at a part boundary or at the last generation."""
+        cfg = self.cfg
+        self.buffer.append(metrics)
+        if len(self.buffer) < cfg.log_every and g < cfg.num_generations - 1:
+            return
+        stacked = {k: np.stack([b[k] for b in self.buffer]) for k in self.buffer[0]}
+        store.write_metrics_part(self.run_dir, store.metrics_table(stacked, self.seeds, self.first,
+                                                                   cfg.steps_per_generation), self.first)
+        if not cfg.quiet:
+            rate = len(self.buffer) / (time.perf_counter() - self.start)
+            rnd = f"round {round_idx + 1}/{cfg.rounds}  " if cfg.rounds > 1 else ""
+            print(f"[es] {rnd}generation {g + 1}/{cfg.num_generations}  {rate:.2f} gen/s  "
+                  f"return/mean {float(np.mean(stacked['return/mean'][-1])):.1f}  "
+                  f"return/episodic {float(np.mean(stacked['return/episodic'][-1])):.1f}", flush=True)
+        self.first, self.buffer, self.start = g + 2, [], time.perf_counter()
