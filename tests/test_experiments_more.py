@@ -203,7 +203,7 @@ def test_arms_only_with_train_experiments(tmp_path):
 def test_alphas_are_validated(tmp_path):
     exp = ex.load(write(tmp_path, RELEVANCE), "quick")
     assert exp.task_switch["alphas"] == [0.0, 0.5, 1.0] and "task_relevance" in exp.analyses
-    for bad in ("[0.5]", "[0.0, 1.5]", "[0.5, 0.5]", '"0,1"', "[-0.1, 0.2]", "[true, false]"):
+    for bad in ("[0.5]", "[0.0, 1.5]", "[0.5, 0.5]", '"0,1"', "[-0.1, 0.2]", "[true, false]", "[[0], [1]]"):
         fails(tmp_path, RELEVANCE.replace("alphas = [0.0, 0.5, 1.0]", f"alphas = {bad}"),
               "task_switch.alphas: bad value", "at least 2 distinct numbers in [0, 1]")
     fails(tmp_path, RELEVANCE.replace("[quick]\nseeds = [0]", "[quick]\nseeds = [0]\ntask_switch = { alphaz = [0, 1] }"),

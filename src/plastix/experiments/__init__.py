@@ -352,8 +352,9 @@ def _check_task_switch(path: Path, where: str, table: Any) -> dict:
             raise ExperimentError(f"{path}: {where}.{key}: unknown key; allowed: {allowed}")
         default = TASK_SWITCH_DEFAULTS.get(key)
         if key == "alphas":
-            ok = (isinstance(value, list) and len(value) >= 2 and len(set(value)) == len(value)
-                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in value))
+            ok = (isinstance(value, list) and len(value) >= 2
+                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in value)
+                  and len(set(value)) == len(value))
             expect = "a list of at least 2 distinct numbers in [0, 1] (0 = the network's own task, 1 = Eq. 15)"
         elif key == "learning_rates":
             ok = isinstance(value, list) and value and all(isinstance(v, (int, float)) and v > 0 for v in value)
