@@ -1,4 +1,4 @@
-"""Sweeps end to end on HalfCheetah-v4: local backend, kill and rerun, retries, query, Ray."""
+"""Sweeps end to end on HalfCheetah-v4: local and Ray backends, kill and rerun, retries, query."""
 
 import json
 import os
@@ -13,7 +13,7 @@ import pytest
 
 from plastix import experiments as ex
 from plastix.query import metrics
-from plastix.runner import LocalBackend, read_manifest, run_sweep
+from plastix.runner import LocalBackend, SweepError, read_manifest, run_sweep
 from plastix.store import latest_checkpoint
 
 TINY = """
@@ -132,10 +132,71 @@ def test_killed_sweep_reruns_to_the_uninterrupted_result_and_crashes_are_retried
     pd.testing.assert_frame_equal(deterministic(metrics(sweep)), deterministic(metrics(full_sweep)))
 
 
-@pytest.mark.slow
-def test_the_same_sweep_on_a_local_ray_instance(full_sweep, tmp_path):
-    pytest.importorskip("ray")  # an optional dependency: pip install 'plastix[ray]'
+def trainers_writing_into(folder: Path) -> list[int]:
+    """Pids of live processes whose command line names ``folder`` (trainers get ``--run-dir``/``--resume``)."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if str(folder) in cmdline and "plastix.cli\0train" in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_sweep_on_local_ray_killed_halfway_reruns_to_the_uninterrupted_result(full_sweep, tmp_path):
+    """The Ray backend end to end (CI runs it): `plastix run --backend ray` is killed after its first
+    checkpoint; its trainer dies with it (no orphan keeps writing); rerunning on a fresh local Ray instance
+    resumes the killed run, trains the other, and gives exactly the local backend's rows."""
     sweep = tmp_path / "sweep"
-    run_sweep([ex.load(tiny_file(tmp_path))], sweep, backend="ray", jobs=2, log=lambda *_: None)
+    runner = subprocess.Popen([sys.executable, "-m", "plastix.cli", "run", str(tiny_file(tmp_path)), "--out", str(sweep),
+                               "--backend", "ray", "--jobs", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and runner.poll() is None:
+        if any(latest_checkpoint(p) for p in (sweep / "runs").glob("*") if p.is_dir()):
+            break
+        time.sleep(0.2)
+    assert runner.poll() is None, "the sweep finished before it could be killed"
+    runner.send_signal(signal.SIGKILL)
+    runner.wait()
+    deadline = time.time() + 60  # Ray's processes share the driver's fate; the trainer dies with its worker
+    while trainers_writing_into(sweep) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not trainers_writing_into(sweep), "a trainer outlived its killed Ray sweep"
+    assert not all(latest_checkpoint(sweep / "runs" / r) and latest_checkpoint(sweep / "runs" / r)[0] == UPDATES
+                   for r in RUNS)
+
+    lines: list[str] = []
+    run_sweep([ex.load(tmp_path / "tiny.toml")], sweep, backend="ray", jobs=2, log=lines.append)
+    assert "[sweep] activation=relu: resuming" in lines, lines  # --jobs 1: the first run was the one killed
     assert_complete(sweep)
     pd.testing.assert_frame_equal(deterministic(metrics(sweep)), deterministic(metrics(full_sweep)))
+
+
+class ConfigErrorBackend(LocalBackend):
+    """Runs a real `plastix train` that fails with a ConfigError (exit 2) for one run, and a trainer that
+    dies by a signal (a crash) for the other; trains nothing."""
+
+    def __init__(self, folder: Path):
+        super().__init__(jobs=2)
+        self.folder, self.attempts = folder, []
+
+    def start(self, cmd, log):
+        self.attempts.append(log.stem)
+        if log.stem == "activation=relu":
+            cmd = [sys.executable, "-m", "plastix.cli", "train", "--resume", str(self.folder / "nowhere")]
+        else:
+            cmd = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+        return super().start(cmd, log)
+
+
+def test_a_config_error_is_reported_at_once_and_not_retried_while_crashes_are(tmp_path):
+    backend, lines = ConfigErrorBackend(tmp_path), []
+    with pytest.raises(SweepError) as err:
+        run_sweep([ex.load(tiny_file(tmp_path))], tmp_path / "sweep", backend=backend, retries=2, log=lines.append)
+    assert backend.attempts.count("activation=relu") == 1 and backend.attempts.count("activation=none") == 3
+    report = next(line for line in lines if line.startswith("[sweep] activation=relu: config error"))
+    assert "not retried" in report and "--resume" in report and "no config.json" in report  # the log's end
+    assert "activation=relu (config error: plastix train: error: --resume:" in str(err.value)
+    assert "activation=none (crashed after 2 retries, exit -9)" in str(err.value)

@@ -15,12 +15,15 @@ share its run folder, so ``ocp-fig1``, ``ocp-weights`` and ``ocp-ranks`` in one 
 
 Resuming: a run whose newest checkpoint is at its final update is skipped; a run folder with a
 ``config.json`` but no final checkpoint is continued with ``train --resume`` (which drops metric parts
-written after its newest checkpoint, so no row is duplicated or lost); a run whose subprocess fails is
-retried (``retries`` times, resuming each time).
+written after its newest checkpoint, so no row is duplicated or lost); a run whose subprocess crashes (a
+signal, or a non-zero exit) is retried (``retries`` times, resuming each time). A trainer that exits with
+code 2 (``plastix train``'s exit for a ``ConfigError`` or a bad flag) is not retried, since it would fail
+the same way: the sweep reports it at once with the end of its log, finishes the other runs, then fails.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import fcntl
 import json
@@ -39,6 +42,7 @@ from plastix import experiments as ex
 from plastix import store
 
 MANIFEST = "sweep.json"
+CONFIG_ERROR_EXIT = 2  # `plastix train`'s exit code for a ConfigError (and argparse/tyro usage errors)
 
 
 class SweepError(RuntimeError):
@@ -167,13 +171,19 @@ def _flags(obj, prefix: str) -> list[str]:
 
 
 # -------------------------------------------------------------------------------------------- backends
-def _die_with_parent():  # runs in the child before exec: a killed runner takes its trainers with it
+def _prctl():
     try:
-        import ctypes
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except OSError:  # not Linux: trainers then outlive a killed runner
+        return None
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+
+_PRCTL = _prctl()  # looked up here: the forked child of a threaded process must not import or load
+
+
+def _die_with_parent():  # runs in the child before exec: a killed runner takes its trainers with it
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class LocalBackend:
@@ -207,11 +217,16 @@ def _ray_train(cmd: list[str], log: str) -> int:
     """Ray task body: the same subprocess, on whichever node runs the task."""
     cmd = [sys.executable, *cmd[1:]]
     with open(log, "ab") as out:
-        return subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT)
+        # A cancelled task or a dead worker must not leave its trainer writing into the run folder.
+        return subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
 
 
 class RayBackend:
-    """Each run is a Ray task (1 CPU) that starts the trainer subprocess; ``address`` as for ``ray.init``."""
+    """Each run is a Ray task (1 CPU) that starts the trainer subprocess.
+
+    ``address``: a cluster to join (as for ``ray.init``); without it ``RAY_ADDRESS``, and without that a
+    new local instance with ``jobs`` CPUs (never a cluster some other ``ray start`` left on this machine).
+    """
 
     def __init__(self, address: str | None = None, jobs: int | None = None):
         try:
@@ -221,8 +236,9 @@ class RayBackend:
         self.ray = ray
         self.owns = not ray.is_initialized()
         if self.owns:
-            kwargs = dict(address=address) if address else dict(num_cpus=jobs or os.cpu_count())
-            ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
+            address = address or os.environ.get("RAY_ADDRESS") or "local"
+            kwargs = dict(num_cpus=jobs or os.cpu_count()) if address == "local" else {}
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, **kwargs)
         self.task = ray.remote(num_cpus=1, max_retries=0)(_ray_train)
         self.jobs = max(1, jobs or int(ray.cluster_resources().get("CPU", 1)))
 
@@ -300,22 +316,14 @@ def run_sweep(
 
 
 def _train_all(runs: list[RunSpec], sweep_dir: Path, engine, retries: int, log) -> None:
-    pending: list[tuple[RunSpec, int]] = []
-    for spec in runs:
-        status = run_status(sweep_dir / "runs" / spec.name, spec)
-        if status == "done":
-            log(f"[sweep] {spec.name}: finished, skipped")
-        else:
-            pending.append((spec, 0))
-            log(f"[sweep] {spec.name}: {'resuming' if status == 'partial' else 'queued'}")
+    pending = [(spec, 0) for spec in runs if _needs_training(spec, sweep_dir, log)]
     active: dict[str, tuple[Any, RunSpec, int, float]] = {}
     failed: list[str] = []
     try:
         while pending or active:
             while pending and len(active) < engine.jobs:
                 spec, attempt = pending.pop(0)
-                run_dir = sweep_dir / "runs" / spec.name
-                cmd = train_command(run_dir, spec)
+                cmd = train_command(sweep_dir / "runs" / spec.name, spec)
                 handle = engine.start(cmd, sweep_dir / "logs" / f"{spec.name}.log")
                 active[spec.name] = (handle, spec, attempt, time.perf_counter())
             time.sleep(0.2)
@@ -324,18 +332,48 @@ def _train_all(runs: list[RunSpec], sweep_dir: Path, engine, retries: int, log) 
                 if rc is None:
                     continue
                 del active[name]
-                run_dir = sweep_dir / "runs" / name
-                if rc == 0 and run_status(run_dir, spec) == "done":
-                    log(f"[sweep] {name}: done in {time.perf_counter() - t0:.0f}s")
-                elif attempt < retries:
-                    log(f"[sweep] {name}: failed (exit {rc}), retry {attempt + 1}/{retries}; see logs/{name}.log")
+                outcome = _judge(spec, rc, attempt, time.perf_counter() - t0, sweep_dir, retries, log)
+                if outcome == "retry":
                     pending.append((spec, attempt + 1))
-                else:
-                    log(f"[sweep] {name}: failed (exit {rc}) after {retries} retries; see {sweep_dir}/logs/{name}.log")
-                    failed.append(name)
+                elif outcome != "done":
+                    failed.append(f"{name} ({outcome})")
     except BaseException:
         for handle, *_ in active.values():
             engine.stop(handle)
         raise
     if failed:
-        raise SweepError(f"runs failed after {retries} retries: {', '.join(failed)} (logs in {sweep_dir}/logs)")
+        raise SweepError(f"runs failed: {'; '.join(failed)} (logs in {sweep_dir}/logs)")
+
+
+def _needs_training(spec: RunSpec, sweep_dir: Path, log) -> bool:
+    status = run_status(sweep_dir / "runs" / spec.name, spec)
+    log(f"[sweep] {spec.name}: {dict(done='finished, skipped', partial='resuming', new='queued')[status]}")
+    return status != "done"
+
+
+def _judge(spec: RunSpec, rc: int, attempt: int, seconds: float, sweep_dir: Path, retries: int, log) -> str:
+    """What an ended attempt means: ``done``, ``retry`` (a crash with retries left) or why the run failed."""
+    name, logfile = spec.name, sweep_dir / "logs" / f"{spec.name}.log"
+    if rc == 0 and run_status(sweep_dir / "runs" / name, spec) == "done":
+        log(f"[sweep] {name}: done in {seconds:.0f}s")
+        return "done"
+    if rc == CONFIG_ERROR_EXIT:
+        tail = log_tail(logfile)
+        log(f"[sweep] {name}: config error (exit {rc}), not retried; the end of {logfile}:\n{tail}")
+        return f"config error: {tail.splitlines()[-1] if tail else 'no output'}"
+    if attempt < retries:
+        log(f"[sweep] {name}: crashed (exit {rc}), retry {attempt + 1}/{retries}; see logs/{name}.log")
+        return "retry"
+    log(f"[sweep] {name}: crashed (exit {rc}) after {retries} retries; see {logfile}")
+    return f"crashed after {retries} retries, exit {rc}"
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` non-empty lines of a log file ('' if it is missing)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))  # the end is enough, and logs can be long
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
