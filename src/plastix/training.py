@@ -22,6 +22,7 @@ from plastix import store
 from plastix.algos.ppo import Agent, TrainState, make_chunk_fn
 from plastix.config import ConfigError, TrainConfig, config_from_dict, validate
 from plastix.envs import make_bridge
+from plastix.envs.heldout import HeldoutEvaluation
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -46,9 +47,16 @@ def prepare_run(cfg: TrainConfig) -> tuple[TrainConfig, Path, bool]:
     return dataclasses.replace(cfg, run_dir=str(run_dir)), run_dir, False
 
 
-def build(cfg: TrainConfig):
-    """Env bridge, agent and fresh stacked train states for ``cfg.seed_list``."""
+def member_seeds(cfg: TrainConfig) -> list[int]:
+    """The seeds of the stacked train states: ``cfg.seed_list``, and with ``--baseline fresh`` the same seeds
+    again for the fresh copies (member ``S + i`` is seed ``i``'s copy, re-initialised at each round start)."""
     seeds = cfg.seed_list
+    return seeds + seeds if cfg.baseline == "fresh" else seeds
+
+
+def build(cfg: TrainConfig):
+    """Env bridge, agent and fresh stacked train states for ``member_seeds(cfg)``."""
+    seeds = member_seeds(cfg)
     bridge = make_bridge(cfg, seeds)
     agent = Agent(cfg, bridge.spec)
     raw_obs = jnp.asarray(bridge.reset())
@@ -113,7 +121,39 @@ def load_checkpoint(run_dir: str | Path, final: bool = True) -> tuple[TrainConfi
     bridge, _, fresh = build(cfg)
     tree = store.restore_checkpoint(latest[1], _checkpoint_tree(bridge, fresh, bridge.handle()))
     bridge.close()
-    return cfg, tree["train"]
+    return cfg, _warm(cfg, tree["train"])
+
+
+def _warm(cfg: TrainConfig, tree):
+    """The members of a stacked pytree that are the run's seeds (drops the ``--baseline fresh`` copies)."""
+    n = len(cfg.seed_list)
+    return jax.tree.map(lambda x: x[:n], tree)
+
+
+def _fresh(cfg: TrainConfig, tree):
+    """The ``--baseline fresh`` copies of a stacked pytree."""
+    n = len(cfg.seed_list)
+    return jax.tree.map(lambda x: x[n:], tree)
+
+
+def reinit_fresh_members(agent: Agent, states: TrainState, round_idx: int) -> TrainState:
+    """Re-initialise the ``--baseline fresh`` copies for round ``round_idx`` (Juliani & Ash's fresh network).
+
+    Copy ``i`` gets the network, optimizer, surgery and diagnostics state of a new agent drawn with
+    ``fold_in(PRNGKey(seed_i), 1_000 + round_idx)``; its envs (and their running normalisation statistics),
+    its PRNG stream and its update counter (hence the learning-rate schedule) carry on, so the only
+    difference from the warm seed in this round is the starting network.
+    """
+    cfg = agent.cfg
+    seeds = jnp.asarray(cfg.seed_list)
+    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.PRNGKey(s), 1_000 + round_idx))(seeds)
+    fresh_env = _fresh(cfg, states.env)
+    # lax.map, not vmap: the orthogonal inits' QR must not be batched (see ``build``).
+    new = jax.jit(lambda k, o: jax.lax.map(lambda x: agent.init_state(*x), (k, o)))(keys, fresh_env.obs)
+    old = _fresh(cfg, states)
+    new = old.replace(params=new.params, opt_state=new.opt_state, surgery_state=new.surgery_state,
+                      diagnostics=new.diagnostics)
+    return jax.tree.map(lambda w, f: jnp.concatenate([w, f]), _warm(cfg, states), new)
 
 
 def _checkpoint_tree(bridge, states: TrainState, handle) -> dict:
@@ -147,18 +187,23 @@ def _resume(run_dir: Path, bridge, agent: Agent, fresh: TrainState, handle):
 def _run_chunks(cfg: TrainConfig, run_dir: Path, bridge, agent: Agent, states: TrainState, handle) -> None:
     """Compiled chunks of updates, round by round: metrics parts, checkpoints, per-round summaries."""
     seeds = cfg.seed_list
+    members = len(member_seeds(cfg))
     done = int(np.asarray(states.update)[0])
     per_round = cfg.updates_per_round
     compiled: dict[int, object] = {}
     chunks_since_checkpoint = 0
+    heldout = HeldoutEvaluation(cfg, agent, bridge) if cfg.rounds > 1 else None
     if done < cfg.num_updates:
         handle = bridge.set_round(done // per_round, handle)
     with _progress(cfg, done) as progress:
         while done < cfg.num_updates:
             round_idx, into_round = divmod(done, per_round)
             if into_round == 0 and done > 0:  # a shift: new round, and at-switch mitigations fire
+                pool = getattr(bridge, "pool_version", 0)
                 handle = bridge.set_round(round_idx, handle)
-                states = states.replace(task_switch=jnp.ones_like(states.task_switch))
+                if getattr(bridge, "pool_version", 0) != pool:  # window/expand on envpool built a new pool
+                    compiled.clear()
+                states = _start_round(cfg, agent, states, round_idx)
             k = min(cfg.chunk_updates, per_round - into_round)
             if k not in compiled:
                 compiled[k] = make_chunk_fn(agent, bridge.step, k).lower(states, handle).compile()
@@ -166,49 +211,79 @@ def _run_chunks(cfg: TrainConfig, run_dir: Path, bridge, agent: Agent, states: T
             states, handle, (metrics, scores) = compiled[k](states, handle)
             metrics, scores = jax.device_get((metrics, scores))
             elapsed = time.perf_counter() - start
-            sps = k * cfg.batch_size * len(seeds) / elapsed
+            sps = k * cfg.batch_size * members / elapsed
+            metrics = _split_members(cfg, metrics)
             metrics["time/sps"] = np.full((k, len(seeds)), sps)
             store.write_metrics_part(run_dir, store.metrics_table(metrics, seeds, done + 1, cfg.batch_size), done + 1)
             if scores:
+                scores = {key: np.asarray(v)[:, : len(seeds)] for key, v in scores.items()}
                 table = store.neuron_table(scores, seeds, done + 1, cfg.batch_size)
                 store.write_metrics_part(run_dir, table, done + 1, store.NEURONS_DIR)
             done += k
             if cfg.rounds > 1 and done % per_round == 0:
-                _write_round_summary(cfg, run_dir, bridge, agent, states, round_idx, done)
+                _write_round_summary(cfg, run_dir, heldout, states, round_idx, done)
             chunks_since_checkpoint += 1
             if chunks_since_checkpoint >= cfg.checkpoint_chunks or done == cfg.num_updates:
                 store.save_checkpoint(run_dir, done, _checkpoint_tree(bridge, states, handle))
                 chunks_since_checkpoint = 0
             progress.advance(done, sps, _latest_return(metrics["return/episodic"]))
+    if heldout is not None:
+        heldout.close()
 
 
-def _write_round_summary(cfg, run_dir: Path, bridge, agent: Agent, states: TrainState, round_idx: int, update: int):
-    """Per-round rows at the round's last update: ``round/index``, ``round/return_train`` (mean episodic
-    return over the round's last quarter of updates) and, for JAX envs, ``round/return_heldout`` (held-out
-    levels or an unseen permutation) and ``round/generalization_gap`` (train - held-out)."""
+def _start_round(cfg: TrainConfig, agent: Agent, states: TrainState, round_idx: int) -> TrainState:
+    """At a shift: flag the task switch (at-switch mitigations fire on the next gradient step) and, with
+    ``--baseline fresh``, re-initialise the fresh copies (which take no at-switch mitigation: they are new)."""
+    switch = jnp.ones_like(states.task_switch)
+    if cfg.baseline == "fresh":
+        states = reinit_fresh_members(agent, states, round_idx)
+        switch = switch.at[len(cfg.seed_list):].set(False)
+    return states.replace(task_switch=switch)
+
+
+def _split_members(cfg: TrainConfig, metrics: dict) -> dict:
+    """The seeds' metrics ``[K, S]``; with ``--baseline fresh`` plus the fresh copies' episodic returns as
+    ``baseline/return/episodic`` (their other metrics are not written)."""
+    n = len(cfg.seed_list)
+    out = {key: np.asarray(v)[:, :n] for key, v in metrics.items()}
+    if cfg.baseline == "fresh":
+        out["baseline/return/episodic"] = np.asarray(metrics["return/episodic"])[:, n:]
+    return out
+
+
+def _round_mean(df, key: str, seeds: list[int], first: int, last: int) -> np.ndarray:
+    """Per seed, the mean of ``key`` over updates ``first..last`` (NaN where no row)."""
+    rows = df[(df.key == key) & (df["update"] >= first) & (df["update"] <= last)]
+    return rows.groupby("seed").value.mean().reindex(seeds).to_numpy()
+
+
+def _write_round_summary(cfg, run_dir: Path, heldout, states: TrainState, round_idx: int, update: int):
+    """Per-round rows at the round's last update (returns averaged over the round's last quarter of updates):
+
+    - ``round/index``, ``round/return_train``;
+    - where the scenario has a held-out set (``HeldoutEvaluation``): ``round/return_heldout`` and
+      ``round/generalization_gap`` = train - held-out;
+    - with ``--baseline fresh``: ``round/return_fresh`` (the copy trained from a new init on this round only)
+      and ``round/normalized_return`` = train / fresh (Juliani & Ash's measure: < 1 is plasticity loss;
+      meaningful for positive returns, e.g. the gridworld and CoinRun, not for MuJoCo's signed returns).
+    """
     seeds = cfg.seed_list
     df = store.read_metrics(run_dir)
     first = update - max(1, cfg.updates_per_round // 4) + 1
-    recent = df[(df.key == "return/episodic") & (df["update"] >= first) & (df["update"] <= update)]
-    train_return = recent.groupby("seed").value.mean().reindex(seeds).to_numpy()
+    train_return = _round_mean(df, "return/episodic", seeds, first, update)
     rows = {"round/index": np.full((1, len(seeds)), float(round_idx)), "round/return_train": train_return[None]}
-    if hasattr(bridge, "evaluate") and not agent.normalize_obs:
-        heldout = np.asarray(_evaluate_heldout(bridge, agent, states, round_idx))
-        rows["round/return_heldout"] = heldout[None]
-        rows["round/generalization_gap"] = (train_return - heldout)[None]
+    if heldout is not None and heldout.available:
+        value = heldout.evaluate(_warm(cfg, states), round_idx)
+        rows["round/return_heldout"] = value[None]
+        rows["round/generalization_gap"] = (train_return - value)[None]
+    if cfg.baseline == "fresh":
+        fresh_return = _round_mean(df, "baseline/return/episodic", seeds, first, update)
+        rows["round/return_fresh"] = fresh_return[None]
+        with np.errstate(divide="ignore", invalid="ignore"):  # undefined (NaN, not written) when fresh is 0
+            ratio = np.where(fresh_return != 0, train_return / fresh_return, np.nan)
+        rows["round/normalized_return"] = ratio[None]
     table = store.metrics_table(rows, seeds, update, cfg.batch_size)
     store.write_metrics_part(run_dir, table, update, store.METRICS_DIR, suffix="-round")
-
-
-def _evaluate_heldout(bridge, agent: Agent, states: TrainState, round_idx: int):
-    """Held-out return of every seed's current policy (sampled actions), in one compiled call."""
-
-    def one_seed(params, opt_state, key):
-        act = lambda k, obs: agent.policy.sample(k, agent.forward(params, opt_state, obs)[0])
-        return bridge.evaluate(act, key)
-
-    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.PRNGKey(s), 10_000 + round_idx))(jnp.asarray(agent.cfg.seed_list))
-    return jax.jit(jax.vmap(one_seed))(states.params, states.opt_state, keys)
 
 
 def _latest_return(returns: np.ndarray) -> float:

@@ -57,6 +57,19 @@ def round_state(scenario: Any, round_idx: int, obs_size: int) -> RoundState:
     return RoundState(perm=perm, direction=direction)
 
 
+def heldout_round_state(scenario: Any, obs_size: int) -> RoundState:
+    """The held-out evaluation's ``RoundState``: a permutation no round trains on (``permute``), forward running."""
+    import jax
+    import jax.numpy as jnp
+
+    from plastix.envs import shifts
+
+    if getattr(scenario, "shift", "none") != "permute":
+        raise ValueError("held-out evaluation of a MuJoCo task exists only for --shift permute (an unseen permutation)")
+    perm = shifts.heldout_permutation(jax.random.PRNGKey(scenario.shift_seed), obs_size)
+    return RoundState(perm=perm, direction=jnp.float32(1.0))
+
+
 def list_envpool_envs() -> list[str]:
     """Every env id envpool registers."""
     import envpool
@@ -93,6 +106,7 @@ class EnvpoolBridge:
     envs_per_seed: int
     num_threads: int = 0
     scenario: Any = None  # a TrainConfig with shift options, or None for a stationary task
+    heldout: bool = False  # the scenario's held-out evaluation pool (an unseen permutation) instead of round 0
 
     def __post_init__(self):
         import envpool
@@ -114,7 +128,8 @@ class EnvpoolBridge:
         self.action_high = np.asarray(space.high, np.float32)
         self.max_episode_steps = int(self.env.spec.config.max_episode_steps)
         self._xla_handle, _, _, self._xla_step = self.env.xla()
-        self._round = round_state(self.scenario, 0, self.obs_dim)
+        self._round = (heldout_round_state(self.scenario, self.obs_dim) if self.heldout
+                       else round_state(self.scenario, 0, self.obs_dim))
 
     @property
     def spec(self):

@@ -76,13 +76,18 @@ class ImageEnvBridge:
     num_levels: int = 0
     options: dict[str, Any] = field(default_factory=dict)
     scenario: Any = None  # a TrainConfig with shift options (permute, window, expand), or None
+    heldout: bool = False  # the scenario's held-out evaluation pool (test levels / an unseen permutation)
 
     def __post_init__(self):
         self.family = image_env_family(self.env_id)
         if self.scenario is not None and self.family == "procgen" and self.scenario.shift in ("none", "permute", "window", "expand"):
-            from plastix.envs.shifts import train_levels
+            from plastix.envs.shifts import heldout_levels, train_levels
 
-            levels = train_levels(self.scenario.shift, 0, self.scenario.num_levels, self.scenario.level_step)
+            sc = self.scenario
+            if self.heldout and sc.shift != "permute":  # test levels that no round trains on
+                levels = heldout_levels(sc.rounds, sc.num_levels, sc.level_step, sc.heldout_levels)
+            else:  # round 0's levels (permute evaluates an unseen permutation of the training levels)
+                levels = train_levels(sc.shift, 0, sc.num_levels, sc.level_step)
             self.start_level, self.num_levels = levels.start, levels.num_levels
         self._build()
 
@@ -112,7 +117,9 @@ class ImageEnvBridge:
         self.num_actions = int(self.env.action_space.n)
         self.max_episode_steps = int(self.env.spec.config.max_episode_steps)
         self._xla_handle, _, _, self._xla_step = self.env.xla()
-        self._perm = self.round_perm(0)
+        # The XLA step's custom call is bound to this pool: code compiled for an older pool must be recompiled.
+        self.pool_version = getattr(self, "pool_version", -1) + 1
+        self._perm = self._heldout_perm() if self.heldout else self.round_perm(0)
 
     @property
     def spec(self):
@@ -133,6 +140,15 @@ class ImageEnvBridge:
             return jnp.arange(grid * grid, dtype=jnp.int32)
         shifts.check_patch_grid(self.observation_shape[0], self.observation_shape[1], grid)
         return shifts.observation_permutation(jax.random.PRNGKey(self.scenario.shift_seed), round_idx, grid * grid)
+
+    def _heldout_perm(self):
+        """The held-out pool's patch permutation: one no round trains on under ``permute``, else identity."""
+        from plastix.envs import shifts
+
+        grid = self._patch_grid()
+        if getattr(self.scenario, "shift", "none") != "permute":
+            return jnp.arange(grid * grid, dtype=jnp.int32)
+        return shifts.heldout_permutation(jax.random.PRNGKey(self.scenario.shift_seed), grid * grid)
 
     def set_round(self, round_idx: int, handle):
         """Handle for round ``round_idx``: a new patch permutation, or (``window``/``expand``) a new pool
