@@ -550,10 +550,10 @@ class ESTrainer:
                 for name, (_, post) in acts.items()}
 
     def generation(self, state: ESRunState, raw_obs: jax.Array, handle: Any, pool_step: Callable, measure: jax.Array):
-        """One generation for every seed: ask, roll out (the pool), tell, merge obs statistics, diagnostics.
+        """One generation for every lane: ask, roll out (the pool), tell, merge obs statistics, diagnostics.
 
-        ``raw_obs`` ``[S, M, D]`` (the host reset), ``measure`` a bool scalar. Returns
-        ``(state, handle, metrics {key: [S]})``.
+        ``raw_obs`` ``[L, M, D]`` (the host reset; ``L`` lanes: the seeds, then any fresh copies), ``measure``
+        a bool scalar. Returns ``(state, handle, metrics {key: [L]})``.
         """
         cfg = self.cfg
         gen_keys = jax.vmap(jax.random.fold_in)(state.key, state.es.generation)
