@@ -380,3 +380,21 @@ def html_escape(text: str) -> str:
     import html
 
     return html.escape(text)
+
+
+def test_regression_without_variation_is_not_measured():
+    from plastix.report import Section, analysis_juliani_ash_regression
+
+    rows = []
+    for run, w in (("a", 0.3), ("b", 0.5), ("c", 0.4)):
+        for seed in (0, 1):
+            rows += [(run, seed, 8, "round/index", 0.0), (run, seed, 8, "round/return_train", 1 - w + seed / 100),
+                     (run, seed, 8, "policy/layer_1/weight/mean_abs", w + seed / 50),
+                     (run, seed, 8, "policy/layer_1/dead_units", 0.0)]
+    frame = pd.DataFrame(rows, columns=["run", "seed", "update", "key", "value"]).assign(env_step=0)
+    sec = Section(Path("."), "x")
+    sec.figure = lambda *a, **k: None
+    analysis_juliani_ash_regression(sec, frame, sorted(frame.key.unique()), {r: r for r in "abc"}, {})
+    (text, verdict), = sec.verdicts
+    assert verdict == "not measured: dead_units constant across runs (0); the regression needs variation in both"
+    assert "OLS of final-round round/return_train on mean_abs_w: n = 6, dof = 4" in "".join(sec.parts)

@@ -621,6 +621,7 @@ def regression_data(frame: pd.DataFrame, keys: list[str], run_labels: dict[str, 
     for f in parts[1:]:
         data = data.merge(f, on=["run", "seed"], how="inner")
     data = data[data.run.isin(run_labels)].assign(variant=lambda d: d.run.map(run_labels))
+    data = data[np.isfinite(data[["y", "mean_abs_w", "dead_units"]].to_numpy(np.float64)).all(axis=1)]
     return data[["run", "variant", "seed", "y", "mean_abs_w", "dead_units"]].reset_index(drop=True), key
 
 
@@ -661,18 +662,20 @@ def analysis_juliani_ash_regression(sec, frame, keys, run_labels, exp):
                          f"`{WEIGHT_MAGNITUDE_KEYS}` and `{DEAD_UNIT_KEYS}` rows in the same runs")
         sec.verdict(REGRESSION_CLAIM, "not measured: no run has the final-round return and both regressors")
         return
+    # A regressor constant across runs (e.g. no dead unit anywhere) cannot be estimated: fit the other alone.
     terms = [c for c in ("mean_abs_w", "dead_units") if data[c].std() > 0]
-    constant = sorted({"mean_abs_w", "dead_units"} - set(terms))
-    if constant or len(data) <= len(terms) + 1:
-        why = (f"{', '.join(constant)} constant across runs ({data[constant[0]].iloc[0]:.3g})" if constant
-               else f"only {len(data)} runs x seeds")
-        sec.verdict(REGRESSION_CLAIM, f"not measured: {why}; the regression needs variation in both")
-    if terms and len(data) > len(terms) + 1:
+    fits = bool(terms) and len(data) > len(terms) + 1
+    if fits:
         table, r2, dof = ols(data.y.to_numpy(), data[terms].to_numpy(), terms)
-        if not constant:
-            sec.verdict(REGRESSION_CLAIM, regression_verdict(table, r2, len(data)))
         sec.table(table, f"OLS of final-round {key} on {' and '.join(terms)}: n = {len(data)}, dof = {dof}, "
                          f"R^2 = {r2:.3f}")
+    if fits and len(terms) == 2:
+        sec.verdict(REGRESSION_CLAIM, regression_verdict(table, r2, len(data)))
+    else:
+        constant = [c for c in ("mean_abs_w", "dead_units") if c not in terms]
+        why = ", ".join(f"{c} constant across runs ({data[c].iloc[0]:.3g})" for c in constant) or \
+            f"only {len(data)} runs x seeds"
+        sec.verdict(REGRESSION_CLAIM, f"not measured: {why}; the regression needs variation in both")
     sec.figure("regression", f"Final-round {key} vs weight magnitude and dead units (one point per run and seed)",
                lambda p: regression_figure(p, data, key.removeprefix("round/")))
     sec.table(data.drop(columns="run"), "Regression data: one row per run and seed")
