@@ -148,7 +148,8 @@ def trainers_writing_into(folder: Path) -> list[int]:
 def test_a_sweep_on_local_ray_killed_halfway_reruns_to_the_uninterrupted_result(full_sweep, tmp_path):
     """The Ray backend end to end (CI runs it): `plastix run --backend ray` is killed after its first
     checkpoint; its trainer dies with it (no orphan keeps writing); rerunning on a fresh local Ray instance
-    resumes the killed run, trains the other, and gives exactly the local backend's rows."""
+    resumes the killed run, trains the other, and gives exactly the local backend's rows. (One test for
+    both: each tiny sweep costs about 20 CPU seconds of compiling per run.)"""
     sweep = tmp_path / "sweep"
     runner = subprocess.Popen([sys.executable, "-m", "plastix.cli", "run", str(tiny_file(tmp_path)), "--out", str(sweep),
                                "--backend", "ray", "--jobs", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -156,8 +157,12 @@ def test_a_sweep_on_local_ray_killed_halfway_reruns_to_the_uninterrupted_result(
     while time.time() < deadline and runner.poll() is None:
         if any(latest_checkpoint(p) for p in (sweep / "runs").glob("*") if p.is_dir()):
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     assert runner.poll() is None, "the sweep finished before it could be killed"
+    # Freeze the trainer at its checkpoint: Ray takes seconds to notice its driver died, time enough to
+    # finish these tiny runs. Killing it is left to the death of its Ray worker.
+    for pid in trainers_writing_into(sweep):
+        os.kill(pid, signal.SIGSTOP)
     runner.send_signal(signal.SIGKILL)
     runner.wait()
     deadline = time.time() + 60  # Ray's processes share the driver's fate; the trainer dies with its worker

@@ -217,7 +217,8 @@ def _ray_train(cmd: list[str], log: str) -> int:
     """Ray task body: the same subprocess, on whichever node runs the task."""
     cmd = [sys.executable, *cmd[1:]]
     with open(log, "ab") as out:
-        # A cancelled task or a dead worker must not leave its trainer writing into the run folder.
+        # A cancelled task or a dead worker must not leave its trainer writing into the run folder (Ray 2.x
+        # also kills a dead worker's children; this holds without that setting too).
         return subprocess.call(cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
 
 
