@@ -130,6 +130,7 @@ def test_juliani_ash_quick_is_a_subset_of_the_paper_grid():
             validate(cfg, check_env=True)  # the env, the shift and the mitigations fit together
     by_arm = {v.values["arm"]: ex.config_for(v.overrides, paper.seeds) for v in paper.variants[:len(expected)]}
     assert by_arm["reset_all"].reset.layers == "all" and by_arm["reset_final"].reset.layers == "final"
+    assert by_arm["reset_all"].mitigations == "reset,adam_reset" and by_arm["reset_final"].mitigations == "reset"
     assert by_arm["l2"].l2.weight_decay == 1e-3 and by_arm["l2_init"].l2_init.lam == 0.01
     assert (by_arm["shrink_perturb"].shrink_perturb.lam, by_arm["shrink_perturb"].shrink_perturb.sigma) == (0.5, 0.5)
     assert by_arm["soft_sp+layernorm"].mitigations == "soft_sp,layernorm"

@@ -398,3 +398,13 @@ def test_regression_without_variation_is_not_measured():
     (text, verdict), = sec.verdicts
     assert verdict == "not measured: dead_units constant across runs (0); the regression needs variation in both"
     assert "OLS of final-round round/return_train on mean_abs_w: n = 6, dof = 4" in "".join(sec.parts)
+
+
+def test_short_labels_keep_only_what_varies():
+    from plastix.report import short_labels
+
+    values = {"e=g__s=p__arm=a": {"e": "g", "s": "p", "arm": "a"}, "e=g__s=p__arm=b": {"e": "g", "s": "p", "arm": "b"}}
+    assert short_labels(list(values), values) == {"e=g__s=p__arm=a": "arm=a", "e=g__s=p__arm=b": "arm=b"}
+    assert short_labels(["base"], {"base": {}}) == {"base": "base"}
+    two = {"x": {"a": 1, "b": 1}, "y": {"a": 2, "b": 1}}
+    assert short_labels(["x", "y"], two) == {"x": "a=1", "y": "a=2"}

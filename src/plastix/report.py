@@ -810,6 +810,20 @@ PROBE_ANALYSES = {"task_switch": analysis_task_switch, "task_relevance": analysi
 assert set(ANALYSIS_FNS) | set(PROBE_ANALYSES) == set(ANALYSES)
 
 
+def short_labels(runs: list[str], values: dict[str, dict]) -> dict[str, str]:
+    """Legend labels: each run's variant values without the fields that are the same in every run
+    (``env_id=GridWorld-v0__shift=permute__arm=l2_init`` -> ``arm=l2_init`` when only the arm varies)."""
+    from plastix.experiments import variant_name
+
+    fields = {k for r in runs for k in values.get(r, {})}
+    varying = [k for k in sorted(fields) if len({str(values.get(r, {}).get(k)) for r in runs}) > 1]
+    labels = {}
+    for r in runs:
+        kept = {k: v for k, v in values.get(r, {}).items() if k in varying}
+        labels[r] = variant_name(kept) if kept else r
+    return labels if len(set(labels.values())) == len(runs) else {r: r for r in runs}
+
+
 def _task_switch_finals(ts: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, dict]]:
     last = ts[(ts.split == "test") & (ts.step == ts.step.max())]
     finals = pd.DataFrame({
@@ -839,7 +853,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pa
         sec = Section(out_dir, _slug(name))
         runs = exp["runs"]
         run_values = {r: manifest["runs"][r]["values"] for r in runs if r in manifest["runs"]}
-        run_labels = {r: r for r in runs}
+        run_labels = short_labels(runs, run_values)
         frame = con.execute("SELECT run, seed, \"update\", env_step, \"key\", value FROM metrics WHERE run IN "
                             f"(SELECT unnest(?::VARCHAR[]))", [runs]).df()
         keys = sorted(frame.key.unique()) if not frame.empty else []
