@@ -150,7 +150,7 @@ def read_wandb(folder) -> dict[str, dict]:
                 for key, value in row.items():
                     if not key.startswith("_") and key != "env_step":
                         rows_[(key, row["env_step"])] = value
-        out[run.display_name] = {"group": run.run_group, "project": run.project, "id": run.run_id, "rows": rows_}
+        out[run.display_name] = dict(group=run.run_group, project=run.project, id=run.run_id, rows=rows_)
     return out
 
 
@@ -179,5 +179,5 @@ def test_wandb_offline_writes_one_run_per_seed_grouped_by_run_folder(tmp_path, w
     ids = json.loads((run_dir / "wandb" / "ids.json").read_text())
     for seed in SEEDS:
         run = runs[f"{run_dir.name}/seed_{seed}"]
-        assert run["group"] == run_dir.name and run["project"] == "plastix-test" and run["id"] == ids[str(seed)]
+        assert (run["group"], run["project"], run["id"]) == (run_dir.name, "plastix-test", ids[str(seed)])
         assert_same_rows(run["rows"], {**rows(first, seed), **rows(second, seed)})

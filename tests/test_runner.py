@@ -151,8 +151,9 @@ def test_a_sweep_on_local_ray_killed_halfway_reruns_to_the_uninterrupted_result(
     resumes the killed run, trains the other, and gives exactly the local backend's rows. (One test for
     both: each tiny sweep costs about 20 CPU seconds of compiling per run.)"""
     sweep = tmp_path / "sweep"
-    runner = subprocess.Popen([sys.executable, "-m", "plastix.cli", "run", str(tiny_file(tmp_path)), "--out", str(sweep),
-                               "--backend", "ray", "--jobs", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [sys.executable, "-m", "plastix.cli", "run", str(tiny_file(tmp_path)), "--out", str(sweep),
+           "--backend", "ray", "--jobs", "1"]
+    runner = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and runner.poll() is None:
         if any(latest_checkpoint(p) for p in (sweep / "runs").glob("*") if p.is_dir()):
@@ -169,8 +170,8 @@ def test_a_sweep_on_local_ray_killed_halfway_reruns_to_the_uninterrupted_result(
     while trainers_writing_into(sweep) and time.time() < deadline:
         time.sleep(0.5)
     assert not trainers_writing_into(sweep), "a trainer outlived its killed Ray sweep"
-    assert not all(latest_checkpoint(sweep / "runs" / r) and latest_checkpoint(sweep / "runs" / r)[0] == UPDATES
-                   for r in RUNS)
+    checkpoints = [latest_checkpoint(sweep / "runs" / r) for r in RUNS]
+    assert not all(c and c[0] == UPDATES for c in checkpoints), "the sweep was killed too late"
 
     lines: list[str] = []
     run_sweep([ex.load(tmp_path / "tiny.toml")], sweep, backend="ray", jobs=2, log=lines.append)
@@ -199,7 +200,8 @@ class ConfigErrorBackend(LocalBackend):
 def test_a_config_error_is_reported_at_once_and_not_retried_while_crashes_are(tmp_path):
     backend, lines = ConfigErrorBackend(tmp_path), []
     with pytest.raises(SweepError) as err:
-        run_sweep([ex.load(tiny_file(tmp_path))], tmp_path / "sweep", backend=backend, retries=2, log=lines.append)
+        run_sweep([ex.load(tiny_file(tmp_path))], tmp_path / "sweep", backend=backend, retries=2,
+                  log=lines.append)
     assert backend.attempts.count("activation=relu") == 1 and backend.attempts.count("activation=none") == 3
     report = next(line for line in lines if line.startswith("[sweep] activation=relu: config error"))
     assert "not retried" in report and "--resume" in report and "no config.json" in report  # the log's end

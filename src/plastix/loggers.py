@@ -1,4 +1,4 @@
-"""Optional mirrors of the metrics: TensorBoard scalars and Weights & Biases runs (``--tensorboard``, ``--wandb``).
+"""Optional mirrors of the metrics: TensorBoard scalars and W&B runs (``--tensorboard``, ``--wandb``).
 
 ``metrics.parquet`` stays the record; these loggers copy every row of each metrics part as it is written
 (tag = metric key, step = ``env_step``), one stream per seed:
@@ -42,7 +42,7 @@ EXTRA = "pip install 'plastix[log]'"
 
 
 def check_loggers(cfg) -> None:
-    """Fail before any compute (``ConfigError``) if ``--tensorboard`` / ``--wandb`` ask for a missing package."""
+    """Raise ``ConfigError`` (before any compute) if ``--tensorboard`` / ``--wandb`` need a missing package."""
     if cfg.tensorboard and importlib.util.find_spec("tensorboardX") is None:
         raise ConfigError(f"--tensorboard needs the tensorboardX package: {EXTRA}")
     if cfg.wandb != "off" and importlib.util.find_spec("wandb") is None:
@@ -62,7 +62,8 @@ class MetricLoggers:
         """Write every row of a ``store.metrics_table`` table (seed, update, env_step, key, value)."""
         if not self.sinks or table.num_rows == 0:
             return
-        cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in ("seed", "env_step", "key", "value")}
+        names = ("seed", "env_step", "key", "value")
+        cols = {name: table.column(name).to_numpy(zero_copy_only=False) for name in names}
         for seed in np.unique(cols["seed"]):
             rows = cols["seed"] == seed
             steps, keys, values = cols["env_step"][rows], cols["key"][rows], cols["value"][rows]
