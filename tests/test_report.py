@@ -1,6 +1,5 @@
 """Report: statistics on hand-checked cases, verdicts, and the page in headless Chromium."""
 
-import json
 import re
 import shutil
 import subprocess
@@ -14,7 +13,14 @@ import pytest
 from plastix import experiments as ex
 from plastix import store
 from plastix.experiments.task_switch import result_path
-from plastix.report import bootstrap_ci, build_report, evaluate_claim, final_values, iqm, stratified_bootstrap_ci
+from plastix.report import (
+    bootstrap_ci,
+    build_report,
+    evaluate_claim,
+    final_values,
+    iqm,
+    stratified_bootstrap_ci,
+)
 from plastix.runner import plan, write_manifest
 
 EXPERIMENTS = ["ocp-fig1", "ocp-dormancy-vs-gradient", "ocp-weights", "ocp-ranks", "ocp-task-switch"]
@@ -395,7 +401,7 @@ def test_regression_without_variation_is_not_measured():
     sec = Section(Path("."), "x")
     sec.figure = lambda *a, **k: None
     analysis_juliani_ash_regression(sec, frame, sorted(frame.key.unique()), {r: r for r in "abc"}, {})
-    (text, verdict), = sec.verdicts
+    ((_, verdict),) = sec.verdicts
     assert verdict == "not measured: dead_units constant across runs (0); the regression needs variation in both"
     assert "OLS of final-round round/return_train on mean_abs_w: n = 6, dof = 4" in "".join(sec.parts)
 

@@ -855,7 +855,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Pa
         run_values = {r: manifest["runs"][r]["values"] for r in runs if r in manifest["runs"]}
         run_labels = short_labels(runs, run_values)
         frame = con.execute("SELECT run, seed, \"update\", env_step, \"key\", value FROM metrics WHERE run IN "
-                            f"(SELECT unnest(?::VARCHAR[]))", [runs]).df()
+                            "(SELECT unnest(?::VARCHAR[]))", [runs]).df()
         keys = sorted(frame.key.unique()) if not frame.empty else []
         # Verdicts first: the page answers the experiment's questions before it shows the evidence.
         probes = {"task_switch": None, "task_relevance": None}

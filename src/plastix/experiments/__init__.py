@@ -409,7 +409,7 @@ def load(name_or_path: str | Path, scale: str = "quick") -> Experiment:
     ``TrainConfig``'s fields and their types, and each variant's full config with ``plastix.config.validate``
     (so e.g. a negative learning rate fails here, before any compute).
     """
-    from plastix.config import ConfigError, TrainConfig, preset_config, validate
+    from plastix.config import ConfigError, validate
 
     path = _resolve(name_or_path)
     raw = _read(path)

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from plastix import store
 from plastix.experiments import Experiment
 
 RESULT = "task_switch.parquet"
