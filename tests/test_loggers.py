@@ -181,3 +181,29 @@ def test_wandb_offline_writes_one_run_per_seed_grouped_by_run_folder(tmp_path, w
         run = runs[f"{run_dir.name}/seed_{seed}"]
         assert (run["group"], run["project"], run["id"]) == (run_dir.name, "plastix-test", ids[str(seed)])
         assert_same_rows(run["rows"], {**rows(first, seed), **rows(second, seed)})
+
+
+def test_plastix_train_sends_every_metric_row_to_tensorboard(tmp_path):
+    """The trainer's hook: every row of metrics.parquet (per-update and per-round) reaches TensorBoard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from plastix.cli import parse_train_args
+    from plastix.store import read_metrics
+    from plastix.training import train
+
+    run_dir = train(parse_train_args([
+        "--env-id", "GridWorld-v0", "--grid-size", "5", "--num-levels", "8", "--num-envs", "8", "--num-steps", "32",
+        "--num-minibatches", "2", "--update-epochs", "1", "--shift", "permute", "--rounds", "2",
+        "--steps-per-round", "512", "--log-every", "1", "--diagnostics-every", "0", "--curvature-every", "0",
+        "--seeds", "0,1", "--tensorboard", "--quiet", "--run-dir", str(tmp_path / "run")]))
+    df = read_metrics(run_dir)
+    for seed in (0, 1):
+        acc = EventAccumulator(str(run_dir / "tensorboard" / f"seed_{seed}"), size_guidance={"scalars": 0})
+        acc.Reload()
+        rows = df[df.seed == seed]
+        assert set(acc.Tags()["scalars"]) == set(rows.key)
+        for key in ("return/episodic", "round/return_heldout"):
+            events = {e.step: e.value for e in acc.Scalars(key)}
+            expected = rows[rows.key == key].set_index("env_step").value
+            assert events.keys() == set(expected.index)
+            np.testing.assert_allclose([events[s] for s in expected.index], expected.to_numpy(), rtol=1e-6)

@@ -1,5 +1,6 @@
 """Sweeps end to end on HalfCheetah-v4: local and Ray backends, kill and rerun, retries, query."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -207,3 +208,15 @@ def test_a_config_error_is_reported_at_once_and_not_retried_while_crashes_are(tm
     assert "not retried" in report and "--resume" in report and "no config.json" in report  # the log's end
     assert "activation=relu (config error: plastix train: error: --resume:" in str(err.value)
     assert "activation=none (crashed after 2 retries, exit -9)" in str(err.value)
+
+
+def test_an_es_run_counts_as_finished_at_its_last_generation():
+    """ES checkpoints once, at its last generation: the sweep must not take a finished ES run for a killed one."""
+    from plastix.algos.es import es_config_from_train_config
+    from plastix.config import preset_config
+    from plastix.runner import final_checkpoint_step
+
+    cfg = dataclasses.replace(preset_config("ocp"), optimizer="es", total_timesteps=65536)
+    generations = es_config_from_train_config(cfg, **dataclasses.asdict(cfg.es)).num_generations
+    assert final_checkpoint_step(cfg) == generations != cfg.num_updates
+    assert final_checkpoint_step(dataclasses.replace(cfg, optimizer="ppo")) == cfg.num_updates

@@ -127,9 +127,19 @@ def run_status(run_dir: Path, spec: RunSpec) -> str:
     if not (run_dir / "config.json").exists():
         return "new"
     latest = store.latest_checkpoint(run_dir)
-    if latest is not None and latest[0] >= spec.config(run_dir).num_updates:
+    if latest is not None and latest[0] >= final_checkpoint_step(spec.config(run_dir)):
         return "done"
     return "partial"
+
+
+def final_checkpoint_step(cfg) -> int:
+    """The step number of a finished run's last checkpoint: PPO updates, or ES generations (``--optimizer es``
+    checkpoints once, at its last generation)."""
+    if cfg.optimizer == "es":
+        from plastix.algos.es import es_config_from_train_config
+
+        return es_config_from_train_config(cfg, **dataclasses.asdict(cfg.es)).num_generations
+    return cfg.num_updates
 
 
 def train_command(run_dir: Path, spec: RunSpec) -> list[str]:

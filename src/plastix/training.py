@@ -23,6 +23,7 @@ from plastix.algos.ppo import Agent, TrainState, make_chunk_fn
 from plastix.config import ConfigError, TrainConfig, config_from_dict, validate
 from plastix.envs import make_bridge
 from plastix.envs.heldout import HeldoutEvaluation
+from plastix.loggers import check_loggers, open_loggers
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -73,6 +74,7 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.optimizer == "es":
         return _train_es(cfg)
     cfg, run_dir, resuming = prepare_run(cfg)
+    check_loggers(cfg)  # a missing TensorBoard / W&B package fails before any compute
     bridge, agent, states = build(cfg)
     handle = bridge.handle()
     if resuming:
@@ -80,7 +82,9 @@ def train(cfg: TrainConfig) -> Path:
     else:
         run_dir.mkdir(parents=True)
         store.write_config(run_dir, dataclasses.asdict(cfg))
-    _run_chunks(cfg, run_dir, bridge, agent, states, handle)
+    # Opened after _resume dropped the stale parts: TensorBoard then hides the steps that are recomputed.
+    with open_loggers(cfg, run_dir) as loggers:
+        _run_chunks(cfg, run_dir, bridge, agent, states, handle, loggers)
     bridge.close()
     return run_dir
 
@@ -105,7 +109,9 @@ def _train_es(cfg: TrainConfig) -> Path:
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
     if run_dir.exists():
         raise ConfigError(f"--run-dir: {run_dir} already exists; choose another folder")
-    return train_es(es_cfg, run_dir)
+    check_loggers(cfg)
+    with open_loggers(cfg, run_dir) as loggers:
+        return train_es(es_cfg, run_dir, loggers=loggers)
 
 
 def load_checkpoint(run_dir: str | Path, final: bool = True) -> tuple[TrainConfig, TrainState]:
@@ -184,8 +190,9 @@ def _resume(run_dir: Path, bridge, agent: Agent, fresh: TrainState, handle):
     return states, handle
 
 
-def _run_chunks(cfg: TrainConfig, run_dir: Path, bridge, agent: Agent, states: TrainState, handle) -> None:
-    """Compiled chunks of updates, round by round: metrics parts, checkpoints, per-round summaries."""
+def _run_chunks(cfg: TrainConfig, run_dir: Path, bridge, agent: Agent, states: TrainState, handle, loggers) -> None:
+    """Compiled chunks of updates, round by round: metrics parts (also sent to ``loggers``), checkpoints,
+    per-round summaries."""
     seeds = cfg.seed_list
     members = len(member_seeds(cfg))
     done = int(np.asarray(states.update)[0])
@@ -214,14 +221,16 @@ def _run_chunks(cfg: TrainConfig, run_dir: Path, bridge, agent: Agent, states: T
             sps = k * cfg.batch_size * members / elapsed
             metrics = _split_members(cfg, metrics)
             metrics["time/sps"] = np.full((k, len(seeds)), sps)
-            store.write_metrics_part(run_dir, store.metrics_table(metrics, seeds, done + 1, cfg.batch_size), done + 1)
+            table = store.metrics_table(metrics, seeds, done + 1, cfg.batch_size)
+            store.write_metrics_part(run_dir, table, done + 1)
+            loggers.log(table)
             if scores:
                 scores = {key: np.asarray(v)[:, : len(seeds)] for key, v in scores.items()}
                 table = store.neuron_table(scores, seeds, done + 1, cfg.batch_size)
                 store.write_metrics_part(run_dir, table, done + 1, store.NEURONS_DIR)
             done += k
             if cfg.rounds > 1 and done % per_round == 0:
-                _write_round_summary(cfg, run_dir, heldout, states, round_idx, done)
+                loggers.log(_write_round_summary(cfg, run_dir, heldout, states, round_idx, done))
             chunks_since_checkpoint += 1
             if chunks_since_checkpoint >= cfg.checkpoint_chunks or done == cfg.num_updates:
                 store.save_checkpoint(run_dir, done, _checkpoint_tree(bridge, states, handle))
@@ -258,7 +267,7 @@ def _round_mean(df, key: str, seeds: list[int], first: int, last: int) -> np.nda
 
 
 def _write_round_summary(cfg, run_dir: Path, heldout, states: TrainState, round_idx: int, update: int):
-    """Per-round rows at the round's last update (returns averaged over the round's last quarter of updates):
+    """Write (and return, as a table) the per-round rows at the round's last update (returns averaged over the round's last quarter of updates):
 
     - ``round/index``, ``round/return_train``;
     - where the scenario has a held-out set (``HeldoutEvaluation``): ``round/return_heldout`` and
@@ -284,6 +293,7 @@ def _write_round_summary(cfg, run_dir: Path, heldout, states: TrainState, round_
         rows["round/normalized_return"] = ratio[None]
     table = store.metrics_table(rows, seeds, update, cfg.batch_size)
     store.write_metrics_part(run_dir, table, update, store.METRICS_DIR, suffix="-round")
+    return table
 
 
 def _latest_return(returns: np.ndarray) -> float:

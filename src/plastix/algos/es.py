@@ -676,7 +676,7 @@ def round_rows(episodic: np.ndarray, num_seeds: int, round_idx: int) -> dict[str
 
 
 # =============================================================================================== train
-def train_es(cfg: ESConfig, run_dir: str | Path | None = None, bridge: Any = None) -> Path:
+def train_es(cfg: ESConfig, run_dir: str | Path | None = None, bridge: Any = None, loggers: Any = None) -> Path:
     """Train OpenAI-ES for every seed of ``cfg`` and write a plastix run folder; returns it.
 
     The folder holds ``config.json`` (``store.write_config``), ``metrics.parquet`` parts of
@@ -711,9 +711,9 @@ def train_es(cfg: ESConfig, run_dir: str | Path | None = None, bridge: Any = Non
     handle = bridge.handle()
     generation = jax.jit(lambda st, obs, h, do: trainer.generation(st, obs, h, pool_step, do))
     generation = generation.lower(state, first_obs, handle, jnp.asarray(True)).compile()  # time/sps excludes compiling
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(parents=True, exist_ok=True)  # the loggers may have made it already
     store.write_config(run_dir, dataclasses.asdict(cfg))
-    log = _MetricsLog(cfg, run_dir, seeds)
+    log = _MetricsLog(cfg, run_dir, seeds, loggers)
     per_round = cfg.generations_per_round
     episodic = np.zeros((per_round, lanes))  # return/episodic of every lane in the current round
     for g in range(cfg.num_generations):
@@ -734,6 +734,7 @@ def train_es(cfg: ESConfig, run_dir: str | Path | None = None, bridge: Any = Non
         if cfg.writes_rounds and into_round == per_round - 1:
             table = store.metrics_table(round_rows(episodic, s, round_idx), seeds, g + 1, cfg.steps_per_generation)
             store.write_metrics_part(run_dir, table, g + 1, store.METRICS_DIR, suffix="-round")
+            log.forward(table)
     seed_lanes = jax.tree.map(lambda x: x[:s], state)
     final = {"params": {"policy": jax.vmap(trainer.unravel)(seed_lanes.es.mean)}, "obs_rms": seed_lanes.obs_rms}
     store.save_checkpoint(run_dir, cfg.num_generations, final)
@@ -744,10 +745,15 @@ def train_es(cfg: ESConfig, run_dir: str | Path | None = None, bridge: Any = Non
 class _MetricsLog:
     """Buffers per-generation metrics ``{key: [S]}`` and writes a part every ``log_every`` generations."""
 
-    def __init__(self, cfg: ESConfig, run_dir: Path, seeds: list[int]):
-        self.cfg, self.run_dir, self.seeds = cfg, run_dir, seeds
+    def __init__(self, cfg: ESConfig, run_dir: Path, seeds: list[int], loggers: Any = None):
+        self.cfg, self.run_dir, self.seeds, self.loggers = cfg, run_dir, seeds, loggers
         self.buffer: list[dict] = []
         self.first, self.start = 1, time.perf_counter()
+
+    def forward(self, table) -> None:
+        """Send a written table to the optional TensorBoard / W&B loggers (``plastix.loggers``)."""
+        if self.loggers is not None:
+            self.loggers.log(table)
 
     def append(self, g: int, metrics: dict, round_idx: int) -> None:
         """Add generation ``g``'s (0-based) metrics; flush at a part boundary or at the last generation."""
@@ -756,8 +762,9 @@ class _MetricsLog:
         if len(self.buffer) < cfg.log_every and g < cfg.num_generations - 1:
             return
         stacked = {k: np.stack([b[k] for b in self.buffer]) for k in self.buffer[0]}
-        store.write_metrics_part(self.run_dir, store.metrics_table(stacked, self.seeds, self.first,
-                                                                   cfg.steps_per_generation), self.first)
+        table = store.metrics_table(stacked, self.seeds, self.first, cfg.steps_per_generation)
+        store.write_metrics_part(self.run_dir, table, self.first)
+        self.forward(table)
         if not cfg.quiet:
             rate = len(self.buffer) / (time.perf_counter() - self.start)
             rnd = f"round {round_idx + 1}/{cfg.rounds}  " if cfg.rounds > 1 else ""
