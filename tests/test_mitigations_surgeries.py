@@ -215,3 +215,24 @@ def test_scheduled_fires_every_n_and_at_switch():
         assert float(metrics["mitigation/shrink_perturb/applied"]) == fired[-1]
     assert fired == [0, 0, 1, 0, 1, 1, 0]
     np.testing.assert_allclose(params["w"], 0.5**3)
+
+
+def test_trainer_phases_split_at_switch_surgeries_by_whether_they_read_the_batch():
+    """In the trainer, at a switch a batch-free surgery (reset) fires at ``round_start`` (before the new
+    round's rollout) and a batch-reading one (ReDo) on the round's first gradient step (``step``); a
+    ``round_start`` call does not advance the gradient-step counter of periodic schedules."""
+    model, init_fn, params, opt_state = _setup()
+    key = jax.random.PRNGKey(3)
+    surgeries = {"reset": scheduled(reset_layers(init_fn, "all"), at_switch=True, name="reset"),
+                 "redo": scheduled(redo(init_fn, tau=0.1), every=2, at_switch=True, name="redo")}
+    fired = {}
+    for name, surgery in surgeries.items():
+        state = surgery.init(params, key)
+        for phase in ("round_start", "step", "any"):
+            info = _batch_info(model, params, task_switch=True, phase=phase)
+            _, _, new_state, m = surgery.apply(params, opt_state, state, info, key)
+            fired[name, phase] = float(m[f"mitigation/{name}/applied"])
+            if name == "redo":
+                assert int(new_state.count) == (0 if phase == "round_start" else 1)
+    assert fired == {("reset", "round_start"): 1.0, ("reset", "step"): 0.0, ("reset", "any"): 1.0,
+                     ("redo", "round_start"): 0.0, ("redo", "step"): 1.0, ("redo", "any"): 1.0}

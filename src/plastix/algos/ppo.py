@@ -406,9 +406,10 @@ class Agent:
             new_params = optax.apply_updates(params, updates)
             aux = dict(aux, **{"optim/grad_norm": optax.tree.norm(grads)})
             key, surgery_key = jax.random.split(key)
-            if self.surgery is not None:  # the one place where surgeries act, after each gradient step
+            if self.surgery is not None:  # surgeries act here, after each gradient step (and in start_round)
+                info = self.batch_info(params, acts, mb.obs, switch).replace(phase="step")
                 new_params, new_opt_state, surgery_state, surgery_metrics = self.surgery.apply(
-                    new_params, new_opt_state, surgery_state, self.batch_info(params, acts, mb.obs, switch), surgery_key
+                    new_params, new_opt_state, surgery_state, info, surgery_key
                 )
                 aux.update(surgery_metrics)
             if cfg.target_kl is not None:  # CleanRL stops the remaining epochs; keep shapes static instead
@@ -459,6 +460,17 @@ class Agent:
 
         loss, aux = ppo_loss(params, apply_fn, mb, self.cfg, self.policy)
         return loss, (aux, sown["acts"])
+
+    def start_round(self, state: TrainState) -> tuple[TrainState, dict]:
+        """The surgeries' ``round_start`` call, before an update's rollout: at a task switch the at-switch
+        surgeries that read no batch (resets, shrink & perturb, Adam reset, injection) act here, so the
+        rollout of the new round is collected by the network they produce (a reset network is not updated
+        on its predecessor's rollout and log-probabilities). Returns ``(state, metrics)``."""
+        info = self.batch_info(state.params, None, state.env.obs, state.task_switch).replace(phase="round_start")
+        key = jax.random.fold_in(state.key, 0x5A5B)  # a side stream: the training stream is unchanged
+        params, opt_state, surgery_state, metrics = self.surgery.apply(
+            state.params, state.opt_state, state.surgery_state, info, key)
+        return state.replace(params=params, opt_state=opt_state, surgery_state=surgery_state), metrics
 
     def batch_info(self, params, acts, obs, task_switch) -> BatchInfo:
         """What the surgeries read: hidden activations (ReDo, CBP; from the loss's forward pass when given)
@@ -560,6 +572,9 @@ def make_update_fn(agent: Agent, env_step: Callable) -> Callable:
         return (states.replace(env=env), handle), transition
 
     def update(states: TrainState, handle):
+        start_metrics = {}
+        if agent.surgery is not None:  # lax.map: surgeries may draw fresh inits (QR must not be vmapped)
+            states, start_metrics = jax.lax.map(agent.start_round, states)
         (states, handle), traj = jax.lax.scan(rollout_step, (states, handle), None, length=agent.cfg.num_steps)
         traj = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), traj)  # [T, S, ...] -> [S, T, ...]
         # lax.map, not vmap: a seed's learning arithmetic is then the same program whatever the group size,
@@ -571,6 +586,8 @@ def make_update_fn(agent: Agent, env_step: Callable) -> Callable:
             return state, {**metrics, **diag_metrics}, scores
 
         states, metrics, scores = jax.lax.map(learn_and_measure, (states, traj))
+        for k, v in start_metrics.items():  # counts of the round_start call add to the update's
+            metrics[k] = metrics[k] + v if k.startswith("mitigation/") and not k.endswith("/eligible") else metrics[k]
         metrics.update(jax.vmap(episode_metrics)(traj))
         return states, handle, (metrics, scores)
 

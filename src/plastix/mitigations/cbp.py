@@ -161,4 +161,10 @@ def continual_backprop(
         params, opt_state = jax.lax.cond(total > 0, rewrite, lambda args: args, (params, opt_state))
         return params, opt_state, new_state, metrics
 
-    return Surgery(init, apply)
+    def apply_outside_round_start(params, opt_state, state, batch_info, key):
+        if batch_info.phase == "round_start":  # CBP acts on gradient steps only: same metrics, all zero
+            shapes = jax.eval_shape(apply, params, opt_state, state, batch_info, key)[3]
+            return params, opt_state, state, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), shapes)
+        return apply(params, opt_state, state, batch_info, key)
+
+    return Surgery(init, apply_outside_round_start, reads_batch=True)

@@ -67,4 +67,4 @@ def ocp_perturb(
         metrics["mitigation/ocp_perturb/perturbed"] = total
         return params, opt_state, state, metrics
 
-    return Surgery(stateless_init, apply)
+    return Surgery(stateless_init, apply, reads_batch=True)

@@ -72,4 +72,4 @@ def redo(init_fn: Callable[[jax.Array], Params], tau: float = 0.1) -> Surgery:
         metrics["mitigation/redo/recycled"] = total
         return params, scale_adam_moments(opt_state, keep), state, metrics
 
-    return Surgery(stateless_init, apply)
+    return Surgery(stateless_init, apply, reads_batch=True)

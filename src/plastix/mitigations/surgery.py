@@ -39,6 +39,12 @@ class BatchInfo:
       magi: ``{"policy/layer_1": G [H], ...}`` per-neuron zero-gradient index (SCIENCE.md Eqs. 16-18). Needed
         by the OCP perturbation.
       task_switch: scalar bool, true on the first update after a task switch (read by ``scheduled``).
+      phase: where the trainer calls the surgeries (static): ``"any"`` (default, for hand-written loops: an
+        at-switch surgery fires on the call whose ``task_switch`` is true), or the trainer's two phases:
+        ``"round_start"`` (once per update, before the rollout: only at-switch surgeries that read no batch
+        fire, so a reset network collects the new round's first rollout itself) and ``"step"`` (after each
+        gradient step: periodic surgeries, and at-switch surgeries that read the batch, e.g. ReDo, on the
+        new task's data).
       magi_fn: optional ``() -> magi``, used when ``magi`` is None. The trainer passes this instead of
         ``magi`` so a ``scheduled`` surgery computes MAGI only inside its firing branch (the MAGI costs
         a backward pass per layer; computed at every gradient step it cost 18% of throughput).
@@ -48,6 +54,7 @@ class BatchInfo:
     magi: Any = None
     task_switch: Any = False
     magi_fn: Callable[[], Any] | None = flax.struct.field(pytree_node=False, default=None)
+    phase: str = flax.struct.field(pytree_node=False, default="any")
 
     def layer_magi(self) -> Any:
         """``magi``, or ``magi_fn()`` when only the function was given, or None."""
@@ -60,13 +67,16 @@ class Surgery(NamedTuple):
     """A parameter-and-optimizer-state rewrite: ``init(params, key) -> state`` and
     ``apply(params, opt_state, state, batch_info, key) -> (params, opt_state, state, metrics)``.
 
-    ``apply`` is pure and jit-/vmap-compatible; unscheduled, it acts at every call.
+    ``apply`` is pure and jit-/vmap-compatible; unscheduled, it acts at every call except the trainer's
+    ``round_start`` call (``BatchInfo.phase``). ``reads_batch``: it reads ``BatchInfo`` activations or MAGI
+    (so at a switch it waits for the new round's first batch).
     """
 
     init: Callable[[Params, jax.Array], Any]
     apply: Callable[
         [Params, optax.OptState, Any, BatchInfo, jax.Array], tuple[Params, optax.OptState, Any, Metrics]
     ]
+    reads_batch: bool = False
 
 
 class EmptyState(NamedTuple):
@@ -94,8 +104,10 @@ class ScheduledState(NamedTuple):
 def scheduled(surgery: Surgery, every: int | None = None, at_switch: bool = False, name: str = "") -> Surgery:
     """Fire ``surgery`` on every ``every``-th call, and/or on calls where ``batch_info.task_switch`` is true.
 
-    The call counter counts ``apply`` calls (the trainer's updates), the ``every``-th, ``2*every``-th, ...
-    fire. Uses ``jax.lax.cond``, so it works under ``jit``; under ``vmap`` the cond becomes a select and both
+    The call counter counts ``apply`` calls (the trainer's gradient steps; not its ``round_start`` calls),
+    the ``every``-th, ``2*every``-th, ... fire. At a switch, see ``BatchInfo.phase``: in the trainer an
+    at-switch surgery that reads no batch fires before the new round's first rollout, one that reads the
+    batch on the round's first gradient step. Uses ``jax.lax.cond``, so it works under ``jit``; under ``vmap`` the cond becomes a select and both
     branches run. On calls that do not fire, parameters, optimizer state and the surgery's state are
     returned unchanged and its metrics are zeros. Adds ``"mitigation/<name>/applied"`` (1.0 or 0.0) when
     ``name`` is given.
@@ -118,12 +130,13 @@ def scheduled(surgery: Surgery, every: int | None = None, at_switch: bool = Fals
         return ScheduledState(count=jnp.zeros((), jnp.int32), inner=surgery.init(params, key))
 
     def apply(params, opt_state, state, batch_info, key):
-        count = state.count + 1
+        phase, switch = batch_info.phase, jnp.asarray(batch_info.task_switch, bool)
+        count = state.count if phase == "round_start" else state.count + 1  # counts gradient steps only
         fire = jnp.zeros((), bool)
-        if every is not None:
+        if every is not None and phase != "round_start":
             fire = fire | (count % every == 0)
-        if at_switch:
-            fire = fire | jnp.asarray(batch_info.task_switch, bool)
+        if at_switch and (phase == "any" or (phase == "round_start") != surgery.reads_batch):
+            fire = fire | switch
 
         def run(args):
             return surgery.apply(*args)
@@ -133,15 +146,22 @@ def scheduled(surgery: Surgery, every: int | None = None, at_switch: bool = Fals
             metrics_shape = jax.eval_shape(surgery.apply, p, o, s, b, k)[3]
             return p, o, s, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics_shape)
 
-        params, opt_state, inner, metrics = jax.lax.cond(
-            fire, run, skip, (params, opt_state, state.inner, batch_info, key)
-        )
-        metrics = dict(metrics)
-        if name:
-            metrics[f"mitigation/{name}/applied"] = f32(fire)
-        return params, opt_state, ScheduledState(count=count, inner=inner), metrics
+        args = (params, opt_state, state.inner, batch_info, key)
+        if phase == "round_start" and not (at_switch and not surgery.reads_batch):  # cannot fire: no branch
+            params, opt_state, inner, metrics = skip(args)
+            return params, opt_state, ScheduledState(count=count, inner=inner), _applied(dict(metrics), name, fire)
 
-    return Surgery(init, apply)
+        params, opt_state, inner, metrics = jax.lax.cond(fire, run, skip, args)
+        return params, opt_state, ScheduledState(count=count, inner=inner), _applied(dict(metrics), name, fire)
+
+    return Surgery(init, apply, surgery.reads_batch)
+
+
+def _applied(metrics: dict, name: str, fire: jax.Array) -> dict:
+    """Add ``mitigation/<name>/applied`` (1.0 when the scheduled surgery fired) when ``name`` is given."""
+    if name:
+        metrics[f"mitigation/{name}/applied"] = f32(fire)
+    return metrics
 
 
 def chain_surgeries(*surgeries: Surgery) -> Surgery:
