@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.struct
 import jax
@@ -43,6 +43,19 @@ class CBPLayerState:
     mean_activation: jax.Array
     age: jax.Array
     to_replace: jax.Array
+
+
+class _UnitStats(NamedTuple):
+    """One layer's CBP statistics after this step's update (before any replacement)."""
+
+    utility: jax.Array  # [W] running contribution utility
+    mean_activation: jax.Array  # [outputs] running mean activation
+    age: jax.Array  # [W]
+    correction: jax.Array  # [W] 1 - decay^age (bias correction of the running averages)
+    eligible: jax.Array  # [W] bool: older than the maturity threshold
+    score: jax.Array  # [W] corrected utility, +inf where not eligible
+    to_replace: jax.Array  # fractional replacements carried to the next step
+    n_replace: jax.Array  # whole units to replace this step
 
 
 def continual_backprop(
@@ -105,45 +118,36 @@ def continual_backprop(
                 "continual_backprop needs batch_info.activations (plastix.nets.hidden_activations)"
             )
         params = to_dict(params)
+        layers = hidden_layers(params)
+        stats = [_unit_statistics(params, layer, state[layer.name], batch_info.activations[layer.name][1])
+                 for layer in layers]
+
+        # Which units to replace needs a sort per layer; with rr = 1e-4 most steps replace none, so sort only
+        # on steps where some layer's accumulated count reached a whole unit.
+        def choose(_):
+            return tuple(st.eligible & (jnp.argsort(jnp.argsort(st.score)) < st.n_replace) for st in stats)
+
+        nothing = lambda _: tuple(jnp.zeros_like(st.eligible) for st in stats)
+        masks = jax.lax.cond(sum(jnp.sum(st.n_replace) for st in stats) > 0, choose, nothing, None)
+
         new_state, metrics, total, recycled, folds = {}, {}, f32(0.0), [], []
-        for layer in hidden_layers(params):
-            st = state[layer.name]
-            width = layer_width(params, layer)
-            post = batch_info.activations[layer.name][1]
-            post = post.reshape(-1, post.shape[-1]).astype(jnp.float32)
+        for layer, st, replace in zip(layers, stats, masks):
             nxt = get_path(params, layer.mlp_path + (layer.next_layer,))
-            out_mag = jnp.mean(jnp.abs(nxt["kernel"]), axis=1)  # [W]
-            contribution = outputs_to_units(jnp.mean(jnp.abs(post), axis=0) * out_mag, width).sum(axis=0)
-
-            age = st.age + 1
-            utility = decay * st.utility + (1.0 - decay) * contribution
-            mean_act = decay * st.mean_activation + (1.0 - decay) * jnp.mean(post, axis=0)
-            correction = 1.0 - decay ** age.astype(jnp.float32)
-            corrected = utility / correction
-            eligible = age > maturity_threshold
-            to_replace = st.to_replace + replacement_rate * jnp.sum(eligible)
-            n_replace = jnp.floor(to_replace)
-            to_replace = to_replace - n_replace
-            score = jnp.where(eligible, corrected, jnp.inf)
-            rank = jnp.argsort(jnp.argsort(score))
-            replace = eligible & (rank < n_replace)
-
             # Fold the replaced units' mean contribution into the next layer's bias before zeroing w_out.
             out_rows = unit_to_outputs(replace, nxt["kernel"].shape[0])
-            mean_corr = mean_act / unit_to_outputs(correction, nxt["kernel"].shape[0])
+            mean_corr = st.mean_activation / unit_to_outputs(st.correction, nxt["kernel"].shape[0])
             fold = jnp.sum(jnp.where(out_rows, mean_corr, 0.0)[:, None] * nxt["kernel"], axis=0)
             folds.append((layer.mlp_path + (layer.next_layer, "bias"), fold))
             recycled.append((layer, replace))
-
             new_state[layer.name] = CBPLayerState(
-                utility=jnp.where(replace, 0.0, utility),
-                mean_activation=jnp.where(out_rows, 0.0, mean_act),
-                age=jnp.where(replace, 0, age).astype(jnp.int32),
-                to_replace=to_replace,
+                utility=jnp.where(replace, 0.0, st.utility),
+                mean_activation=jnp.where(out_rows, 0.0, st.mean_activation),
+                age=jnp.where(replace, 0, st.age).astype(jnp.int32),
+                to_replace=st.to_replace,
             )
             n = f32(jnp.sum(replace))
             metrics[f"mitigation/cbp/{layer.name}/replaced"] = n
-            metrics[f"mitigation/cbp/{layer.name}/eligible"] = f32(jnp.sum(eligible))
+            metrics[f"mitigation/cbp/{layer.name}/eligible"] = f32(jnp.sum(st.eligible))
             total = total + n
         metrics["mitigation/cbp/replaced"] = total
 
@@ -166,5 +170,23 @@ def continual_backprop(
             shapes = jax.eval_shape(apply, params, opt_state, state, batch_info, key)[3]
             return params, opt_state, state, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), shapes)
         return apply(params, opt_state, state, batch_info, key)
+
+    def _unit_statistics(params, layer, st, post) -> _UnitStats:
+        """``u <- decay u + (1 - decay) mean_batch|h| mean_out|w_out|`` and the replacement budget
+        ``to_replace += rr * #eligible`` (Dohare et al. 2024), for one hidden layer."""
+        width = layer_width(params, layer)
+        post = post.reshape(-1, post.shape[-1]).astype(jnp.float32)
+        nxt = get_path(params, layer.mlp_path + (layer.next_layer,))
+        out_mag = jnp.mean(jnp.abs(nxt["kernel"]), axis=1)  # [W]
+        contribution = outputs_to_units(jnp.mean(jnp.abs(post), axis=0) * out_mag, width).sum(axis=0)
+        age = st.age + 1
+        utility = decay * st.utility + (1.0 - decay) * contribution
+        mean_act = decay * st.mean_activation + (1.0 - decay) * jnp.mean(post, axis=0)
+        correction = 1.0 - decay ** age.astype(jnp.float32)
+        eligible = age > maturity_threshold
+        to_replace = st.to_replace + replacement_rate * jnp.sum(eligible)
+        n_replace = jnp.floor(to_replace)
+        score = jnp.where(eligible, utility / correction, jnp.inf)
+        return _UnitStats(utility, mean_act, age, correction, eligible, score, to_replace - n_replace, n_replace)
 
     return Surgery(init, apply_outside_round_start, reads_batch=True)
