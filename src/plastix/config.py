@@ -382,5 +382,18 @@ def check_env_and_shift(cfg: TrainConfig) -> None:
     except ValueError as err:
         message = str(err)
         raise ConfigError(message if message.startswith("--") else f"--env-id/--shift: {message}") from None
-    if family != "mujoco" and "injection" in cfg.mitigations:
-        raise ConfigError(f"--mitigations: injection needs the continuous MLP actor-critic; {cfg.env_id} is {family}")
+    if "injection" in cfg.mitigations:
+        _check_injection_head(cfg, family)
+
+
+def _check_injection_head(cfg: TrainConfig, family: str) -> None:
+    """``--injection.head_layers`` fits the network of ``family``: 1 or 2 on the CNN actor-critic (its output
+    Denses, plus the torso's final Dense), at most the hidden layers + 1 on the MLPs; else ``ConfigError``."""
+    head_layers = cfg.injection.head_layers
+    if family in ("procgen", "atari") or (family == "gridworld" and cfg.grid_obs == "image"):
+        if head_layers not in (1, 2):
+            raise ConfigError(f"--injection.head_layers: {head_layers} on {cfg.env_id}'s CNN actor-critic; "
+                              "allowed: 1 (the output layers) or 2 (also the torso's final dense layer)")
+    elif not 1 <= head_layers <= len(cfg.hidden_sizes) + 1:
+        raise ConfigError(f"--injection.head_layers: must be in [1, {len(cfg.hidden_sizes) + 1}] "
+                          f"(--hidden-sizes {cfg.hidden_sizes} plus the output layer), got {head_layers}")

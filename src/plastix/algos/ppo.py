@@ -288,10 +288,10 @@ class Agent:
     def forward(self, params, opt_state, obs):
         """``(dist, value)``: ``dist`` is ``(mean, log_std)`` or logits; with plasticity injection, the
         injected heads once active."""
-        if self.injection:
-            mean, log_std, value = self._injected_apply(params, obs, injection_active(opt_state))
-            return (mean, log_std), value
-        out = self.net.apply({"params": params}, obs)
+        if self.injection:  # every network: continuous, discrete MLP and CNN actor-critics
+            out = self._injected_apply(params, obs, injection_active(opt_state))
+        else:
+            out = self.net.apply({"params": params}, obs)
         return (out[:2], out[2]) if not self.spec.discrete else out
 
     def init_state(self, key: jax.Array, raw_obs: jax.Array) -> TrainState:

@@ -118,21 +118,44 @@ def fresh_params(init_fn: Callable[[jax.Array], Params], key: jax.Array, like: P
 
     ``init_fn(key)`` must return the network's parameter collection (``variables["params"]``). If ``like``
     carries plasticity-injection heads that ``init_fn`` does not create, both heads ``a`` and ``b`` of each
-    network are filled with the *same* fresh head taken from the fresh network, which keeps
-    ``a(x) - b(x) == 0`` for a not-yet-injected network.
+    network are filled with the *same* fresh head taken from the fresh network (the parameters at the same
+    paths as the head's, below the network's path), which keeps ``a(x) - b(x) == 0`` for a not-yet-injected
+    network.
     """
     fresh = to_dict(init_fn(key))
     if isinstance(like, dict) and INJECTION_KEY in like and INJECTION_KEY not in fresh:
         heads = {}
         for net_key, pair in like[INJECTION_KEY].items():
-            head = {name: get_path(fresh, injection_path(net_key) + (name,)) for name in pair["a"]}
+            head = select_like(get_path(fresh, injection_path(net_key)), pair["a"])
             heads[net_key] = {"a": head, "b": head}
         fresh = {**fresh, INJECTION_KEY: heads}
     return fresh
 
 
+def select_paths(tree: dict, paths: list[tuple[str, ...]]) -> dict:
+    """The sub-tree of ``tree`` holding only the nodes at ``paths`` (nested dicts along each path)."""
+    out: dict = {}
+    for path in paths:
+        out = _merge_path(out, path, get_path(tree, path))
+    return out
+
+
+def _merge_path(tree: dict, path: tuple[str, ...], value: Any) -> dict:
+    if len(path) == 1:
+        return {**tree, path[0]: value}
+    return {**tree, path[0]: _merge_path(tree.get(path[0], {}), path[1:], value)}
+
+
+def select_like(tree: Any, template: Any) -> Any:
+    """The nodes of ``tree`` at the keys of ``template``, recursively: ``tree`` cut to ``template``'s keys."""
+    if not isinstance(template, dict):
+        return tree
+    return {k: select_like(tree[k], v) for k, v in template.items()}
+
+
 def injection_key(mlp_path: tuple[str, ...]) -> str:
-    """Key of an MLP's heads inside ``params["injection"]`` (``"policy"``; ``"_"`` for a bare MLP)."""
+    """Key of a network's heads inside ``params["injection"]``: its path joined (``"policy"``), ``"_"``
+    for the root (a bare MLP, or the CNN actor-critic, whose two output heads share one injection pair)."""
     return "/".join(mlp_path) if mlp_path else "_"
 
 

@@ -25,6 +25,19 @@ optimizer state turns them on. How the trainer uses it:
 hidden layer and the output. With a single *linear* output head, ``a(x) - b(x)`` has the same gradient as
 ``f`` itself, so 1-layer injection only amounts to resetting the head's Adam moments; 2 layers give the new
 head fresh hidden units.
+
+Networks (``plastix.nets``):
+
+* ``ActorCritic``, ``DiscreteActorCritic``, ``MLP``: every MLP (``policy``, ``value``) has its own head and
+  its own pair ``a, b``; the policy's adds to the Gaussian mean or to the categorical logits.
+* ``CNNActorCritic``: the two output Dense layers ``policy_output`` and ``value_output`` sit on the shared
+  torso's features, so one pair ``a, b`` (key ``"_"``) copies the network above the injection point and
+  gives both outputs (logits and value). ``head_layers=1``: the head is the two output Denses, the whole
+  torso keeps training (as Nikishin et al. keep the encoder). ``head_layers=2``: the head also takes the
+  torso's final Dense (``layer_4`` of the Nature CNN, ``dense`` of the IMPALA CNN), so ``a`` gets fresh
+  hidden units on the conv features, as in Nikishin et al.'s Atari agents (the conv encoder keeps training,
+  the fully connected layers are the head). With ``head_layers=1`` the heads are linear, so the caveat above
+  applies: use 2 (the default) for fresh units.
 """
 
 from __future__ import annotations
@@ -45,6 +58,7 @@ from plastix.mitigations._layers import (
     injection_key,
     injection_path,
     mlp_paths,
+    select_paths,
     set_path,
     to_dict,
 )
@@ -69,18 +83,49 @@ def head_names(mlp: dict, head_layers: int) -> list[str]:
     return names + ["output"]
 
 
+def _is_cnn_actor_critic(params: Params) -> bool:
+    """The parameter layout of ``plastix.nets.CNNActorCritic``: a ``torso`` and two output Denses."""
+    return isinstance(params, dict) and all(k in params for k in ("torso", "policy_output", "value_output"))
+
+
+def torso_dense_name(torso: dict) -> str:
+    """The CNN torso's final Dense layer (its 2-D kernel): ``"layer_4"`` (Nature), ``"dense"`` (IMPALA)."""
+    names = [k for k, v in torso.items() if isinstance(v, dict) and getattr(v.get("kernel"), "ndim", 0) == 2]
+    if len(names) != 1:
+        raise ValueError(f"expected one Dense layer in the CNN torso, found {names}")
+    return names[0]
+
+
+def head_paths(params: Params, head_layers: int = 2) -> dict[str, list[tuple[str, ...]]]:
+    """``{net key: [path of each parameter dict of its head f, relative to the network's path]}``.
+
+    An MLP at ``path`` (key ``injection_key(path)``): ``[(name,) for name in head_names(...)]``. The CNN
+    actor-critic (key ``"_"``): ``[("policy_output",), ("value_output",)]``, after
+    ``("torso", torso_dense_name(...))`` when ``head_layers == 2``.
+    """
+    if _is_cnn_actor_critic(params):
+        if head_layers not in (1, 2):
+            raise ValueError(f"head_layers must be 1 or 2 for the CNN actor-critic, got {head_layers}")
+        hidden = [("torso", torso_dense_name(params["torso"]))] if head_layers == 2 else []
+        return {injection_key(()): hidden + [("policy_output",), ("value_output",)]}
+    return {
+        injection_key(path): [(name,) for name in head_names(get_path(params, path), head_layers)]
+        for path in mlp_paths(params)
+    }
+
+
 def add_injection_heads(params: Params, head_layers: int = 2) -> Params:
-    """``params`` plus ``params["injection"][net] = {"a": head, "b": head}`` for every MLP.
+    """``params`` plus ``params["injection"][net] = {"a": head, "b": head}`` per network (``head_paths``).
 
     The pre-allocated heads are copies of the current head (``a == b``, so ``a(x) - b(x) == 0``); they stay
-    frozen until ``plasticity_injection`` fires.
+    frozen until ``plasticity_injection`` fires. A head keeps the tree structure of its network's parameters
+    (``{"layer_2": ..., "output": ...}``; ``{"torso": {"dense": ...}, "policy_output": ..., ...}``).
     """
     params = to_dict(params)
     heads = {}
-    for path in mlp_paths(params):
-        mlp = get_path(params, path)
-        head = {name: mlp[name] for name in head_names(mlp, head_layers)}
-        heads[injection_key(path)] = {"a": head, "b": jax.tree.map(jnp.array, head)}
+    for net_key, paths in head_paths(params, head_layers).items():
+        head = select_paths(get_path(params, injection_path(net_key)), paths)
+        heads[net_key] = {"a": head, "b": jax.tree.map(jnp.array, head)}
     return {**params, INJECTION_KEY: heads}
 
 
@@ -107,10 +152,11 @@ def trainable_mask(params: Params, active: jax.Array, head_layers: int = 2) -> P
     """
     active = jnp.asarray(active, jnp.float32)
     mask = jax.tree.map(lambda p: jnp.ones((), p.dtype), params)
-    for path in mlp_paths(params):
-        for name in head_names(get_path(params, path), head_layers):
-            sub = get_path(mask, path + (name,))
-            mask = set_path(mask, path + (name,), jax.tree.map(lambda m: (1.0 - active).astype(m.dtype), sub))
+    for net_key, paths in head_paths(params, head_layers).items():
+        for path in paths:
+            full = injection_path(net_key) + path
+            frozen = jax.tree.map(lambda m: (1.0 - active).astype(m.dtype), get_path(mask, full))
+            mask = set_path(mask, full, frozen)
     if INJECTION_KEY in params:
         for net_key, pair in params[INJECTION_KEY].items():
             mask = set_path(
@@ -173,17 +219,16 @@ def plasticity_injection(init_fn: Callable[[jax.Array], Params], head_layers: in
         params, opt_state, key = args
         fresh = to_dict(init_fn(key))
         keep = jax.tree.map(lambda p: jnp.ones((), p.dtype), params)
-        for net_key in params[INJECTION_KEY]:
-            path = injection_path(net_key)
-            names = head_names(get_path(params, path), head_layers)
-            head = {name: get_path(fresh, path + (name,)) for name in names}
+        zeros = lambda t: jax.tree.map(lambda p: jnp.zeros((), p.dtype), t)
+        for net_key, paths in head_paths(params, head_layers).items():
+            net_path = injection_path(net_key)
+            head = select_paths(get_path(fresh, net_path), paths)
             params = set_path(
                 params, (INJECTION_KEY, net_key), {"a": head, "b": jax.tree.map(jnp.array, head)}
             )
-            zeros = lambda t: jax.tree.map(lambda p: jnp.zeros((), p.dtype), t)
             keep = set_path(keep, (INJECTION_KEY, net_key), zeros(params[INJECTION_KEY][net_key]))
-            for name in names:
-                keep = set_path(keep, path + (name,), zeros(get_path(params, path + (name,))))
+            for path in paths:
+                keep = set_path(keep, net_path + path, zeros(get_path(params, net_path + path)))
         opt_state = _set_active(scale_adam_moments(opt_state, keep), 1.0)
         return params, opt_state, f32(1.0)
 
@@ -213,26 +258,57 @@ def _head_apply(head: dict, h: jax.Array, activation: str) -> jax.Array:
     return h @ head["output"]["kernel"] + head["output"]["bias"]
 
 
+def _cnn_head_apply(head: dict, z: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A CNN actor-critic head on features ``z [..., F]``: ``(logits [..., A], value [...])``; with the
+    torso's final Dense in the head (``head_layers=2``), ``z`` is the flattened conv output and goes through
+    it and a ReLU first."""
+    for dense in head.get("torso", {}).values():
+        z = jax.nn.relu(z @ dense["kernel"] + dense["bias"])
+    logits = z @ head["policy_output"]["kernel"] + head["policy_output"]["bias"]
+    value = z @ head["value_output"]["kernel"] + head["value_output"]["bias"]
+    return logits, value[..., 0]
+
+
+def _cnn_head_input(acts: dict, head_layers: int) -> jax.Array:
+    """The input of the CNN head, from the torso's sown activations: the torso's output (its last sown
+    layer) for ``head_layers=1``; the flattened layer below it (the final Dense's input) for 2."""
+    n = max(int(name.rsplit("_", 1)[1]) for name in acts if name.startswith("torso/layer_"))
+    if head_layers == 1:
+        return acts[f"torso/layer_{n}"][1]
+    post = acts[f"torso/layer_{n - 1}"][1]
+    return post.reshape(post.shape[:-3] + (-1,))
+
+
 def make_injected_apply(model: nn.Module, head_layers: int = 2) -> Callable:
     """Forward pass with injection: ``forward(params, x, active)`` returns what ``model.apply`` returns, each
     network's output plus ``active * (a(h) - stop_gradient(b(h)))``.
 
     ``h`` is the input of the head: the post-activation of the hidden layer just below it (read from the
     sown intermediates), or ``x`` when the head is the whole MLP. Supports ``plastix.nets.ActorCritic``
-    (adds to the policy mean and the value) and ``plastix.nets.MLP``.
+    (adds to the policy mean and the value), ``DiscreteActorCritic`` (to the logits and the value),
+    ``CNNActorCritic`` (one pair for both outputs, see the module docstring) and ``MLP``.
 
     Args:
       model: the Flax module.
       head_layers: as in ``add_injection_heads``.
     """
-    if not isinstance(model, (nets.ActorCritic, nets.MLP)):
-        raise TypeError(f"make_injected_apply supports plastix.nets.ActorCritic and MLP, got {type(model)}")
+    supported = (nets.ActorCritic, nets.DiscreteActorCritic, nets.CNNActorCritic, nets.MLP)
+    if not isinstance(model, supported):
+        names = ", ".join(t.__name__ for t in supported)
+        raise TypeError(f"make_injected_apply supports {names}, got {type(model)}")
 
     def forward(params, x, active):
         params = to_dict(params)
         base = {k: v for k, v in params.items() if k != INJECTION_KEY}
         out, state = model.apply({"params": base}, x, mutable=["intermediates"])
         acts = nets.hidden_activations(state["intermediates"])
+        if isinstance(model, nets.CNNActorCritic):
+            pair, z = params[INJECTION_KEY]["_"], _cnn_head_input(acts, head_layers)
+            deltas = [
+                jnp.asarray(active, a.dtype) * (a - jax.lax.stop_gradient(b))
+                for a, b in zip(_cnn_head_apply(pair["a"], z), _cnn_head_apply(pair["b"], z))
+            ]
+            return out[0] + deltas[0], out[1] + deltas[1]
         deltas = {}
         for net_key, pair in params[INJECTION_KEY].items():
             path = injection_path(net_key)
@@ -245,6 +321,9 @@ def make_injected_apply(model: nn.Module, head_layers: int = 2) -> Callable:
         if isinstance(model, nets.ActorCritic):
             mean, log_std, value = out
             return mean + deltas["policy"], log_std, value + deltas["value"][..., 0]
+        if isinstance(model, nets.DiscreteActorCritic):
+            logits, value = out
+            return logits + deltas["policy"], value + deltas["value"][..., 0]
         return out + deltas["_"]
 
     return forward
