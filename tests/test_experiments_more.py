@@ -268,6 +268,11 @@ def test_task_relevance_targets_sit_at_distance_alpha(tmp_path, monkeypatch):
     mtime = out.stat().st_mtime_ns
     assert task_switch.run_task_switch(make_exp("rel", settings), sweep) == out and out.stat().st_mtime_ns == mtime
     assert not task_switch.result_path(sweep, "rel").exists()
+    # ... and it is queryable with SQL beside the metrics.
+    from plastix.query import metrics as query
+
+    counts = query(sweep, "SELECT experiment, count(*) AS n FROM task_relevance GROUP BY experiment")
+    assert counts.to_dict("records") == [{"experiment": "rel", "n": len(df)}]
 
 
 def test_plain_task_switch_rows_are_unchanged(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@
   the Parquet file's path) and the variant fields (e.g. ``activation``) come from ``sweep.json``.
 - ``runs``: ``run, <variant fields...>, seeds`` — one row per run of the manifest.
 - ``task_switch``: ``experiment, source, seed, lr, step, split, loss`` (when a task switch was run).
+- ``task_relevance``: ``experiment, ...`` the task-relevance probe's rows (``ocp-task-relevance``), when run.
 
 Example::
 
@@ -25,7 +26,8 @@ DEFAULT_SQL = "SELECT * FROM metrics ORDER BY run, key, seed, update"
 
 
 def connect(sweep_dir: str | Path):
-    """An in-memory DuckDB connection with the views ``metrics``, ``runs`` and ``task_switch``."""
+    """An in-memory DuckDB connection with the views ``metrics``, ``runs``, ``task_switch`` and
+    ``task_relevance`` (the last two when those probes were run)."""
     import duckdb
 
     sweep_dir = Path(sweep_dir)
@@ -64,12 +66,13 @@ def connect(sweep_dir: str | Path):
               CAST(NULL AS BIGINT) AS seed, CAST(NULL AS BIGINT) AS "update", CAST(NULL AS BIGINT) AS env_step,
               CAST(NULL AS VARCHAR) AS "key", CAST(NULL AS DOUBLE) AS value WHERE false
         """)
-    switches = sorted((sweep_dir / "analyses").glob("*/task_switch.parquet"))
-    if switches:
-        union = " UNION ALL ".join(
-            f"SELECT '{p.parent.name}' AS experiment, * FROM read_parquet('{str(p.absolute())}')" for p in switches
-        )
-        con.execute(f"CREATE VIEW task_switch AS {union}")
+    for view in ("task_switch", "task_relevance"):  # the probes' results, one file per experiment
+        files = sorted((sweep_dir / "analyses").glob(f"*/{view}.parquet"))
+        if files:
+            union = " UNION ALL ".join(
+                f"SELECT '{p.parent.name}' AS experiment, * FROM read_parquet('{str(p.absolute())}')" for p in files
+            )
+            con.execute(f"CREATE VIEW {view} AS {union}")
     return con
 
 
