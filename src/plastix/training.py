@@ -241,7 +241,8 @@ def _run_chunks(cfg: TrainConfig, run_dir: Path, bridge, agent: Agent, states: T
 
 
 def _start_round(cfg: TrainConfig, agent: Agent, states: TrainState, round_idx: int) -> TrainState:
-    """At a shift: flag the task switch (at-switch mitigations fire on the next gradient step) and, with
+    """At a shift: flag the task switch (the next update's at-switch mitigations fire: batch-free ones before
+    its rollout, batch-reading ones on its first gradient step; ``BatchInfo.phase``) and, with
     ``--baseline fresh``, re-initialise the fresh copies (which take no at-switch mitigation: they are new)."""
     switch = jnp.ones_like(states.task_switch)
     if cfg.baseline == "fresh":
@@ -267,7 +268,8 @@ def _round_mean(df, key: str, seeds: list[int], first: int, last: int) -> np.nda
 
 
 def _write_round_summary(cfg, run_dir: Path, heldout, states: TrainState, round_idx: int, update: int):
-    """Write (and return, as a table) the per-round rows at the round's last update (returns averaged over the round's last quarter of updates):
+    """Write (and return, as a table) the per-round rows at the round's last update; returns are averaged
+    over the round's last quarter of updates:
 
     - ``round/index``, ``round/return_train``;
     - where the scenario has a held-out set (``HeldoutEvaluation``): ``round/return_heldout`` and
