@@ -58,14 +58,16 @@ def round_state(scenario: Any, round_idx: int, obs_size: int) -> RoundState:
 
 
 def heldout_round_state(scenario: Any, obs_size: int) -> RoundState:
-    """The held-out evaluation's ``RoundState``: a permutation no round trains on (``permute``), forward running."""
+    """The held-out evaluation's ``RoundState``: a permutation no round trains on (``permute``), running
+    forward."""
     import jax
     import jax.numpy as jnp
 
     from plastix.envs import shifts
 
     if getattr(scenario, "shift", "none") != "permute":
-        raise ValueError("held-out evaluation of a MuJoCo task exists only for --shift permute (an unseen permutation)")
+        raise ValueError("held-out evaluation of a MuJoCo task exists only for --shift permute "
+                         "(an unseen permutation)")
     perm = shifts.heldout_permutation(jax.random.PRNGKey(scenario.shift_seed), obs_size)
     return RoundState(perm=perm, direction=jnp.float32(1.0))
 

@@ -57,7 +57,8 @@ class HeldoutEvaluation:
             self._bridge = self._make_pool()
             self._run = jax.jit(self._episodes)
         raw_obs = jnp.asarray(self._bridge.reset())
-        returns = self._run(states.params, states.opt_state, states.env.obs_rms, self._bridge.handle(), raw_obs, keys)
+        returns = self._run(states.params, states.opt_state, states.env.obs_rms, self._bridge.handle(), raw_obs,
+                            keys)
         return np.asarray(returns)
 
     def close(self) -> None:
@@ -80,10 +81,12 @@ class HeldoutEvaluation:
         if self.agent.spec.family == "mujoco":
             from plastix.envs.envpool_bridge import EnvpoolBridge
 
-            return EnvpoolBridge(cfg.env_id, seeds, cfg.heldout_episodes, cfg.num_threads, scenario=cfg, heldout=True)
+            return EnvpoolBridge(cfg.env_id, seeds, cfg.heldout_episodes, cfg.num_threads, scenario=cfg,
+                                 heldout=True)
         from plastix.envs.image_envs import ImageEnvBridge
 
-        return ImageEnvBridge(cfg.env_id, seeds, cfg.heldout_episodes, cfg.num_threads, scenario=cfg, heldout=True)
+        return ImageEnvBridge(cfg.env_id, seeds, cfg.heldout_episodes, cfg.num_threads, scenario=cfg,
+                              heldout=True)
 
     def _episodes(self, params, opt_state, obs_rms, handle, raw_obs, keys):
         """One episode per held-out env: the sum of its (raw, Atari: unclipped) rewards until it ends."""
@@ -108,6 +111,7 @@ class HeldoutEvaluation:
 
         steps = min(spec.max_episode_steps, MAX_EVAL_STEPS)
         cond = lambda c: (c[0] < steps) & jnp.any(c[4])
-        init = (0, handle, raw_obs, jnp.zeros((num_seeds, envs), jnp.float64), jnp.ones((num_seeds, envs), bool), keys)
+        shape = (num_seeds, envs)
+        init = (0, handle, raw_obs, jnp.zeros(shape, jnp.float64), jnp.ones(shape, bool), keys)
         total = jax.lax.while_loop(cond, body, init)[3]
         return total.mean(axis=1)

@@ -107,8 +107,8 @@ def scheduled(surgery: Surgery, every: int | None = None, at_switch: bool = Fals
     The call counter counts ``apply`` calls (the trainer's gradient steps; not its ``round_start`` calls),
     the ``every``-th, ``2*every``-th, ... fire. At a switch, see ``BatchInfo.phase``: in the trainer an
     at-switch surgery that reads no batch fires before the new round's first rollout, one that reads the
-    batch on the round's first gradient step. Uses ``jax.lax.cond``, so it works under ``jit``; under ``vmap`` the cond becomes a select and both
-    branches run. On calls that do not fire, parameters, optimizer state and the surgery's state are
+    batch on the round's first gradient step. Uses ``jax.lax.cond``, so it works under ``jit``; under
+    ``vmap`` the cond becomes a select and both branches run. On calls that do not fire, parameters, optimizer state and the surgery's state are
     returned unchanged and its metrics are zeros. Adds ``"mitigation/<name>/applied"`` (1.0 or 0.0) when
     ``name`` is given.
 
@@ -149,7 +149,8 @@ def scheduled(surgery: Surgery, every: int | None = None, at_switch: bool = Fals
         args = (params, opt_state, state.inner, batch_info, key)
         if phase == "round_start" and not (at_switch and not surgery.reads_batch):  # cannot fire: no branch
             params, opt_state, inner, metrics = skip(args)
-            return params, opt_state, ScheduledState(count=count, inner=inner), _applied(dict(metrics), name, fire)
+            metrics = _applied(dict(metrics), name, fire)
+            return params, opt_state, ScheduledState(count=count, inner=inner), metrics
 
         params, opt_state, inner, metrics = jax.lax.cond(fire, run, skip, args)
         return params, opt_state, ScheduledState(count=count, inner=inner), _applied(dict(metrics), name, fire)
