@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh) then run the default test suite (about 10 minutes on 2 CPU cores).
+# Set up (scripts/setup.sh) then run the default test suite (about 13 minutes on 2 CPU cores).
 # `scripts/test.sh --slow` runs the long tests instead; other arguments go to pytest.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
