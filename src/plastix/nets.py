@@ -222,7 +222,7 @@ class CNNActorCritic(nn.Module):
 
     ``torso``: ``"nature"`` (Atari) or ``"impala"`` (Procgen). Input ``[B, H, W, C]`` (uint8 or float).
     Returns ``(logits [B, num_actions] float32, value [B] float32)``. Params:
-    ``{"torso": {...}, "policy": {"output"}, "value": {"output"}}``; activations ``"torso/layer_i"``.
+    ``{"torso": {...}, "policy_output": {...}, "value_output": {...}}``; activations ``"torso/layer_i"``.
     """
 
     num_actions: int
