@@ -65,8 +65,7 @@ def build(cfg: TrainConfig):
     # lax.map, not vmap: a vmapped init batches the orthogonal inits' QR decompositions, and jaxlib 0.10's
     # batched LAPACK kernels wait on sub-tasks queued to XLA's CPU pool, which deadlocks when the (2-core)
     # pool's threads all run such kernels at once (fixed in jax 0.11, which needs Python 3.12).
-    states = jax.jit(lambda k, o: jax.lax.map(lambda x: agent.init_state(*x), (k, o)))(keys, raw_obs)
-    return bridge, agent, states
+    return bridge, agent, agent.init_states(keys, raw_obs)
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -153,9 +152,7 @@ def reinit_fresh_members(agent: Agent, states: TrainState, round_idx: int) -> Tr
     cfg = agent.cfg
     seeds = jnp.asarray(cfg.seed_list)
     keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.PRNGKey(s), 1_000 + round_idx))(seeds)
-    fresh_env = _fresh(cfg, states.env)
-    # lax.map, not vmap: the orthogonal inits' QR must not be batched (see ``build``).
-    new = jax.jit(lambda k, o: jax.lax.map(lambda x: agent.init_state(*x), (k, o)))(keys, fresh_env.obs)
+    new = agent.init_states(keys, _fresh(cfg, states.env).obs)
     old = _fresh(cfg, states)
     new = old.replace(params=new.params, opt_state=new.opt_state, surgery_state=new.surgery_state,
                       diagnostics=new.diagnostics)

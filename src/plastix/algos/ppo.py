@@ -19,6 +19,8 @@ Differences from CleanRL, all deliberate:
 
 from __future__ import annotations
 
+import functools
+
 import math
 from typing import Any, Callable
 
@@ -294,6 +296,14 @@ class Agent:
             out = self.net.apply({"params": params}, obs)
         return (out[:2], out[2]) if not self.spec.discrete else out
 
+    @functools.cached_property
+    def init_states(self) -> Callable:
+        """Compiled ``(keys [M, 2], raw_obs [M, n, ...]) -> fresh train states [M]`` (``init_state`` per member).
+
+        ``lax.map``, not ``vmap``: a vmapped init batches the orthogonal inits' QR decompositions, which can
+        deadlock jaxlib 0.10's LAPACK kernels on 2 cores (see ``plastix.training.build``)."""
+        return jax.jit(lambda keys, obs: jax.lax.map(lambda x: self.init_state(*x), (keys, obs)))
+
     def init_state(self, key: jax.Array, raw_obs: jax.Array) -> TrainState:
         """Fresh train state of one seed; ``raw_obs`` ``[n, *obs_shape]`` is the envs' first observation."""
         key, init_key = jax.random.split(key)
@@ -432,8 +442,7 @@ class Agent:
         (params, opt_state, surgery_state, _, _, _), aux = jax.lax.scan(epoch, carry, jnp.stack(epoch_keys))
         # Counts of touched neurons add up over the update; everything else (eligible counts included) is a
         # mean over the update's gradient steps.
-        summed = lambda k: k.startswith("mitigation/") and not k.endswith("/eligible")
-        metrics = {k: v.sum() if summed(k) else v.mean() for k, v in aux.items()}
+        metrics = {k: v.sum() if summed_metric(k) else v.mean() for k, v in aux.items()}
         w = batch.valid.astype(jnp.float32)
         var_returns = masked_mean((batch.ret - masked_mean(batch.ret, w)) ** 2, w)
         resid = batch.ret - batch.value
@@ -554,6 +563,12 @@ def episode_metrics(traj: Transition) -> dict:
     return {"return/episodic": mean_return, "return/episode_length": mean_length, "return/episodes": count}
 
 
+def summed_metric(key: str) -> bool:
+    """Whether an update's metric adds up over its gradient steps (counts of neurons a mitigation touched)
+    rather than being their mean (everything else, eligible counts included)."""
+    return key.startswith("mitigation/") and not key.endswith("/eligible")
+
+
 def make_update_fn(agent: Agent, env_step: Callable) -> Callable:
     """One PPO update for every seed: ``(states [S], handle) -> (states, handle, metrics [S])``.
 
@@ -587,7 +602,8 @@ def make_update_fn(agent: Agent, env_step: Callable) -> Callable:
 
         states, metrics, scores = jax.lax.map(learn_and_measure, (states, traj))
         for k, v in start_metrics.items():  # counts of the round_start call add to the update's
-            metrics[k] = metrics[k] + v if k.startswith("mitigation/") and not k.endswith("/eligible") else metrics[k]
+            if summed_metric(k):
+                metrics[k] = metrics[k] + v
         metrics.update(jax.vmap(episode_metrics)(traj))
         return states, handle, (metrics, scores)
 

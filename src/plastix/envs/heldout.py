@@ -52,7 +52,9 @@ class HeldoutEvaluation:
         seeds = jnp.asarray(self.cfg.seed_list)
         keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.PRNGKey(s), 10_000 + round_idx))(seeds)
         if hasattr(self.train_bridge, "evaluate"):  # the JAX gridworld
-            return np.asarray(self._jax_bridge_eval(states, keys))
+            if self._run is None:  # compiled once per run, not once per round
+                self._run = jax.jit(jax.vmap(self._jax_bridge_episodes))
+            return np.asarray(self._run(states.params, states.opt_state, keys))
         if self._bridge is None:
             self._bridge = self._make_pool()
             self._run = jax.jit(self._episodes)
@@ -66,14 +68,10 @@ class HeldoutEvaluation:
             self._bridge.close()
 
     # ------------------------------------------------------------------------------------------ internals
-    def _jax_bridge_eval(self, states, keys):
-        agent, episodes = self.agent, self.cfg.heldout_episodes
-
-        def one_seed(params, opt_state, key):
-            act = lambda k, obs: agent.policy.sample(k, agent.forward(params, opt_state, obs)[0])
-            return self.train_bridge.evaluate(act, key, num_envs=episodes)
-
-        return jax.jit(jax.vmap(one_seed))(states.params, states.opt_state, keys)
+    def _jax_bridge_episodes(self, params, opt_state, key):
+        """One seed's held-out return on the JAX gridworld (``GridworldBridge.evaluate``)."""
+        act = lambda k, obs: self.agent.policy.sample(k, self.agent.forward(params, opt_state, obs)[0])
+        return self.train_bridge.evaluate(act, key, num_envs=self.cfg.heldout_episodes)
 
     def _make_pool(self):
         cfg = self.cfg
