@@ -23,8 +23,6 @@ from plastix.algos.es import es_init, es_step
 from plastix.probes import ApplyFn, RegressionCurves, _mse
 
 
-
-
 def es_regression_probe(
     apply_fn: ApplyFn,
     params: Any,
