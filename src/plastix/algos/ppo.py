@@ -396,8 +396,13 @@ class Agent:
         )
         return env, learn_reward, valid, finished
 
-    def learn(self, state: TrainState, traj: Transition) -> tuple[TrainState, dict, Minibatch]:
-        """GAE then ``update_epochs`` x ``num_minibatches`` PPO steps on one seed's rollout ``[T, n]``."""
+    def learn(self, state: TrainState, traj: Transition, perms: jax.Array | None = None
+              ) -> tuple[TrainState, dict, Minibatch]:
+        """GAE then ``update_epochs`` x ``num_minibatches`` PPO steps on one seed's rollout ``[T, n]``.
+
+        ``perms`` (int ``[update_epochs, num_minibatches, minibatch_size]``, indices into the flattened
+        ``[T * n]`` batch) fixes the minibatch order, e.g. to replay CleanRL's ``np.random.shuffle`` order in
+        the parity test; by default each epoch draws ``jax.random.permutation`` from the state's key."""
         cfg = self.cfg
         _, next_value = self.forward(state.params, state.opt_state, state.env.obs)
         advantages, returns = gae(traj.reward, traj.value, traj.done, next_value, cfg.gamma, cfg.gae_lambda)
@@ -428,8 +433,10 @@ class Agent:
                 )
             return (new_params, new_opt_state, surgery_state, jnp.zeros((), bool), key, stopped), aux
 
-        def epoch(carry, key):
-            perm = jax.random.permutation(key, cfg.batch_size).reshape(cfg.num_minibatches, cfg.minibatch_size)
+        def epoch(carry, xs):
+            key, perm = xs
+            if perm is None:
+                perm = jax.random.permutation(key, cfg.batch_size).reshape(cfg.num_minibatches, cfg.minibatch_size)
             carry, aux = jax.lax.scan(minibatch_step, carry, perm)
             if cfg.target_kl is not None:
                 carry = (*carry[:-1], carry[-1] | (aux["loss/approx_kl"][-1] > cfg.target_kl))
@@ -439,7 +446,7 @@ class Agent:
         # Surgeries draw from a side stream so that turning them on leaves the training stream unchanged.
         carry = (state.params, state.opt_state, state.surgery_state, state.task_switch,
                  jax.random.fold_in(state.key, 0x5A5A), jnp.zeros((), bool))
-        (params, opt_state, surgery_state, _, _, _), aux = jax.lax.scan(epoch, carry, jnp.stack(epoch_keys))
+        (params, opt_state, surgery_state, _, _, _), aux = jax.lax.scan(epoch, carry, (jnp.stack(epoch_keys), perms))
         # Counts of touched neurons add up over the update; everything else (eligible counts included) is a
         # mean over the update's gradient steps.
         metrics = {k: v.sum() if summed_metric(k) else v.mean() for k, v in aux.items()}
