@@ -226,8 +226,22 @@ def gymnasium_replay(trace: dict) -> dict:
                      "max_obs_diff_first_100": float(obs_diff[:100].max()),
                      "first_step_obs_diff_over_1e-6": first_over,
                      "episode_return": [float(rewards.sum()), float(trace["reward"].sum())]}
+    out["chaos_control"] = chaos_control(env, trace, set_state)
     out["versions"] = {"gymnasium": gym.__version__, "mujoco": __import__("mujoco").__version__}
     return out
+
+
+def chaos_control(env, trace: dict, set_state, kick: float = 1e-12) -> dict:
+    """gymnasium against itself, open loop, with qvel of the start state moved by ``kick``: how fast a
+    last-bits difference grows under the trace's actions (the drift expected of any two MuJoCo builds)."""
+    runs = []
+    for delta in (0.0, kick):
+        set_state(0)
+        env.set_state(env.data.qpos.copy(), env.data.qvel + delta)
+        runs.append(np.array([env.step(action)[0] for action in trace["action"]]))
+    diff = np.abs(runs[0] - runs[1]).max(axis=1)
+    over = np.flatnonzero(diff > 1e-6)
+    return {"kick": kick, "max_obs_diff": float(diff.max()), "first_step_obs_diff_over_1e-6": int(over[0]) if len(over) else None}
 
 
 def environment(args) -> dict:
