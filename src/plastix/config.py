@@ -7,6 +7,10 @@ Derived sizes are properties, never written back. ``PRESETS`` holds the named de
 - ``cleanrl``: CleanRL's defaults (tanh, lr 3e-4 annealed, 1M steps, no weight decay).
 - ``ocp``: the OCP paper's Appendix B (SCIENCE.md section 1): lr 1e-4 annealed to 0, coupled weight
   decay 1e-4, 20M steps, ReLU hidden units (the paper's "PPO-ReLU"; ``--activation none`` is "No-Act").
+- ``juliani-ash``: Juliani & Ash 2024's PPO (awjuliani/deep-rl-plasticity ``hyperparams.yaml``,
+  ``algos/ppo``): their networks (``--network juliani-ash``), lr 5e-4 constant, AdamW eps 1e-8, 3 epochs of
+  minibatches of 64 over 1024-step batches, entropy 0.02, no value clipping, no reward or observation
+  normalisation, the optimizer rebuilt at every shift (the comments in ``PRESETS`` say where each value is).
 """
 
 from __future__ import annotations
@@ -46,8 +50,9 @@ class ESOptions:
 class TrainConfig:
     """PPO for continuous control (CleanRL semantics), trained for one or many seeds at once."""
 
-    preset: Literal["cleanrl", "ocp"] = "cleanrl"
-    """named defaults: `cleanrl` (CleanRL's) or `ocp` (the OCP paper's Appendix B); other flags override"""
+    preset: Literal["cleanrl", "ocp", "juliani-ash"] = "cleanrl"
+    """named defaults: `cleanrl` (CleanRL's), `ocp` (the OCP paper's Appendix B) or `juliani-ash` (Juliani &
+    Ash 2024's code: their networks and PPO); other flags override"""
     optimizer: Literal["ppo", "es"] = "ppo"
     """ppo (gradient-based), or es: OpenAI evolution strategies for the same actor (the OCP paper's claim)"""
     es: ESOptions = ESOptions()
@@ -101,6 +106,11 @@ class TrainConfig:
     """hidden layer widths of both the policy and the value network"""
     layer_norm: bool = False
     """LayerNorm after each hidden linear layer, before the activation"""
+    network: Literal["cleanrl", "juliani-ash"] = "cleanrl"
+    """actor-critic: cleanrl (CleanRL's: separate policy and value MLPs, or a Nature/IMPALA CNN on images) or
+    juliani-ash (Juliani & Ash's shared encoder with linear policy and value heads, PyTorch's default init:
+    their MLP of --hidden-sizes on vectors, their conv64 encoder (4 convs 4x4/2, 32-64-128-128 channels, then
+    one dense of the --hidden-sizes width) on images; CReLU halves each layer's units; discrete actions)"""
     mitigations: str = ""
     """comma-separated mitigations to combine: l2, l2_init, weight_clip, soft_sp, shrink_perturb, redo, reset,
     cbp, adam_reset, injection, ocp_perturb, layernorm, crelu (options: --<name>.<option>; surgery periods
@@ -127,6 +137,9 @@ class TrainConfig:
     """plasticity injection (Nikishin et al. 2023)"""
     ocp_perturb: mit.OCPPerturbOptions = mit.OCPPerturbOptions()
     """perturb zero-gradient (trapped) neurons (the OCP paper's claim)"""
+    rebuild_optimizer_at_switch: bool = False
+    """clear Adam's moments and step count at every task switch, in every arm, as Juliani & Ash's code
+    rebuilds its AdamW at each shift (`model.adapt()`); the L2-init anchor, injection and S&P state stay"""
     diagnostics_every: int = 10
     """measure dormancy, zero gradients, overlaps, ranks, weights, dead units every K updates (0 = off)"""
     diagnostics_batch: int = 2048
@@ -249,11 +262,36 @@ PRESETS: dict[str, dict] = {
         max_grad_norm=0.5,
         activation="relu",
     ),
+    # awjuliani/deep-rl-plasticity: hyperparams.yaml (model, ppo_trainer), algos/ppo/{model,trainer}.py.
+    "juliani-ash": dict(
+        network="juliani-ash",
+        activation="relu",  # model.activation
+        hidden_sizes=(256, 256),  # model.h_size = 256; LinearEncoder has two layers of it
+        learning_rate=5e-4,  # model.lr, constant (no scheduler)
+        anneal_lr=False,
+        weight_decay=0.0,  # AdamW(weight_decay=model.l2_norm = 0.0); their `l2` arm is --l2.mode decoupled
+        adam_eps=1e-8,  # torch AdamW's default eps
+        num_envs=32,  # buffer_size = 1024 steps per update (32 envs x 32 steps)
+        num_steps=32,
+        num_minibatches=16,  # batch_size = 64
+        update_epochs=3,  # num_passes
+        ent_coef=0.02,
+        gamma=0.99,
+        gae_lambda=0.95,  # lambda
+        clip_coef=0.2,  # clip_param
+        clip_vloss=False,  # F.mse_loss(values, targets): no value clipping
+        vf_coef=0.5,  # loss = policy_loss + 0.5 * value_loss - ent_coef * entropy
+        max_grad_norm=0.5,  # clip_grad_norm_(parameters, 0.5)
+        norm_adv=True,  # per minibatch, (adv - mean) / (std + 1e-8)
+        normalize_obs="off",
+        normalize_reward="off",
+        rebuild_optimizer_at_switch=True,  # shift_dist() -> model.adapt() -> a new AdamW
+    ),
 }
 
 
 def preset_config(name: str) -> TrainConfig:
-    """The ``TrainConfig`` of preset ``name`` (``cleanrl`` or ``ocp``)."""
+    """The ``TrainConfig`` of preset ``name`` (``cleanrl``, ``ocp`` or ``juliani-ash``)."""
     if name not in PRESETS:
         raise ConfigError(f"--preset: unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
     return dataclasses.replace(TrainConfig(), preset=name, **PRESETS[name])
@@ -382,14 +420,38 @@ def check_env_and_shift(cfg: TrainConfig) -> None:
     except ValueError as err:
         message = str(err)
         raise ConfigError(message if message.startswith("--") else f"--env-id/--shift: {message}") from None
+    if cfg.network == "juliani-ash":
+        _check_juliani_ash_network(cfg, family)
     if "injection" in cfg.mitigations:
         _check_injection_head(cfg, family)
+
+
+def _check_juliani_ash_network(cfg: TrainConfig, family: str) -> None:
+    """``--network juliani-ash`` fits ``cfg``: a discrete-action env, no CNN torso asked for, CReLU on even
+    widths, one conv-encoder width on images; else ``ConfigError``."""
+    image = family in ("procgen", "atari") or (family == "gridworld" and cfg.grid_obs == "image")
+    if family == "mujoco":
+        raise ConfigError(f"--network juliani-ash: their PPO has a categorical policy; {cfg.env_id} has "
+                          "continuous actions (use it on GridWorld-v0, Procgen or Atari, or --network cleanrl)")
+    if cfg.cnn_torso != "auto":
+        raise ConfigError(f"--cnn-torso {cfg.cnn_torso}: only for --network cleanrl; --network juliani-ash "
+                          "uses their conv64 encoder on images")
+    crelu = cfg.activation == "crelu" or "crelu" in cfg.mitigations
+    if crelu and any(w % 2 for w in cfg.hidden_sizes):
+        raise ConfigError(f"--hidden-sizes {cfg.hidden_sizes}: --network juliani-ash with CReLU gives each layer "
+                          "half the units (their h_size // 2): use even widths")
+    if image and len(set(cfg.hidden_sizes)) != 1:
+        raise ConfigError(f"--hidden-sizes {cfg.hidden_sizes}: their conv encoder has one dense layer of h_size "
+                          "after the convolutions; on images give equal widths (e.g. 256 256 or 256)")
 
 
 def _check_injection_head(cfg: TrainConfig, family: str) -> None:
     """``--injection.head_layers`` fits the network of ``family``: 1 or 2 on the CNN actor-critic (its output
     Denses, plus the torso's final Dense), at most the hidden layers + 1 on the MLPs; else ``ConfigError``."""
     head_layers = cfg.injection.head_layers
+    if cfg.network == "juliani-ash" and head_layers != 1:
+        raise ConfigError(f"--injection.head_layers: {head_layers} on --network juliani-ash; allowed: 1 (their "
+                          "Injector wraps the linear policy and value heads)")
     if family in ("procgen", "atari") or (family == "gridworld" and cfg.grid_obs == "image"):
         if head_layers not in (1, 2):
             raise ConfigError(f"--injection.head_layers: {head_layers} on {cfg.env_id}'s CNN actor-critic; "
@@ -397,3 +459,17 @@ def _check_injection_head(cfg: TrainConfig, family: str) -> None:
     elif not 1 <= head_layers <= len(cfg.hidden_sizes) + 1:
         raise ConfigError(f"--injection.head_layers: must be in [1, {len(cfg.hidden_sizes) + 1}] "
                           f"(--hidden-sizes {cfg.hidden_sizes} plus the output layer), got {head_layers}")
+    if head_layers > 1 and _injection_firings(cfg) > 1:
+        raise ConfigError(f"--injection.head_layers: {head_layers} layers can be injected only once (a head with a "
+                          "hidden layer cannot fold a - b into f), but the schedule fires more than once "
+                          f"(--rounds {cfg.rounds}, --injection.every {cfg.injection.every}); use "
+                          "--injection.head_layers 1 (linear heads: injected at every firing, as Juliani & Ash)")
+
+
+def _injection_firings(cfg: TrainConfig) -> int:
+    """How many times the injection schedule of ``cfg`` fires over the run (at switches and every N steps)."""
+    inj = cfg.injection
+    firings = cfg.rounds - 1 if inj.at_switch else 0
+    if inj.every is not None:
+        firings += cfg.num_updates * cfg.update_epochs * cfg.num_minibatches // inj.every
+    return firings

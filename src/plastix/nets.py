@@ -13,6 +13,7 @@ pre-activation ``z`` (key ``"layer_i/pre"``) and its post-activation output ``h 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Sequence
 
@@ -259,3 +260,116 @@ class DiscreteActorCritic(nn.Module):
 
     def __call__(self, obs: jax.Array):
         return self.policy(obs), self.value(obs)[..., 0]
+
+
+# =========================================================================================== Juliani & Ash
+# The networks of Juliani & Ash 2024 (awjuliani/deep-rl-plasticity: ``shared/modules.py``,
+# ``algos/ppo/model.py``): one encoder shared by a linear policy head and a linear value head, every layer at
+# PyTorch's default init. Parameters: ``{"torso": {"layer_i": ..., "layer_norm_i": ...}, "policy_output": ...,
+# "value_output": ...}`` (the layout of ``CNNActorCritic``); activations are sown as ``"torso/layer_i"``.
+
+JA_CONV_CHANNELS = (32, 64, 128, 128)
+"""Output channels of the four 4x4/stride-2 convolutions of their ``ConvEncoder.conv64`` (CoinRun, 64x64)."""
+JA_MIN_IMAGE_SIDE = 16
+"""Smallest image side the four stride-2 convolutions reduce to at least 1x1 (side -> floor(side / 2) each)."""
+
+
+def torch_default_init(fan_in: int) -> Callable:
+    """PyTorch's default ``Linear``/``Conv2d`` init: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
+
+    ``kaiming_uniform_(a=sqrt(5))`` on the weight has bound ``sqrt(6 / ((1 + a^2) fan_in)) = 1/sqrt(fan_in)``,
+    and ``reset_parameters`` draws the bias from the same interval; ``fan_in`` is ``in_features`` for a dense
+    layer and ``in_channels * kh * kw`` for a convolution.
+    """
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def torch_dense(features: int, fan_in: int, name: str) -> nn.Dense:
+    """``nn.Linear(fan_in, features)`` at PyTorch's default init (``torch_default_init``), float32."""
+    init = torch_default_init(fan_in)
+    return nn.Dense(features, kernel_init=init, bias_init=init, param_dtype=jnp.float32, dtype=jnp.float32,
+                    name=name)
+
+
+def torch_conv(features: int, in_channels: int, name: str) -> nn.Conv:
+    """``nn.Conv2d(in_channels, features, 4, 2, 1)`` of their conv encoders, at PyTorch's default init."""
+    init = torch_default_init(in_channels * 4 * 4)
+    return nn.Conv(features, (4, 4), (2, 2), padding=((1, 1), (1, 1)), kernel_init=init, bias_init=init,
+                   param_dtype=jnp.float32, dtype=jnp.float32, name=name)
+
+
+class JulianiAshEncoder(nn.Module):
+    """Their ``LinearEncoder`` (``encoder="mlp"``) or ``ConvEncoder.conv64`` (``encoder="conv"``).
+
+    ``mlp``: per width ``h`` of ``hidden_sizes`` (theirs: 256, 256) ``Dense(h) -> [LayerNorm] -> activation``.
+    ``conv``: four ``Conv 4x4/2 (pad 1) -> [GroupNorm(1)] -> activation`` with ``JA_CONV_CHANNELS``, flatten,
+    ``Dense(hidden_sizes[-1]) -> [LayerNorm] -> activation`` (their ``Linear(2048, h_size)`` on 64x64 input).
+    With CReLU every layer has half the units (their ``h_size // 2`` and halved channels), so the width after
+    the activation is the same as with ReLU. Their ``layernorm`` option is a ``LayerNorm`` before each dense
+    activation and a ``GroupNorm(1, C)`` (normalising over channels and space) before each conv activation;
+    PyTorch's eps 1e-5. Input ``[B, D]`` or ``[B, H, W, C]`` (uint8 scaled by 1/255); output ``[B, width]``.
+    """
+
+    encoder: str = "mlp"
+    hidden_sizes: Sequence[int] = (256, 256)
+    activation: str = "relu"
+    layer_norm: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        act = activation_fn(self.activation)
+        split = 2 if self.activation == "crelu" else 1  # CReLU doubles each layer's outputs: half the units
+        layer = 0
+
+        def unit(z, norm):
+            nonlocal layer
+            if self.layer_norm:
+                z = norm(epsilon=1e-5, param_dtype=jnp.float32, name=f"layer_norm_{layer}")(z)
+            h = act(z)
+            self.sow("intermediates", f"layer_{layer}/pre", z)
+            self.sow("intermediates", f"layer_{layer}/post", h)
+            return h
+
+        widths = tuple(self.hidden_sizes)
+        if self.encoder == "conv":
+            x = _image_input(x)
+            for channels in JA_CONV_CHANNELS:
+                layer += 1
+                z = torch_conv(channels // split, x.shape[-1], f"layer_{layer}")(x)
+                x = unit(z, functools.partial(nn.GroupNorm, num_groups=1))
+            x = x.reshape(x.shape[:-3] + (-1,))
+            widths = widths[-1:]
+        elif self.encoder == "mlp":
+            x = x.astype(jnp.float32)
+        else:
+            raise ValueError(f"JulianiAshEncoder: unknown encoder {self.encoder!r}; allowed: 'mlp', 'conv'")
+        for width in widths:
+            layer += 1
+            x = unit(torch_dense(width // split, x.shape[-1], f"layer_{layer}")(x), nn.LayerNorm)
+        return x
+
+
+class JulianiAshActorCritic(nn.Module):
+    """Their ``PPOModel``: a shared ``JulianiAshEncoder`` (key ``"torso"``), then ``policy_output``
+    (``Linear(h, num_actions)``, categorical logits) and ``value_output`` (``Linear(h, 1)``), PyTorch's init.
+
+    Returns ``(logits [B, num_actions], value [B])`` like ``CNNActorCritic``.
+    """
+
+    num_actions: int
+    encoder: str = "mlp"
+    hidden_sizes: Sequence[int] = (256, 256)
+    activation: str = "relu"
+    layer_norm: bool = False
+
+    @nn.compact
+    def __call__(self, obs: jax.Array):
+        h = JulianiAshEncoder(self.encoder, self.hidden_sizes, self.activation, self.layer_norm, name="torso")(obs)
+        logits = torch_dense(self.num_actions, h.shape[-1], "policy_output")(h)
+        value = torch_dense(1, h.shape[-1], "value_output")(h)
+        return logits, value[..., 0]

@@ -100,6 +100,9 @@ def _train_es(cfg: TrainConfig) -> Path:
                           f"{' or '.join(ES_SHIFTS)} (task: running direction of HalfCheetah, Ant, Hopper, Walker2d)")
     if cfg.mitigations:
         raise ConfigError("--optimizer es: trains without mitigations; drop --mitigations")
+    if cfg.network != "cleanrl" or cfg.rebuild_optimizer_at_switch:
+        raise ConfigError("--optimizer es: trains CleanRL's continuous actor with its own Adam; drop --network "
+                          "juliani-ash and --rebuild-optimizer-at-switch (or --preset juliani-ash)")
     es_cfg = es_config_from_train_config(cfg, **dataclasses.asdict(cfg.es))
     try:
         es_cfg.validate()

@@ -29,14 +29,21 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from plastix.config import TrainConfig
+from plastix.config import ConfigError, TrainConfig
 from plastix.envs import EnvSpec
 from plastix.diagnostics import curvature
 from plastix.diagnostics import training as diag
 from plastix.envs import normalize as nz
 from plastix.mitigations import INJECTION_KEY, BatchInfo, add_injection_heads, injection_active, make_injected_apply
 from plastix.mitigations import build as mitigation_build
-from plastix.nets import ActorCritic, CNNActorCritic, DiscreteActorCritic, hidden_activations
+from plastix.nets import (
+    JA_MIN_IMAGE_SIDE,
+    ActorCritic,
+    CNNActorCritic,
+    DiscreteActorCritic,
+    JulianiAshActorCritic,
+    hidden_activations,
+)
 
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -236,7 +243,8 @@ class Agent:
     """The network, optimizer and config of one PPO learner; all methods are per seed and pure.
 
     The network follows the env (``EnvSpec``): CleanRL's continuous ``ActorCritic`` (Gaussian policy),
-    a discrete MLP actor-critic for vector observations, or a CNN actor-critic for images (categorical).
+    a discrete MLP actor-critic for vector observations, or a CNN actor-critic for images (categorical);
+    with ``--network juliani-ash`` Juliani & Ash's ``JulianiAshActorCritic`` (categorical).
     """
 
     def __init__(self, cfg: TrainConfig, spec: EnvSpec):
@@ -254,26 +262,39 @@ class Agent:
 
     @property
     def activation(self) -> str:
-        """The hidden activation (the CNNs are ReLU networks whatever --activation says)."""
-        if self.spec.is_image:
+        """The hidden activation (CleanRL's CNNs are ReLU networks whatever --activation says)."""
+        if self.spec.is_image and self.cfg.network == "cleanrl":
             return "relu"
         return "crelu" if "crelu" in self.mitigations else self.cfg.activation
 
     @property
     def plain_mlp(self) -> bool:
         """Hidden layers are ``Dense -> activation`` (diagnostics can take per-layer shortcuts)."""
-        return not self.spec.is_image and not (self.cfg.layer_norm or "layernorm" in self.mitigations)
+        layer_norm = self.cfg.layer_norm or "layernorm" in self.mitigations
+        return not self.spec.is_image and self.cfg.network == "cleanrl" and not layer_norm
 
     def _network(self):
         cfg, spec = self.cfg, self.spec
         activation = self.activation
         layer_norm = cfg.layer_norm or "layernorm" in self.mitigations
+        if cfg.network == "juliani-ash":
+            return self._juliani_ash_network(activation, layer_norm)
         if not spec.discrete:
             return ActorCritic(spec.action_dim, tuple(cfg.hidden_sizes), activation, layer_norm)
         if not spec.is_image:
             return DiscreteActorCritic(spec.action_dim, tuple(cfg.hidden_sizes), activation, layer_norm)
         torso = cfg.cnn_torso if cfg.cnn_torso != "auto" else ("impala" if spec.family == "procgen" else "nature")
         return CNNActorCritic(spec.action_dim, torso)
+
+    def _juliani_ash_network(self, activation: str, layer_norm: bool) -> JulianiAshActorCritic:
+        """Juliani & Ash's actor-critic: their conv64 encoder on images (at least 16x16), else their MLP."""
+        spec = self.spec
+        if spec.is_image and min(spec.obs_shape[:2]) < JA_MIN_IMAGE_SIDE:
+            raise ConfigError(f"--network juliani-ash: images of {spec.obs_shape[0]}x{spec.obs_shape[1]} are too "
+                              f"small for their four stride-2 convolutions (at least {JA_MIN_IMAGE_SIDE}x"
+                              f"{JA_MIN_IMAGE_SIDE}; e.g. a larger --grid-size)")
+        encoder = "conv" if spec.is_image else "mlp"
+        return JulianiAshActorCritic(spec.action_dim, encoder, tuple(self.cfg.hidden_sizes), activation, layer_norm)
 
     def dummy_obs(self):
         return jnp.zeros((1,) + tuple(self.spec.obs_shape), jnp.float32 if self.normalize_obs else self.spec.obs_dtype)

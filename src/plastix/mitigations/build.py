@@ -29,6 +29,8 @@ from plastix.mitigations import (
     scheduled,
     shrink_perturb,
 )
+from plastix.mitigations.optimizer_state import reset_adam_states
+from plastix.mitigations.surgery import Surgery, stateless_init
 from plastix.mitigations.transforms import (
     SoftShrinkPerturbState,
     init_bounds,
@@ -73,25 +75,31 @@ def check(cfg: Any) -> tuple[str, ...]:
 
 
 def build_optimizer(cfg: Any, names: tuple[str, ...], init_fn: Callable, learning_rate) -> optax.GradientTransformation:
-    """Adam chain of ``cfg`` with the per-update mitigations among ``names`` (clip -> L2 -> l2_init ->
-    Adam -> lr -> soft S&P -> weight clipping -> injection freeze)."""
+    """Adam chain of ``cfg`` with the per-update mitigations among ``names`` ([l2_init before the clip] ->
+    clip -> L2 -> l2_init -> Adam -> lr -> soft S&P -> weight clipping -> injection freeze)."""
     weight_decay, mode = cfg.weight_decay, "coupled"
     if "l2" in names:  # added to the trainer's own coupled decay (same mode enforced by check_compatible)
         weight_decay, mode = cfg.weight_decay + cfg.l2.weight_decay, cfg.l2.mode
-    gradient_transforms = [l2_init(cfg.l2_init.lam)] if "l2_init" in names else []
+    loss_transforms, gradient_transforms = [], []
+    if "l2_init" in names:
+        penalty = l2_init(cfg.l2_init.lam, cfg.l2_init.form)
+        (loss_transforms if cfg.l2_init.before_clip else gradient_transforms).append(penalty)
     parameter_transforms = []
     if "soft_sp" in names:
         parameter_transforms.append(soft_shrink_perturb(init_fn, 0, cfg.soft_sp.lam, cfg.soft_sp.sigma))
     if "weight_clip" in names:
         bounds = init_bounds(init_fn(jax.random.PRNGKey(0)), cfg.weight_clip.bound_method)
         parameter_transforms.append(weight_clipping(cfg.weight_clip.kappa, bounds))
-    final_transforms = [injection_freeze(cfg.injection.head_layers)] if "injection" in names else []
+    final_transforms = []
+    if "injection" in names:
+        final_transforms.append(injection_freeze(cfg.injection.head_layers, cfg.injection.freeze_head))
     return make_optimizer(
         learning_rate,
         eps=cfg.adam_eps,
         max_grad_norm=cfg.max_grad_norm,
         weight_decay=weight_decay,
         weight_decay_mode=mode,
+        loss_transforms=loss_transforms,
         gradient_transforms=gradient_transforms,
         parameter_transforms=parameter_transforms,
         final_transforms=final_transforms,
@@ -107,8 +115,21 @@ def seed_optimizer_state(opt_state: Any, key: jax.Array) -> Any:
     )
 
 
+def optimizer_rebuild() -> Surgery:
+    """A new optimizer, as Juliani & Ash's ``model.adapt()`` builds at every shift: every Adam node's ``mu``,
+    ``nu`` and step count zeroed (``reset_adam_states``). The rest of the optimizer state (the L2-init
+    anchor ``theta_0``, the injection flag, soft S&P's key) is kept, as their ``init_model`` is. Metrics: none
+    of its own (``scheduled`` logs ``mitigation/optimizer_rebuild/applied``)."""
+
+    def apply(params, opt_state, state, batch_info, key):
+        return params, reset_adam_states(opt_state, reset_count=True), state, {}
+
+    return Surgery(stateless_init, apply)
+
+
 def build_surgery(cfg: Any, names: tuple[str, ...], init_fn: Callable):
-    """One chained ``Surgery`` of the scheduled surgeries among ``names``, or None when there are none."""
+    """One chained ``Surgery`` of the scheduled surgeries among ``names`` (and, with
+    ``cfg.rebuild_optimizer_at_switch``, a full Adam reset at every switch, last), or None when there are none."""
     parts = []
 
     def add(name, surgery):
@@ -127,9 +148,12 @@ def build_surgery(cfg: Any, names: tuple[str, ...], init_fn: Callable):
         opts = cfg.ocp_perturb
         add("ocp_perturb", ocp_perturb(init_fn, opts.threshold, opts.relative, opts.noise_scale))
     if "injection" in names:
-        parts.append(scheduled(plasticity_injection(init_fn, cfg.injection.head_layers), at_switch=cfg.injection.at_switch,
-                               every=cfg.injection.every, name="injection"))
+        inj = cfg.injection
+        parts.append(scheduled(plasticity_injection(init_fn, inj.head_layers), at_switch=inj.at_switch,
+                               every=inj.every, name="injection"))
     if "cbp" in names:  # every gradient step, by definition
         opts = cfg.cbp
         parts.append(continual_backprop(init_fn, opts.replacement_rate, opts.maturity_threshold, opts.decay))
+    if getattr(cfg, "rebuild_optimizer_at_switch", False):  # last: a new optimizer after the other surgeries
+        parts.append(scheduled(optimizer_rebuild(), at_switch=True, name="optimizer_rebuild"))
     return chain_surgeries(*parts) if parts else None

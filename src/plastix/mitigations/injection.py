@@ -18,8 +18,9 @@ optimizer state turns them on. How the trainer uses it:
 3. Replace ``model.apply`` by ``forward = make_injected_apply(model, head_layers)``, called as
    ``forward(params, obs, injection_active(opt_state))``; it returns what ``model.apply`` returns.
 4. Fire ``scheduled(plasticity_injection(init_fn, head_layers), at_switch=True)``: it draws the fresh
-   heads, sets ``active``, zeroes the Adam moments of the heads. Only the first call injects (later calls
-   are no-ops and report ``injected = 0``): repeated injection needs one more head pair per switch.
+   heads, sets ``active``, zeroes the Adam moments of the heads. A linear head (``head_layers=1``) is
+   re-injected at every call, the previous ``a - b`` folded into ``f`` first (Juliani & Ash inject at every
+   shift); a head with a hidden layer is injected once (it cannot be folded into one network).
 
 ``head_layers`` is how many final layers form the head: 1 = the output Dense only, 2 (default) = the last
 hidden layer and the output. With a single *linear* output head, ``a(x) - b(x)`` has the same gradient as
@@ -30,6 +31,8 @@ Networks (``plastix.nets``):
 
 * ``ActorCritic``, ``DiscreteActorCritic``, ``MLP``: every MLP (``policy``, ``value``) has its own head and
   its own pair ``a, b``; the policy's adds to the Gaussian mean or to the categorical logits.
+* ``JulianiAshActorCritic``: like ``CNNActorCritic`` with ``head_layers=1`` (their ``Injector`` wraps the
+  policy and value ``nn.Linear`` heads); ``freeze_head=False`` is their code (``f`` keeps training).
 * ``CNNActorCritic``: the two output Dense layers ``policy_output`` and ``value_output`` sit on the shared
   torso's features, so one pair ``a, b`` (key ``"_"``) copies the network above the injection point and
   gives both outputs (logits and value). ``head_layers=1``: the head is the two output Denses, the whole
@@ -144,16 +147,19 @@ def _is_freeze(node: Any) -> bool:
     return isinstance(node, InjectionFreezeState)
 
 
-def trainable_mask(params: Params, active: jax.Array, head_layers: int = 2) -> Params:
+def trainable_mask(params: Params, active: jax.Array, head_layers: int = 2, freeze_head: bool = True) -> Params:
     """Per-parameter update multiplier: 1 trainable, 0 frozen (scalar leaves).
 
-    Inactive: the injection heads ``a``, ``b`` are frozen. Active: every network's head ``f`` and ``b`` are
-    frozen, ``a`` trains. Everything else (the trunk, ``log_std``) always trains.
+    Inactive: the injection heads ``a``, ``b`` are frozen. Active: ``a`` trains, ``b`` is frozen, and every
+    network's head ``f`` is frozen when ``freeze_head`` (Nikishin et al.), else keeps training (Juliani &
+    Ash's ``Injector``). Everything else (the trunk, ``log_std``) always trains.
     """
     active = jnp.asarray(active, jnp.float32)
     mask = jax.tree.map(lambda p: jnp.ones((), p.dtype), params)
     for net_key, paths in head_paths(params, head_layers).items():
         for path in paths:
+            if not freeze_head:
+                continue
             full = injection_path(net_key) + path
             frozen = jax.tree.map(lambda m: (1.0 - active).astype(m.dtype), get_path(mask, full))
             mask = set_path(mask, full, frozen)
@@ -170,10 +176,11 @@ def trainable_mask(params: Params, active: jax.Array, head_layers: int = 2) -> P
     return mask
 
 
-def injection_freeze(head_layers: int = 2) -> optax.GradientTransformation:
+def injection_freeze(head_layers: int = 2, freeze_head: bool = True) -> optax.GradientTransformation:
     """Zero the final updates of frozen parameters (``trainable_mask``); place it *last* in the chain.
 
     Its state holds the ``active`` flag that ``plasticity_injection`` sets; read it with ``injection_active``.
+    ``freeze_head=False`` keeps the old head ``f`` training after injection (Juliani & Ash).
     """
 
     def init(params):
@@ -183,7 +190,7 @@ def injection_freeze(head_layers: int = 2) -> optax.GradientTransformation:
     def update(updates, state, params=None):
         if params is None:
             raise ValueError("injection_freeze needs params: call update(updates, state, params)")
-        mask = trainable_mask(params, state.active, head_layers)
+        mask = trainable_mask(params, state.active, head_layers, freeze_head)
         return jax.tree.map(lambda u, m: (u * m).astype(u.dtype), updates, mask), state
 
     return optax.GradientTransformation(init, update)
@@ -208,8 +215,13 @@ def _set_active(opt_state: optax.OptState, value: float) -> optax.OptState:
 def plasticity_injection(init_fn: Callable[[jax.Array], Params], head_layers: int = 2) -> Surgery:
     """Inject fresh heads: ``a, b <- `` the head of a fresh ``init_fn(key)`` (the same for both), ``active <- 1``.
 
-    Zeroes Adam's ``mu``/``nu`` of the injection heads and of every frozen head ``f`` (the count is kept).
-    A no-op once active. Requires ``add_injection_heads`` params and ``injection_freeze`` in the optimizer.
+    A linear head (``head_layers=1``) is injected at *every* call, as Juliani & Ash's ``Injector``
+    (``shared/modules.py``): the previous pair is first folded into the head, ``f <- f + a - b`` (before
+    the first injection ``a == b``, so ``f`` is unchanged), then fresh ``a == b`` are drawn; the output is
+    unchanged at each injection. A head with a hidden layer cannot be folded, so it is injected at the first
+    call only (later calls are no-ops and report ``injected = 0``; ``plastix.config`` refuses schedules
+    that would fire it again). Zeroes Adam's ``mu``/``nu`` of the injection heads and of every head ``f``
+    (the count is kept). Requires ``add_injection_heads`` params and ``injection_freeze`` in the optimizer.
 
     Returns:
       A stateless ``Surgery``; metric ``mitigation/injection/injected`` (1.0 when it injected).
@@ -222,6 +234,8 @@ def plasticity_injection(init_fn: Callable[[jax.Array], Params], head_layers: in
         zeros = lambda t: jax.tree.map(lambda p: jnp.zeros((), p.dtype), t)
         for net_key, paths in head_paths(params, head_layers).items():
             net_path = injection_path(net_key)
+            if head_layers == 1:
+                params = _fold_pair(params, net_key, paths)
             head = select_paths(get_path(fresh, net_path), paths)
             params = set_path(
                 params, (INJECTION_KEY, net_key), {"a": head, "b": jax.tree.map(jnp.array, head)}
@@ -236,13 +250,24 @@ def plasticity_injection(init_fn: Callable[[jax.Array], Params], head_layers: in
         params = to_dict(params)
         if INJECTION_KEY not in params:
             raise ValueError("plasticity_injection needs params from add_injection_heads(params)")
-        already = injection_active(opt_state) > 0
+        once_only = head_layers > 1 and injection_active(opt_state) > 0
         params, opt_state, injected = jax.lax.cond(
-            already, lambda a: (a[0], a[1], f32(0.0)), inject, (params, opt_state, key)
+            once_only, lambda a: (a[0], a[1], f32(0.0)), inject, (params, opt_state, key)
         )
         return params, opt_state, state, {"mitigation/injection/injected": injected}
 
     return Surgery(stateless_init, apply)
+
+
+def _fold_pair(params: Params, net_key: str, paths: list[tuple[str, ...]]) -> Params:
+    """``f <- f + a - b`` for each linear layer of network ``net_key``'s head (Juliani & Ash's re-injection:
+    ``Injector.original.weight = aw + bw - cw``), so that ``f(x) + a(x) - b(x)`` is one linear head again."""
+    net_path, pair = injection_path(net_key), params[INJECTION_KEY][net_key]
+    for path in paths:
+        f = get_path(params, net_path + path)
+        folded = jax.tree.map(lambda w, a, b: w + (a - b), f, get_path(pair["a"], path), get_path(pair["b"], path))
+        params = set_path(params, net_path + path, folded)
+    return params
 
 
 def _head_apply(head: dict, h: jax.Array, activation: str) -> jax.Array:
@@ -292,7 +317,8 @@ def make_injected_apply(model: nn.Module, head_layers: int = 2) -> Callable:
       model: the Flax module.
       head_layers: as in ``add_injection_heads``.
     """
-    supported = (nets.ActorCritic, nets.DiscreteActorCritic, nets.CNNActorCritic, nets.MLP)
+    shared_torso = (nets.CNNActorCritic, nets.JulianiAshActorCritic)  # one pair for both outputs
+    supported = (nets.ActorCritic, nets.DiscreteActorCritic, *shared_torso, nets.MLP)
     if not isinstance(model, supported):
         names = ", ".join(t.__name__ for t in supported)
         raise TypeError(f"make_injected_apply supports {names}, got {type(model)}")
@@ -302,7 +328,7 @@ def make_injected_apply(model: nn.Module, head_layers: int = 2) -> Callable:
         base = {k: v for k, v in params.items() if k != INJECTION_KEY}
         out, state = model.apply({"params": base}, x, mutable=["intermediates"])
         acts = nets.hidden_activations(state["intermediates"])
-        if isinstance(model, nets.CNNActorCritic):
+        if isinstance(model, shared_torso):
             pair, z = params[INJECTION_KEY]["_"], _cnn_head_input(acts, head_layers)
             deltas = [
                 jnp.asarray(active, a.dtype) * (a - jax.lax.stop_gradient(b))

@@ -19,11 +19,16 @@ class L2Options:
     mode: str = "coupled"  # "coupled" (L2 in the gradient, PyTorch Adam) or "decoupled" (AdamW)
 
 
+L2_INIT_FORMS = ("squared", "norm")
+
+
 @dataclasses.dataclass(frozen=True)
 class L2InitOptions:
     """Regenerative regularisation toward theta_0 (``transforms.l2_init``)."""
 
     lam: float = 0.01  # Juliani & Ash 2024
+    form: str = "squared"  # lam ||theta - theta_0||^2 (Kumar et al.), or "norm": lam ||theta - theta_0||_2 (J&A)
+    before_clip: bool = False  # add the penalty's gradient before the global-norm clip (J&A: a loss term)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +100,7 @@ class InjectionOptions:
     head_layers: int = 2
     every: int | None = None
     at_switch: bool = True
+    freeze_head: bool = True  # Nikishin et al. freeze f; Juliani & Ash's Injector keeps training it (False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +208,9 @@ def check_compatible(
                 f"'l2' ({mode}) conflicts with the trainer's {base_weight_decay_mode} weight decay "
                 f"{base_weight_decay}: coupled L2 and decoupled AdamW decay at once"
             )
+    if "l2_init" in seen and _options("l2_init", options).form not in L2_INIT_FORMS:
+        raise ValueError(f"'l2_init': form must be one of {', '.join(L2_INIT_FORMS)}, "
+                         f"got {_options('l2_init', options).form!r}")
     if "reset" in seen and "injection" in seen:
         reset, inj = _options("reset", options), _options("injection", options)
         layers = reset.layers

@@ -58,22 +58,32 @@ class L2InitState(NamedTuple):
     init_params: Params
 
 
-def l2_init(lam: float) -> optax.GradientTransformation:
+def l2_init(lam: float, form: str = "squared") -> optax.GradientTransformation:
     """Regenerative regularisation (Kumar et al. 2023, "Maintaining plasticity in continual learning via
-    regenerative regularization"): the penalty ``lam * ||theta - theta_0||^2`` toward the initial parameters.
+    regenerative regularization"): a penalty on the distance from the initial parameters ``theta_0``.
 
-    Adds its gradient ``2 * lam * (theta - theta_0)`` to the incoming gradient; place it before Adam (like
-    ``l2``). ``theta_0`` is the ``params`` given to ``init``. Juliani & Ash 2024 use ``lam = 0.01``.
-    Unlike a loss term, a ``clip_by_global_norm`` placed before it does not see the penalty's gradient.
+    Adds the penalty's gradient to the incoming gradient; place it before Adam (like ``l2``). ``theta_0`` is
+    the ``params`` given to ``init``. Two forms:
+
+    * ``"squared"`` (default, SCIENCE.md): ``lam * ||theta - theta_0||^2``, gradient ``2 lam (theta - theta_0)``.
+    * ``"norm"``: ``lam * ||theta - theta_0||_2``, the norm over *all* parameters at once, as Juliani & Ash's
+      code (``algos/ppo/trainer.py``: ``torch.norm(params - params_0, 2)`` of the concatenated parameters);
+      gradient ``lam (theta - theta_0) / ||theta - theta_0||_2`` (0 at ``theta_0``, as PyTorch's norm backward).
+
+    Juliani & Ash use ``lam = 0.01`` with the norm form, added to the loss (so before the global-norm clip:
+    ``make_optimizer(loss_transforms=...)``). Placed after a ``clip_by_global_norm`` the clip does not see it.
 
     Args:
       lam: penalty coefficient ``lambda``.
+      form: ``"squared"`` or ``"norm"``.
 
     Example:
       >>> import optax, jax.numpy as jnp
       >>> tx = optax.chain(l2_init(0.01), optax.adam(1e-3))
       >>> state = tx.init({"w": jnp.zeros(3)})
     """
+    if form not in ("squared", "norm"):
+        raise ValueError(f"l2_init: unknown form {form!r}; allowed: 'squared', 'norm'")
 
     def init(params):
         return L2InitState(init_params=jax.tree.map(jnp.asarray, params))
@@ -81,7 +91,13 @@ def l2_init(lam: float) -> optax.GradientTransformation:
     def update(updates, state, params=None):
         if params is None:
             raise ValueError("l2_init needs params: call update(updates, state, params)")
-        updates = jax.tree.map(lambda g, p, p0: g + 2.0 * lam * (p - p0), updates, params, state.init_params)
+        diff = jax.tree.map(lambda p, p0: p - p0, params, state.init_params)
+        if form == "squared":
+            scale = 2.0 * lam
+        else:  # d/dtheta lam ||d|| = lam d / ||d||, and 0 where d = 0
+            norm = optax.tree.norm(diff)
+            scale = jnp.where(norm > 0, lam / jnp.where(norm > 0, norm, 1.0), 0.0)
+        updates = jax.tree.map(lambda g, d: (g + scale * d).astype(g.dtype), updates, diff)
         return updates, state
 
     return optax.GradientTransformation(init, update)
@@ -222,6 +238,7 @@ def make_optimizer(
     max_grad_norm: float | None = None,
     weight_decay: float = 0.0,
     weight_decay_mode: str = "coupled",
+    loss_transforms: Sequence[optax.GradientTransformation] = (),
     gradient_transforms: Sequence[optax.GradientTransformation] = (),
     parameter_transforms: Sequence[optax.GradientTransformation] = (),
     final_transforms: Sequence[optax.GradientTransformation] = (),
@@ -230,6 +247,7 @@ def make_optimizer(
 
     The chain, in order::
 
+        *loss_transforms                            # penalties of the loss, clipped with its gradient
         clip_by_global_norm(max_grad_norm)          # if max_grad_norm
         l2(weight_decay)                            # weight_decay_mode == "coupled"
         *gradient_transforms                        # e.g. l2_init(lam)
@@ -245,14 +263,16 @@ def make_optimizer(
       max_grad_norm: global-norm clip (CleanRL PPO: 0.5), or None.
       weight_decay: L2 coefficient (0 disables; the OCP paper's PPO: 1e-4).
       weight_decay_mode: ``"coupled"`` (L2 in the gradient, PyTorch ``Adam``) or ``"decoupled"`` (AdamW).
-      gradient_transforms: transforms on the raw gradient, before Adam.
+      loss_transforms: penalties whose gradient joins the loss gradient before the clip (Juliani & Ash's
+        L2-init term, ``l2_init(lam, "norm")``).
+      gradient_transforms: transforms on the clipped gradient, before Adam.
       parameter_transforms: transforms on the final update that target parameter values; put
         ``weight_clipping`` last among them.
       final_transforms: masks that must see the very last update (``injection_freeze``).
     """
     if weight_decay_mode not in ("coupled", "decoupled"):
         raise ValueError(f"weight_decay_mode must be 'coupled' or 'decoupled', got {weight_decay_mode!r}")
-    parts: list[optax.GradientTransformation] = []
+    parts: list[optax.GradientTransformation] = list(loss_transforms)
     if max_grad_norm is not None:
         parts.append(optax.clip_by_global_norm(max_grad_norm))
     if weight_decay and weight_decay_mode == "coupled":
