@@ -116,7 +116,7 @@ def test_juliani_ash_quick_is_a_subset_of_the_paper_grid():
     quick, paper = ex.load("juliani-ash", "quick"), ex.load("juliani-ash", "paper")
     assert paper.grid == {"env_id": ["GridWorld-v0", "CoinrunEasy-v0"], "shift": ["permute", "window", "expand"]}
     expected = {"warm_start", "reset_all", "reset_final", "l2", "l2_init", "shrink_perturb", "soft_sp", "crelu",
-                "injection", "layernorm", "redo", "soft_sp+layernorm"}
+                "injection", "layernorm", "redo", "soft_sp+layernorm", "l2_init+layernorm"}
     assert set(paper.arms) == expected and len(paper.variants) == 2 * 3 * len(expected)
     assert paper.seeds == [0, 1, 2, 3, 4] and paper.base["rounds"] == 10
     assert set(quick.arms) < set(paper.arms) and quick.grid == {"env_id": ["GridWorld-v0"], "shift": ["permute"]}
@@ -129,19 +129,27 @@ def test_juliani_ash_quick_is_a_subset_of_the_paper_grid():
             assert cfg.diagnostics_every > 0  # weight magnitude and dead units for the regression
             validate(cfg, check_env=True)  # the env, the shift and the mitigations fit together
     by_arm = {v.values["arm"]: ex.config_for(v.overrides, paper.seeds) for v in paper.variants[:len(expected)]}
-    assert by_arm["reset_all"].reset.layers == "all" and by_arm["reset_final"].reset.layers == "final"
-    assert by_arm["reset_all"].mitigations == "reset,adam_reset" and by_arm["reset_final"].mitigations == "reset"
-    assert by_arm["l2"].l2.weight_decay == 1e-3 and by_arm["l2_init"].l2_init.lam == 0.01
+    assert by_arm["reset_all"].reset.layers == "all"
+    assert by_arm["reset_final"].reset.layers == ("policy_output", "value_output")  # their policy and value heads
+    assert by_arm["reset_all"].mitigations == "reset" and by_arm["reset_final"].mitigations == "reset"
+    assert all(c.rebuild_optimizer_at_switch and c.network == "juliani-ash" for c in by_arm.values())
+    assert (by_arm["l2"].l2.weight_decay, by_arm["l2"].l2.mode) == (1e-3, "decoupled")  # AdamW
+    assert by_arm["l2_init"].l2_init == type(by_arm["l2_init"].l2_init)(lam=0.01, form="norm", before_clip=True)
+    assert (by_arm["injection"].injection.head_layers, by_arm["injection"].injection.freeze_head) == (1, False)
     assert (by_arm["shrink_perturb"].shrink_perturb.lam, by_arm["shrink_perturb"].shrink_perturb.sigma) == (0.5, 0.5)
     assert by_arm["soft_sp+layernorm"].mitigations == "soft_sp,layernorm"
     assert by_arm["warm_start"].mitigations == ""
 
 
 def test_injection_validates_on_the_juliani_ash_environments():
+    from plastix.config import ConfigError
+
     exp = ex.load("juliani-ash", "paper")
     for env in exp.grid["env_id"]:
-        cfg = ex.config_for({**exp.variants[0].overrides, "env_id": env, "mitigations": "injection"}, exp.seeds)
-        validate(cfg, check_env=True)
+        overrides = {**exp.variants[0].overrides, "env_id": env, "mitigations": "injection"}
+        validate(ex.config_for({**overrides, "injection.head_layers": 1}, exp.seeds), check_env=True)
+        with pytest.raises(ConfigError, match="--injection.head_layers: 2 on --network juliani-ash"):
+            validate(ex.config_for(overrides, exp.seeds), check_env=True)  # their Injector wraps the linear heads
 
 
 # ------------------------------------------------------------------------------------ arms schema

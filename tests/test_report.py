@@ -324,10 +324,9 @@ def new_metrics(rng):
             # Weight magnitude and dead units grow without help; the final return falls with both.
             w = 0.3 + (1 - helps[arm]) * 0.2 + rng.normal(0, 0.02, 2)
             dead = 0.2 * (1 - helps[arm]) + rng.normal(0, 0.02, 2).clip(-0.01, 0.01)
-            for net in ("policy", "value"):
-                for layer in ("layer_1", "layer_2"):
-                    m[f"{net}/{layer}/dead_units"] = np.tile(dead, (updates, 1))
-                    m[f"{net}/{layer}/weight/mean_abs"] = np.tile(w, (updates, 1))
+            m["model/weight_m"] = np.tile(w, (updates, 1))
+            m["torso/layer_2/dead_units"] = np.tile(dead, (updates, 1))  # the encoder output (J&A's measure)
+            m["torso/layer_1/dead_units"] = np.tile(rng.uniform(0, 1, 2), (updates, 1))  # not a regressor
             for key in ("round/index", "round/return_train", "round/return_fresh", "round/normalized_return",
                         "round/return_heldout", "round/generalization_gap"):
                 m[key] = nan.copy()
@@ -378,7 +377,7 @@ def test_new_analyses_render_with_their_verdicts(tmp_path):
     assert "not measured: no run with arm=crelu" in html  # CReLU is not in the quick subset
     assert verdict("activation=relu, lr 0.01: plasticity loss shrinks with task distance").group(1) == "no"
     assert verdict("Close to its own task (alpha = 0.25) PPO-ReLU").group(1) == "no"  # ratio 0.45 < 1
-    assert "OLS of final-round round/normalized_return on mean_abs_w and dead_units" in html
+    assert "OLS of final-round round/normalized_return on weight_m and dead_units" in html
     assert_renders_cleanly(page, tmp_path)
 
 
@@ -395,7 +394,7 @@ def test_regression_without_variation_is_not_measured():
     for run, w in (("a", 0.3), ("b", 0.5), ("c", 0.4)):
         for seed in (0, 1):
             rows += [(run, seed, 8, "round/index", 0.0), (run, seed, 8, "round/return_train", 1 - w + seed / 100),
-                     (run, seed, 8, "policy/layer_1/weight/mean_abs", w + seed / 50),
+                     (run, seed, 8, "model/weight_m", w + seed / 50),
                      (run, seed, 8, "policy/layer_1/dead_units", 0.0)]
     frame = pd.DataFrame(rows, columns=["run", "seed", "update", "key", "value"]).assign(env_step=0)
     sec = Section(Path("."), "x")
@@ -403,7 +402,34 @@ def test_regression_without_variation_is_not_measured():
     analysis_juliani_ash_regression(sec, frame, sorted(frame.key.unique()), {r: r for r in "abc"}, {})
     ((_, verdict),) = sec.verdicts
     assert verdict == "not measured: dead_units constant across runs (0); the regression needs variation in both"
-    assert "OLS of final-round round/return_train on mean_abs_w: n = 6, dof = 4" in "".join(sec.parts)
+    assert "OLS of final-round round/return_train on weight_m: n = 6, dof = 4" in "".join(sec.parts)
+
+
+def test_regression_uses_weight_m_and_the_encoder_output_dead_units():
+    """Juliani & Ash regress on weight_m (RMS of all parameters) and the dead-unit fraction of the encoder
+    output (calc_dead_units on the encoder's return value): per run and seed the regressors must be those
+    keys' final values, not a mean of per-kernel mean |w| or of every layer's dead units."""
+    from plastix.report import encoder_output_keys, regression_data
+
+    rows, expected = [], []
+    for run, w in (("a", 0.3), ("b", 0.5), ("c", 0.4)):
+        for seed in (0, 1):
+            dead = 0.1 * seed + w / 10
+            rows += [(run, seed, 8, "round/index", 0.0), (run, seed, 8, "round/return_train", 1 - w),
+                     (run, seed, 8, "model/weight_m", w), (run, seed, 8, "torso/layer_1/weight/mean_abs", 9.0),
+                     (run, seed, 8, "torso/layer_1/dead_units", 0.9), (run, seed, 8, "torso/layer_2/dead_units", dead),
+                     (run, seed, 8, "torso/layer_2/dead_units_every_input", 0.7)]
+            expected.append((run, seed, 1 - w, w, dead))
+    frame = pd.DataFrame(rows, columns=["run", "seed", "update", "key", "value"]).assign(env_step=0)
+    keys = sorted(frame.key.unique())
+    assert encoder_output_keys(keys) == ["torso/layer_2/dead_units"]
+    assert encoder_output_keys(["policy/layer_1/dead_units", "policy/layer_2/dead_units",
+                                "value/layer_2/dead_units"]) == ["policy/layer_2/dead_units", "value/layer_2/dead_units"]
+    data, key = regression_data(frame, keys, {r: r for r in "abc"})
+    assert key == "round/return_train"
+    got = data[["run", "seed", "y", "weight_m", "dead_units"]].sort_values(["run", "seed"])
+    np.testing.assert_allclose(got[["y", "weight_m", "dead_units"]].to_numpy(),
+                               np.array([e[2:] for e in sorted(expected)]), atol=1e-12)
 
 
 def test_short_labels_keep_only_what_varies():

@@ -568,8 +568,9 @@ def analysis_rounds(sec, frame, keys, run_labels, exp):
 
 
 # ---------------------------------------------------------------------------- Juliani & Ash regression
-WEIGHT_MAGNITUDE_KEYS = "*/weight/mean_abs"
-DEAD_UNIT_KEYS = "*/layer_*/dead_units"
+WEIGHT_MAGNITUDE_KEY = "model/weight_m"  # Juliani & Ash's weight_m: RMS over all parameters of the agent
+DEAD_UNITS_STAT = "dead_units"  # their element-wise dead fraction, per layer: <net>/layer_i/dead_units
+REGRESSORS = ("weight_m", "dead_units")
 SIGNIFICANCE = 0.05
 
 
@@ -602,33 +603,47 @@ def ols(y: np.ndarray, X: np.ndarray, names: list[str]) -> tuple[pd.DataFrame, f
     return table, r2, dof
 
 
+def encoder_output_keys(keys: list[str], stat: str = DEAD_UNITS_STAT) -> list[str]:
+    """Per network, the ``<net>/layer_i/<stat>`` key of its last hidden layer (the highest ``i``).
+
+    Juliani & Ash measure dead units on the encoder's output only (``calc_dead_units`` on what
+    ``ConvEncoder``/``LinearEncoder.forward`` return, ``shared/modules.py``): with ``--network juliani-ash``
+    that is ``torso/layer_2`` (MLP) or ``torso/layer_5`` (conv); CleanRL's separate policy and value MLPs
+    give one key each (``policy/layer_2``, ``value/layer_2``), averaged by ``regression_data``.
+    """
+    last: dict[str, tuple[int, str]] = {}
+    for key in keys:
+        m = re.fullmatch(rf"(.+)/layer_(\d+)/{re.escape(stat)}", key)
+        if m and int(m.group(2)) > last.get(m.group(1), (0, ""))[0]:
+            last[m.group(1)] = (int(m.group(2)), key)
+    return sorted(key for _, key in last.values())
+
+
 def regression_data(frame: pd.DataFrame, keys: list[str], run_labels: dict[str, str]) -> tuple[pd.DataFrame, str]:
     """Per run and seed: the final-round return ``y`` (``round/normalized_return`` when the runs have a
-    fresh baseline, else ``round/return_train``), the weight magnitude ``mean_abs_w`` (mean over every
-    kernel of its final ``weight/mean_abs``) and ``dead_units`` (mean over hidden layers of the final
-    fraction of dead units; Juliani & Ash count them: with equal widths a fraction is a count / width).
-    Returns ``(rows run, variant, seed, y, mean_abs_w, dead_units; the y key)``."""
+    fresh baseline, else ``round/return_train``) and Juliani & Ash's two predictors at the end of the run:
+    ``weight_m`` (``model/weight_m``, their RMS over all parameters) and ``dead_units`` (their element-wise
+    dead fraction of the encoder output, ``encoder_output_keys``; the mean over networks when there are
+    several). Returns ``(rows run, variant, seed, y, weight_m, dead_units; the y key)``."""
+    columns = ["run", "variant", "seed", "y", *REGRESSORS]
     key = next((k for k in ROUND_FINAL_KEYS if k in keys), None)
     if key is None:
-        return pd.DataFrame(columns=["run", "variant", "seed", "y", "mean_abs_w", "dead_units"]), ""
+        return pd.DataFrame(columns=columns), ""
     y = _final_round(round_rows(frame[frame.key.str.startswith("round/")]), key).rename(columns={"value": "y"})
-    parts = [y]
-    for name, pattern in (("mean_abs_w", WEIGHT_MAGNITUDE_KEYS), ("dead_units", DEAD_UNIT_KEYS)):
-        sub = frame[frame.key.map(lambda k, p=pattern: matches(k, p))]
+    data = y
+    for name, chosen in (("weight_m", [WEIGHT_MAGNITUDE_KEY]), ("dead_units", encoder_output_keys(keys))):
+        sub = frame[frame.key.isin(chosen)]
         f = final_values(sub).groupby(["run", "seed"]).value.mean().rename(name).reset_index()
-        parts.append(f)
-    data = parts[0]
-    for f in parts[1:]:
         data = data.merge(f, on=["run", "seed"], how="inner")
     data = data[data.run.isin(run_labels)].assign(variant=lambda d: d.run.map(run_labels))
-    data = data[np.isfinite(data[["y", "mean_abs_w", "dead_units"]].to_numpy(np.float64)).all(axis=1)]
-    return data[["run", "variant", "seed", "y", "mean_abs_w", "dead_units"]].reset_index(drop=True), key
+    data = data[np.isfinite(data[["y", *REGRESSORS]].to_numpy(np.float64)).all(axis=1)]
+    return data[columns].reset_index(drop=True), key
 
 
 def regression_verdict(table: pd.DataFrame, r2: float, n: int) -> str:
     """``yes`` when both regressors have p < 0.05 (the paper's finding), ``partly`` for one, ``no`` for none."""
     rows = table.set_index("term")
-    terms = [t for t in ("mean_abs_w", "dead_units") if t in rows.index]
+    terms = [t for t in REGRESSORS if t in rows.index]
     significant = [t for t in terms if rows.loc[t, "p"] < SIGNIFICANCE]
     word = "yes" if len(significant) == 2 else ("partly" if significant else "no")
     detail = "; ".join(f"{t}: coef {rows.loc[t, 'coef']:+.3g}, p = {rows.loc[t, 'p']:.2g}" for t in terms)
@@ -640,7 +655,8 @@ def regression_figure(path: Path, data: pd.DataFrame, ylabel: str) -> None:
     plt = _plt()
     colors = _colors(list(dict.fromkeys(data.variant)))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for ax, col, xlabel in zip(axes, ("mean_abs_w", "dead_units"), ("mean |w| (all kernels)", "dead-unit fraction")):
+    xlabels = ("weight_m (RMS of all parameters)", "dead-unit fraction (encoder output)")
+    for ax, col, xlabel in zip(axes, REGRESSORS, xlabels):
         for variant, g in data.groupby("variant", sort=False):
             ax.scatter(g[col], g.y, color=colors[variant], label=variant, s=18)
         ax.set_xlabel(xlabel)
@@ -659,11 +675,11 @@ def analysis_juliani_ash_regression(sec, frame, keys, run_labels, exp):
     data, key = regression_data(frame, keys, run_labels)
     if data.empty:
         sec.note_missing("regression: needs `round/return_train` (or `round/normalized_return`), "
-                         f"`{WEIGHT_MAGNITUDE_KEYS}` and `{DEAD_UNIT_KEYS}` rows in the same runs")
+                         f"`{WEIGHT_MAGNITUDE_KEY}` and `*/layer_*/{DEAD_UNITS_STAT}` rows in the same runs")
         sec.verdict(REGRESSION_CLAIM, "not measured: no run has the final-round return and both regressors")
         return
     # A regressor constant across runs (e.g. no dead unit anywhere) cannot be estimated: fit the other alone.
-    terms = [c for c in ("mean_abs_w", "dead_units") if data[c].std() > 0]
+    terms = [c for c in REGRESSORS if data[c].std() > 0]
     fits = bool(terms) and len(data) > len(terms) + 1
     if fits:
         table, r2, dof = ols(data.y.to_numpy(), data[terms].to_numpy(), terms)
@@ -672,7 +688,7 @@ def analysis_juliani_ash_regression(sec, frame, keys, run_labels, exp):
     if fits and len(terms) == 2:
         sec.verdict(REGRESSION_CLAIM, regression_verdict(table, r2, len(data)))
     else:
-        constant = [c for c in ("mean_abs_w", "dead_units") if c not in terms]
+        constant = [c for c in REGRESSORS if c not in terms]
         why = ", ".join(f"{c} constant across runs ({data[c].iloc[0]:.3g})" for c in constant) or \
             f"only {len(data)} runs x seeds"
         sec.verdict(REGRESSION_CLAIM, f"not measured: {why}; the regression needs variation in both")
