@@ -288,3 +288,16 @@ def test_injection_at_every_switch_folds_a_minus_b_and_keeps_outputs():
         trained, _ = train(new, opt_state)
         assert not np.array_equal(trained["policy_output"]["kernel"], new["policy_output"]["kernel"])  # f trains
         params = new
+
+
+def test_conv_encoder_refuses_images_its_convolutions_cannot_reduce():
+    import dataclasses
+
+    from plastix.algos.ppo import Agent
+    from plastix.envs import EnvSpec
+
+    cfg = dataclasses.replace(preset_config("juliani-ash"), env_id="GridWorld-v0", grid_obs="image")
+    small = EnvSpec("gridworld", (10, 10, 3), jnp.uint8, True, 4, None, None, 20, "same_step", "state")
+    with pytest.raises(ConfigError, match="images of 10x10 are too small"):
+        Agent(cfg, small)  # 10 -> 5 -> 2 -> 1 -> 0: no output left after the 4th stride-2 convolution
+    Agent(cfg, dataclasses.replace(small, obs_shape=(16, 16, 3)))

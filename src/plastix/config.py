@@ -432,17 +432,17 @@ def _check_juliani_ash_network(cfg: TrainConfig, family: str) -> None:
     image = family in ("procgen", "atari") or (family == "gridworld" and cfg.grid_obs == "image")
     if family == "mujoco":
         raise ConfigError(f"--network juliani-ash: their PPO has a categorical policy; {cfg.env_id} has "
-                          "continuous actions (use it on GridWorld-v0, Procgen or Atari, or --network cleanrl)")
+                          "continuous actions (use GridWorld-v0, Procgen or Atari, or --network cleanrl)")
     if cfg.cnn_torso != "auto":
         raise ConfigError(f"--cnn-torso {cfg.cnn_torso}: only for --network cleanrl; --network juliani-ash "
                           "uses their conv64 encoder on images")
     crelu = cfg.activation == "crelu" or "crelu" in cfg.mitigations
     if crelu and any(w % 2 for w in cfg.hidden_sizes):
-        raise ConfigError(f"--hidden-sizes {cfg.hidden_sizes}: --network juliani-ash with CReLU gives each layer "
-                          "half the units (their h_size // 2): use even widths")
+        raise ConfigError(f"--hidden-sizes {cfg.hidden_sizes}: --network juliani-ash with CReLU gives each "
+                          "layer half the units (their h_size // 2): use even widths")
     if image and len(set(cfg.hidden_sizes)) != 1:
-        raise ConfigError(f"--hidden-sizes {cfg.hidden_sizes}: their conv encoder has one dense layer of h_size "
-                          "after the convolutions; on images give equal widths (e.g. 256 256 or 256)")
+        raise ConfigError(f"--hidden-sizes {cfg.hidden_sizes}: their conv encoder has one dense layer of "
+                          "h_size after the convolutions; on images give equal widths (e.g. 256 256 or 256)")
 
 
 def _check_injection_head(cfg: TrainConfig, family: str) -> None:
@@ -450,8 +450,8 @@ def _check_injection_head(cfg: TrainConfig, family: str) -> None:
     Denses, plus the torso's final Dense), at most the hidden layers + 1 on the MLPs; else ``ConfigError``."""
     head_layers = cfg.injection.head_layers
     if cfg.network == "juliani-ash" and head_layers != 1:
-        raise ConfigError(f"--injection.head_layers: {head_layers} on --network juliani-ash; allowed: 1 (their "
-                          "Injector wraps the linear policy and value heads)")
+        raise ConfigError(f"--injection.head_layers: {head_layers} on --network juliani-ash; allowed: 1 "
+                          "(their Injector wraps the linear policy and value heads)")
     if family in ("procgen", "atari") or (family == "gridworld" and cfg.grid_obs == "image"):
         if head_layers not in (1, 2):
             raise ConfigError(f"--injection.head_layers: {head_layers} on {cfg.env_id}'s CNN actor-critic; "
@@ -460,10 +460,11 @@ def _check_injection_head(cfg: TrainConfig, family: str) -> None:
         raise ConfigError(f"--injection.head_layers: must be in [1, {len(cfg.hidden_sizes) + 1}] "
                           f"(--hidden-sizes {cfg.hidden_sizes} plus the output layer), got {head_layers}")
     if head_layers > 1 and _injection_firings(cfg) > 1:
-        raise ConfigError(f"--injection.head_layers: {head_layers} layers can be injected only once (a head with a "
-                          "hidden layer cannot fold a - b into f), but the schedule fires more than once "
+        raise ConfigError(f"--injection.head_layers: {head_layers} layers can be injected only once (a head "
+                          "with a hidden layer cannot fold a - b into f), but the schedule fires more than once "
                           f"(--rounds {cfg.rounds}, --injection.every {cfg.injection.every}); use "
-                          "--injection.head_layers 1 (linear heads: injected at every firing, as Juliani & Ash)")
+                          "--injection.head_layers 1 (linear heads: injected at every firing, as Juliani & "
+                          "Ash)")
 
 
 def _injection_firings(cfg: TrainConfig) -> int:

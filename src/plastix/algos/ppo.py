@@ -290,11 +290,13 @@ class Agent:
         """Juliani & Ash's actor-critic: their conv64 encoder on images (at least 16x16), else their MLP."""
         spec = self.spec
         if spec.is_image and min(spec.obs_shape[:2]) < JA_MIN_IMAGE_SIDE:
-            raise ConfigError(f"--network juliani-ash: images of {spec.obs_shape[0]}x{spec.obs_shape[1]} are too "
-                              f"small for their four stride-2 convolutions (at least {JA_MIN_IMAGE_SIDE}x"
-                              f"{JA_MIN_IMAGE_SIDE}; e.g. a larger --grid-size)")
+            side = f"{spec.obs_shape[0]}x{spec.obs_shape[1]}"
+            raise ConfigError(f"--network juliani-ash: images of {side} are too small for their four stride-2 "
+                              f"convolutions (at least {JA_MIN_IMAGE_SIDE}x{JA_MIN_IMAGE_SIDE}; e.g. a larger "
+                              "--grid-size)")
         encoder = "conv" if spec.is_image else "mlp"
-        return JulianiAshActorCritic(spec.action_dim, encoder, tuple(self.cfg.hidden_sizes), activation, layer_norm)
+        widths = tuple(self.cfg.hidden_sizes)
+        return JulianiAshActorCritic(spec.action_dim, encoder, widths, activation, layer_norm)
 
     def dummy_obs(self):
         return jnp.zeros((1,) + tuple(self.spec.obs_shape), jnp.float32 if self.normalize_obs else self.spec.obs_dtype)
