@@ -45,16 +45,41 @@ def _arm(name: str, scale: str = "paper"):
 def test_preset_is_their_hyperparameters():
     # hyperparams.yaml: model.{h_size 256, lr 0.0005, l2_norm 0.0, activation relu}, ppo_trainer.{batch_size 64,
     # buffer_size 1024, num_passes 3, ent_coef 0.02, gamma 0.99, lambda 0.95, clip_param 0.2}; trainer.py: loss =
-    # pg + 0.5 * mse (no value clip), clip_grad_norm_ 0.5, advantages normalised per minibatch; model.py:
+    # pg + 0.5 * F.mse_loss (no value clip; plastix's v_loss is CleanRL's 0.5 * mse, so vf_coef 1.0),
+    # clip_grad_norm_ 0.5, advantages normalised per minibatch; model.py:
     # optim.AdamW(lr, weight_decay=l2_norm) with torch's eps 1e-8, rebuilt by adapt() at every shift.
     cfg = preset_config("juliani-ash")
     their = dict(network="juliani-ash", hidden_sizes=(256, 256), learning_rate=0.0005, anneal_lr=False,
                  weight_decay=0.0, activation="relu", ent_coef=0.02, gamma=0.99, gae_lambda=0.95, clip_coef=0.2,
-                 update_epochs=3, vf_coef=0.5, clip_vloss=False, max_grad_norm=0.5, norm_adv=True, adam_eps=1e-8,
+                 update_epochs=3, vf_coef=1.0, clip_vloss=False, max_grad_norm=0.5, norm_adv=True, adam_eps=1e-8,
                  normalize_obs="off", normalize_reward="off", rebuild_optimizer_at_switch=True)
     assert {k: getattr(cfg, k) for k in their} == their
     assert (cfg.batch_size, cfg.minibatch_size) == (1024, 64)  # buffer_size, batch_size
     validate(cfg.__class__(**{**cfg.__dict__, "env_id": "GridWorld-v0"}), check_env=True)
+
+
+def test_preset_loss_is_their_loss_on_a_hand_case():
+    # algos/ppo/trainer.py update_model: adv normalised with torch's unbiased std + 1e-8; ratio = exp(new - old);
+    # policy_loss = -min(ratio * adv, clamp(ratio, 0.8, 1.2) * adv).mean(); value_loss = F.mse_loss(V, R);
+    # loss = policy_loss + 0.5 * value_loss + ent_coef * -entropy.
+    from plastix.algos.ppo import Categorical, Minibatch, ppo_loss
+
+    rng = np.random.default_rng(0)
+    logits, values = rng.normal(size=(6, 4)), rng.normal(size=6)
+    actions, old_logp = rng.integers(0, 4, 6), np.log(rng.uniform(0.1, 0.5, 6))
+    adv, ret = rng.normal(size=6), rng.normal(size=6)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    ratio = np.exp(logp[np.arange(6), actions] - old_logp)
+    a = (adv - adv.mean()) / (adv.std(ddof=1) + 1e-8)
+    pg = -np.minimum(ratio * a, np.clip(ratio, 0.8, 1.2) * a).mean()
+    entropy = -(np.exp(logp) * logp).sum(-1).mean()
+    theirs = pg + 0.5 * np.mean((values - ret) ** 2) + 0.02 * -entropy
+
+    mb = Minibatch(jnp.zeros((6, 1)), jnp.asarray(actions), jnp.asarray(old_logp), jnp.asarray(values + 5.0),
+                   jnp.asarray(adv), jnp.asarray(ret), jnp.ones(6, bool))  # stored values far off: no value clip
+    apply_fn = lambda p, obs: (jnp.asarray(logits), jnp.asarray(values))
+    loss, _ = ppo_loss(None, apply_fn, mb, preset_config("juliani-ash"), Categorical)
+    np.testing.assert_allclose(float(loss), theirs, rtol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -280,7 +280,7 @@ PRESETS: dict[str, dict] = {
         gae_lambda=0.95,  # lambda
         clip_coef=0.2,  # clip_param
         clip_vloss=False,  # F.mse_loss(values, targets): no value clipping
-        vf_coef=0.5,  # loss = policy_loss + 0.5 * value_loss - ent_coef * entropy
+        vf_coef=1.0,  # their loss = pg + 0.5 * mse(V, R); plastix's value loss is CleanRL's 0.5 * mse, so 1.0
         max_grad_norm=0.5,  # clip_grad_norm_(parameters, 0.5)
         norm_adv=True,  # per minibatch, (adv - mean) / (std + 1e-8)
         normalize_obs="off",
