@@ -4,7 +4,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from plastix.diagnostics import gradient_cosine_matrix, hessian_top_eigenvalue, hessian_trace, hvp
+import pytest
+
+from plastix.diagnostics import (
+    gradient_cosine_matrix,
+    hessian_eigenvalue_range,
+    hessian_min_eigenvalue,
+    hessian_top_eigenvalue,
+    hessian_trace,
+    hvp,
+)
 
 EIGENVALUES = jnp.array([4.0, 2.0, 1.0, 0.5, 0.25])
 
@@ -41,6 +50,34 @@ def test_hvp_is_a_times_v():
 def test_top_eigenvalue_of_quadratic_is_that_of_a():
     value = hessian_top_eigenvalue(quadratic(dense_a()), PARAMS, jax.random.PRNGKey(1), num_iters=60)
     np.testing.assert_allclose(value, 4.0, rtol=1e-4)
+
+
+def test_indefinite_diagonal_hessian_top_is_largest_algebraic_not_largest_magnitude():
+    """diag(3, -5, 1): power iteration converges to -5 (largest |lambda|); the top eigenvalue is 3."""
+    loss_fn = lambda theta: 0.5 * jnp.sum(jnp.array([3.0, -5.0, 1.0]) * theta**2)
+    theta = jnp.array([0.1, 0.2, 0.3])
+    key = jax.random.PRNGKey(0)
+    np.testing.assert_allclose(hessian_top_eigenvalue(loss_fn, theta, key), 3.0, rtol=1e-5)
+    np.testing.assert_allclose(hessian_min_eigenvalue(loss_fn, theta, key), -5.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("num_iters", [12, 40])
+def test_dense_indefinite_hessian_extremes(num_iters):
+    """A rotated diag with eigenvalues in [-7, 6] (12 distinct): exact once the Krylov space spans them."""
+    eigenvalues = jnp.array([6.0, 5.5, 2.0, 1.0, 0.5, 0.0, -0.1, -1.0, -2.0, -3.0, -6.5, -7.0])
+    q, _ = jnp.linalg.qr(jax.random.normal(jax.random.PRNGKey(5), (12, 12)))
+    a = q @ jnp.diag(eigenvalues) @ q.T
+    top, low = hessian_eigenvalue_range(lambda t: 0.5 * t @ a @ t, jnp.ones(12), jax.random.PRNGKey(6), num_iters)
+    np.testing.assert_allclose([top, low], [6.0, -7.0], rtol=1e-4)
+
+
+def test_definite_hessians_and_zero_hessian_survive_lanczos_breakdown():
+    """2 I has one distinct eigenvalue (breakdown after one step): both extremes are 2, not a padded 0."""
+    theta = jnp.array([0.1, 0.2, 0.3, 0.4])
+    key = jax.random.PRNGKey(0)
+    np.testing.assert_allclose(hessian_eigenvalue_range(lambda t: jnp.sum(t**2), theta, key), [2.0, 2.0], rtol=1e-5)
+    np.testing.assert_allclose(hessian_eigenvalue_range(lambda t: -jnp.sum(t**2), theta, key), [-2.0, -2.0], rtol=1e-5)
+    np.testing.assert_allclose(hessian_eigenvalue_range(lambda t: jnp.sum(t), theta, key), [0.0, 0.0], atol=1e-7)
 
 
 def test_trace_is_exact_for_a_diagonal_hessian():

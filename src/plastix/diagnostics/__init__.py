@@ -1,26 +1,32 @@
 """Plasticity diagnostics as pure JAX functions (SCIENCE.md section 2).
 
-- ``neurons``: dormancy index, MAGI zero-gradient index (``layer`` and ``loss`` targets), overlap, dead units.
+- ``neurons``: dormancy index, MAGI zero-gradient index (``layer`` and ``loss`` targets), overlap, dead units
+  (Juliani & Ash's element-wise fraction, the per-unit every-input fraction, Plasticine's active units).
 - ``rank``: srank, effective rank, numerical rank of feature or weight matrices.
 - ``weights``: per-layer kernel statistics as a flat ``{"<net>/<layer>/weight/<stat>": scalar}`` dict.
-- ``curvature``: top Hessian eigenvalue, Hessian trace, gradient interference.
+- ``curvature``: largest and smallest Hessian eigenvalues (Lanczos), Hessian trace, gradient interference.
 
 Plasticity probes (Eq. 15 regression, random-target fitting) live in ``plastix.probes``.
 """
 
 from plastix.diagnostics.curvature import (
     gradient_cosine_matrix,
+    hessian_eigenvalue_range,
+    hessian_min_eigenvalue,
     hessian_top_eigenvalue,
     hessian_trace,
     hvp,
 )
 from plastix.diagnostics.neurons import (
+    active_units,
+    dead_elements,
     dead_units,
-    dead_units_mask,
+    dead_units_every_input,
+    dead_units_every_input_mask,
     dormancy_scores,
     dormant_mask,
     dormant_ratio,
-    dormant_ratio_from_acts,
+    dormant_ratio_from_scores,
     magi_from_grads,
     magi_scores,
     magi_scores_preactivation,
@@ -40,14 +46,19 @@ from plastix.diagnostics.rank import (
 from plastix.diagnostics.weights import kernel_stats, kernels, weight_stats
 
 __all__ = [
+    "active_units",
+    "dead_elements",
     "dead_units",
-    "dead_units_mask",
+    "dead_units_every_input",
+    "dead_units_every_input_mask",
     "dormancy_scores",
     "dormant_mask",
     "dormant_ratio",
-    "dormant_ratio_from_acts",
+    "dormant_ratio_from_scores",
     "effective_rank",
     "gradient_cosine_matrix",
+    "hessian_eigenvalue_range",
+    "hessian_min_eigenvalue",
     "hessian_top_eigenvalue",
     "hessian_trace",
     "hvp",

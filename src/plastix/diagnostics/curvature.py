@@ -39,31 +39,84 @@ def _flat_hvp(loss_fn: LossFn, params: Any) -> tuple[Callable[[jax.Array], jax.A
     return matvec, flat
 
 
-def hessian_top_eigenvalue(loss_fn: LossFn, params: Any, key: jax.Array, num_iters: int = 20) -> jax.Array:
-    """Dominant Hessian eigenvalue by power iteration on Hessian-vector products.
+def _lanczos_tridiagonal(matvec: Callable, v0: jax.Array, num_iters: int) -> tuple[jax.Array, jax.Array]:
+    """``num_iters`` Lanczos steps from the unit vector ``v0``, with full reorthogonalisation (twice).
 
-    ``v_0 ~ N(0, I)`` normalised; ``v_{t+1} = H v_t / ||H v_t||``; returns the Rayleigh quotient
-    ``v^T H v`` of the last iterate. Power iteration converges to the eigenvalue of largest *magnitude*,
-    at rate ``|lambda_2 / lambda_1|`` per step; near a minimum the Hessian's large eigenvalues are positive
-    and this is the top eigenvalue of Lyle et al. (2023). A zero Hessian gives 0.
+    Returns ``(alphas [m], betas [m])``, the diagonal and sub-diagonal of the tridiagonal ``T = V^T H V``
+    (``betas[j]`` couples steps ``j`` and ``j+1``; the last is unused). At a breakdown (the Krylov space is
+    invariant, e.g. after ``P`` steps in ``P`` dimensions) the remaining steps are padded with
+    ``alphas[0] = v0^T H v0`` and zero couplings: a Rayleigh quotient of the valid block, so the padding
+    never moves the extreme eigenvalues of ``T``.
+    """
+    m = num_iters
+    basis = jnp.zeros((m, v0.shape[0]), v0.dtype)
+
+    def orthogonalise(w, basis):
+        for _ in range(2):  # "twice is enough" (Parlett) in float32
+            w = w - basis.T @ (basis @ w)
+        return w
+
+    def step(j, carry):
+        basis, alphas, betas, v, v_prev, beta_prev, scale, alive = carry
+        basis = basis.at[j].set(jnp.where(alive, v, 0.0))
+        w = matvec(v)
+        alpha = jnp.vdot(v, w)
+        w = orthogonalise(w - alpha * v - beta_prev * v_prev, basis)
+        beta = jnp.linalg.norm(w)
+        scale = jnp.maximum(scale, jnp.abs(alpha) + beta)
+        alphas = alphas.at[j].set(jnp.where(alive, alpha, jnp.nan))
+        next_alive = alive & (beta > 1e-5 * scale)  # an (almost) invariant subspace: stop here
+        betas = betas.at[j].set(jnp.where(next_alive, beta, 0.0))
+        v_next = jnp.where(next_alive, w / jnp.where(beta > 0, beta, 1.0), 0.0)
+        return basis, alphas, betas, v_next, v, beta, scale, next_alive
+
+    zero = jnp.zeros((), v0.dtype)
+    init = (basis, jnp.zeros(m, v0.dtype), jnp.zeros(m, v0.dtype), v0, jnp.zeros_like(v0), zero, zero, jnp.array(True))
+    _, alphas, betas, *_ = lax.fori_loop(0, m, step, init)
+    alphas = jnp.where(jnp.isnan(alphas), alphas[0], alphas)
+    return alphas, betas
+
+
+def hessian_eigenvalue_range(
+    loss_fn: LossFn, params: Any, key: jax.Array, num_iters: int = 20
+) -> tuple[jax.Array, jax.Array]:
+    """Largest and smallest *algebraic* Hessian eigenvalues by Lanczos on Hessian-vector products.
+
+    The PPO surrogate's Hessian is indefinite (SCIENCE.md section 2, curvature), so plain power iteration
+    finds the eigenvalue of largest *magnitude*, which can be the most negative one. Lanczos builds the
+    tridiagonal ``T = V^T H V`` on the Krylov space of a random start ``v_0 ~ N(0, I)`` and returns the
+    extreme eigenvalues of ``T`` (Ritz values), which converge to ``lambda_max`` and ``lambda_min`` from
+    inside: ``lambda_min <= ritz_min <= ritz_max <= lambda_max``, exact once the Krylov space holds their
+    eigenvectors (at most ``P`` steps). A zero Hessian gives ``(0, 0)``.
 
     Args:
         loss_fn: ``params -> scalar``.
         params: pytree of float arrays (P parameters in all).
         key: PRNG key of the start vector.
-        num_iters: power-iteration steps (static).
+        num_iters: Lanczos steps (static; capped at P). Keeps a ``[num_iters, P]`` basis in memory.
 
     Returns:
-        Float scalar.
+        ``(lambda_max, lambda_min)``, float scalars.
     """
     matvec, flat = _flat_hvp(loss_fn, params)
+    v0 = jax.random.normal(key, flat.shape, flat.dtype)
+    v0 = v0 / jnp.linalg.norm(v0)
+    alphas, betas = _lanczos_tridiagonal(matvec, v0, max(1, min(num_iters, flat.size)))
+    tridiagonal = jnp.diag(alphas) + jnp.diag(betas[:-1], 1) + jnp.diag(betas[:-1], -1)
+    ritz = jnp.linalg.eigvalsh(tridiagonal)
+    return ritz[-1], ritz[0]
 
-    def normalise(v):
-        return v / (jnp.linalg.norm(v) + 1e-30)
 
-    v0 = normalise(jax.random.normal(key, flat.shape, flat.dtype))
-    v = lax.fori_loop(0, num_iters, lambda _, v: normalise(matvec(v)), v0)
-    return jnp.vdot(v, matvec(v))
+def hessian_top_eigenvalue(loss_fn: LossFn, params: Any, key: jax.Array, num_iters: int = 20) -> jax.Array:
+    """Largest algebraic Hessian eigenvalue ``lambda_max`` (Lyle et al. 2023's top eigenvalue), by Lanczos;
+    see ``hessian_eigenvalue_range`` (which also returns ``lambda_min`` from the same iterations)."""
+    return hessian_eigenvalue_range(loss_fn, params, key, num_iters)[0]
+
+
+def hessian_min_eigenvalue(loss_fn: LossFn, params: Any, key: jax.Array, num_iters: int = 20) -> jax.Array:
+    """Smallest algebraic Hessian eigenvalue ``lambda_min`` (negative where the loss has a direction of
+    negative curvature), by Lanczos; see ``hessian_eigenvalue_range``."""
+    return hessian_eigenvalue_range(loss_fn, params, key, num_iters)[1]
 
 
 def hessian_trace(loss_fn: LossFn, params: Any, key: jax.Array, num_samples: int = 10) -> jax.Array:

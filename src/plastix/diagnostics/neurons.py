@@ -65,23 +65,55 @@ def dormancy_scores(acts: jax.Array) -> jax.Array:
     return mean_abs / (jnp.mean(mean_abs) + DORMANCY_EPS)
 
 
+def _check_scores(scores: jax.Array, name: str, hint: str = "activations [..., H] go to dormant_ratio") -> None:
+    """Refuse anything but a ``[H]`` vector of per-neuron scores (a ``[B, H]`` batch of activations would
+    otherwise give a silent, meaningless number)."""
+    if jnp.ndim(scores) != 1:
+        raise ValueError(f"{name}: expected per-neuron scores of shape [H], got shape {jnp.shape(scores)}; {hint}")
+
+
 def dormant_mask(scores: jax.Array, tau: float | jax.Array) -> jax.Array:
-    """Boolean ``[H]``: neuron ``i`` is tau-dormant when ``s_i <= tau`` (``scores`` from ``dormancy_scores``).
+    """Boolean ``[H]``: neuron ``i`` is tau-dormant when ``s_i <= tau`` (``scores`` ``[H]`` from ``dormancy_scores``).
 
     tau = 0 (strictly dead), 0.025 (ReDo's demonstration, Plasticine, Juliani & Ash) and 0.1 (ReDo's
-    main experiments) are all used in the literature: report which one.
+    main experiments) are all used in the literature: report which one. Raises ``ValueError`` unless
+    ``scores`` is one-dimensional.
     """
+    _check_scores(scores, "dormant_mask")
     return scores <= tau
 
 
-def dormant_ratio(scores: jax.Array, tau: float | jax.Array) -> jax.Array:
-    """Fraction (float scalar in [0, 1]) of neurons whose dormancy score ``[H]`` is ``<= tau``."""
+def dormant_ratio_from_scores(scores: jax.Array, tau: float | jax.Array) -> jax.Array:
+    """Fraction (float scalar in [0, 1]) of neurons whose dormancy score is ``<= tau``.
+
+    Args:
+        scores: ``[H]`` dormancy scores (``dormancy_scores``; several layers' scores may be concatenated).
+        tau: threshold.
+
+    Raises ``ValueError`` for anything but a ``[H]`` vector (use ``dormant_ratio`` on activations).
+    """
+    _check_scores(scores, "dormant_ratio_from_scores")
     return jnp.mean(dormant_mask(scores, tau).astype(jnp.float32))
 
 
-def dormant_ratio_from_acts(acts: jax.Array, tau: float | jax.Array) -> jax.Array:
-    """``dormant_ratio(dormancy_scores(acts), tau)`` for activations ``[..., H]``; a float scalar."""
-    return dormant_ratio(dormancy_scores(acts), tau)
+def dormant_ratio(acts: jax.Array, tau: float | jax.Array) -> jax.Array:
+    """Fraction (float scalar in [0, 1]) of tau-dormant neurons of a layer, from its activations.
+
+    ``mean_i [s_i <= tau]`` with ``s_i`` the dormancy index of Eq. 2 (``dormancy_scores``).
+
+    Args:
+        acts: post-activation outputs ``[..., H]`` with at least one batch axis (``[B, H]``, or
+            ``[B, height, width, C]`` for a conv layer).
+        tau: threshold.
+
+    Raises ``ValueError`` for a one-dimensional array: scores go to ``dormant_ratio_from_scores``.
+    """
+    if jnp.ndim(acts) < 2:
+        raise ValueError(
+            f"dormant_ratio: expected activations [..., H] with a batch axis, got shape {jnp.shape(acts)}; "
+            "per-neuron scores [H] go to dormant_ratio_from_scores"
+        )
+    return dormant_ratio_from_scores(dormancy_scores(acts), tau)
 
 
 # ------------------------------------------------------------------------------------- zero gradients
@@ -150,7 +182,10 @@ def magi_scores_preactivation(x: jax.Array, kernel: jax.Array, bias: jax.Array) 
 
 
 def zero_grad_mask(scores: jax.Array, eps: float | jax.Array = 0.0) -> jax.Array:
-    """Boolean ``[H]``: neuron ``i`` is zero-gradient when its MAGI ``G_i <= eps`` (default 0: strict)."""
+    """Boolean ``[H]``: neuron ``i`` is zero-gradient when its MAGI ``G_i <= eps`` (default 0: strict).
+
+    Raises ``ValueError`` unless ``scores`` is ``[H]``."""
+    _check_scores(scores, "zero_grad_mask", "MAGI scores come from magi_scores / magi_from_grads")
     return scores <= eps
 
 
@@ -162,8 +197,9 @@ def zero_grad_ratio(scores: jax.Array, eps: float | jax.Array = 0.0) -> jax.Arra
 def relative_zero_grad_mask(scores: jax.Array, tau: float | jax.Array) -> jax.Array:
     """Boolean ``[H]``: ``G_i / (mean_k G_k + 1e-9) <= tau``, the dormancy-style relative threshold.
 
-    A layer whose gradients are all zero marks every neuron.
+    A layer whose gradients are all zero marks every neuron. Raises ``ValueError`` unless ``scores`` is ``[H]``.
     """
+    _check_scores(scores, "relative_zero_grad_mask", "MAGI scores come from magi_scores / magi_from_grads")
     return scores / (jnp.mean(scores) + DORMANCY_EPS) <= tau
 
 
@@ -203,44 +239,66 @@ def overlap(a: jax.Array, b: jax.Array) -> jax.Array:
 # ---------------------------------------------------------------------------------------- dead units
 
 
-def dead_units_mask(acts: jax.Array, activation: str) -> jax.Array:
-    """Boolean ``[H]``: units that are dead on *every* input of the batch (Juliani & Ash 2024).
+def dead_elements(acts: jax.Array, activation: str) -> jax.Array:
+    """Boolean, shaped like ``acts``: which outputs are "dead" (Juliani & Ash 2024, ``calc_dead_units`` in
+    awjuliani/deep-rl-plasticity ``shared/modules.py``; Plasticine uses the same criteria).
 
-    Criteria, per unit, on every element of the leading (batch/spatial) axes of ``acts [..., H]``:
-
-    - ``relu``, ``crelu``: output exactly 0 (for CReLU each of the 2H output units is judged alone).
-    - ``tanh``: ``|h| > 0.99`` (saturated, either sign, per input).
-    - ``sigmoid``: ``h < 0.01`` or ``h > 0.99`` (saturated, either side, per input).
-    - ``none`` (identity, the OCP paper's No-Act): a linear unit always passes gradient, so never dead.
-    - ``gelu``, ``silu``, ``softplus``: exactly-zero outputs are not a useful criterion (softplus is never
-      0; gelu/silu are 0 only at z = 0, where their slope is 0.5). plastix's choice: ``|h| < 0.01`` on every
-      input, mirroring sigmoid's low-saturation threshold: on the negative tail this is where the slope is
-      about 0.01 or less. Caveat: gelu/silu also have ``|h| < 0.01`` in a thin band ``|z| < ~0.02``, where
-      the unit is *not* gradient-dead; post-activations alone cannot tell the two apart.
+    - ``relu``, ``crelu``: output exactly 0 (for CReLU each of the 2H outputs is judged alone).
+    - ``tanh``: ``|h| > 0.99`` (saturated, either sign).
+    - ``sigmoid``: ``h < 0.01`` or ``h > 0.99`` (saturated, either side).
+    - ``none`` (identity, the OCP paper's No-Act): a linear unit always passes gradient, so never dead
+      (J&A's code raises ``NotImplementedError`` here).
+    - ``gelu``, ``silu``, ``softplus`` (J&A's code raises here too): ``|h| < 0.01``, mirroring sigmoid's
+      low-saturation threshold; on the negative tail this is where the slope is about 0.01 or less.
+      Caveat: gelu/silu also have ``|h| < 0.01`` in a thin band ``|z| < ~0.02`` where the unit is not
+      gradient-dead; post-activations alone cannot tell the two apart.
 
     Args:
         acts: post-activation outputs ``[..., H]``.
         activation: the activation's name (static), one of ``plastix.nets.ACTIVATIONS``.
-
-    Returns:
-        Boolean ``[H]``.
     """
-    h = acts.reshape(-1, acts.shape[-1])
+    h = acts
     if activation in ("relu", "crelu"):
-        dead = h == 0
-    elif activation == "tanh":
-        dead = jnp.abs(h) > SATURATION_THRESHOLD
-    elif activation == "sigmoid":
-        dead = (h < SIGMOID_LOW_THRESHOLD) | (h > SATURATION_THRESHOLD)
-    elif activation == "none":
-        dead = jnp.zeros_like(h, dtype=bool)
-    elif activation in ("gelu", "silu", "softplus"):
-        dead = jnp.abs(h) < SMOOTH_DEAD_THRESHOLD
-    else:
-        raise ValueError(f"unknown activation {activation!r}; allowed: {', '.join(ACTIVATIONS)}")
-    return jnp.all(dead, axis=0)
+        return h == 0
+    if activation == "tanh":
+        return jnp.abs(h) > SATURATION_THRESHOLD
+    if activation == "sigmoid":
+        return (h < SIGMOID_LOW_THRESHOLD) | (h > SATURATION_THRESHOLD)
+    if activation == "none":
+        return jnp.zeros_like(h, dtype=bool)
+    if activation in ("gelu", "silu", "softplus"):
+        return jnp.abs(h) < SMOOTH_DEAD_THRESHOLD
+    raise ValueError(f"unknown activation {activation!r}; allowed: {', '.join(ACTIVATIONS)}")
 
 
 def dead_units(acts: jax.Array, activation: str) -> jax.Array:
-    """Fraction (float scalar) of dead units of a layer; criteria in ``dead_units_mask``."""
-    return jnp.mean(dead_units_mask(acts, activation).astype(jnp.float32))
+    """Juliani & Ash's dead-unit fraction: the fraction of *elements* of ``acts`` (over batch, space and
+    units) that are dead, ``mean(dead_elements(acts, activation))`` (their ``calc_dead_units``: for ReLU
+    ``torch.mean((x == 0).float())``). A float scalar in [0, 1].
+
+    This is not a count of units: a unit that is zero on half the batch contributes half. The per-unit
+    measure (dead on every input) is ``dead_units_every_input``.
+
+    Args:
+        acts: post-activation outputs ``[..., H]``.
+        activation: the activation's name (static); criteria in ``dead_elements``.
+    """
+    return jnp.mean(dead_elements(acts, activation).astype(jnp.float32))
+
+
+def active_units(acts: jax.Array, activation: str) -> jax.Array:
+    """Plasticine's fraction of active units (``compute_active_units`` in RLE-Foundation/Plasticine):
+    ``1 - dead_units(acts, activation)``, a float scalar in [0, 1]."""
+    return 1.0 - dead_units(acts, activation)
+
+
+def dead_units_every_input_mask(acts: jax.Array, activation: str) -> jax.Array:
+    """Boolean ``[H]``: units dead on *every* element of the leading (batch/spatial) axes of ``acts [..., H]``
+    (criteria in ``dead_elements``). A stricter, per-unit quantity than J&A's ``dead_units``."""
+    dead = dead_elements(acts, activation)
+    return jnp.all(dead.reshape(-1, dead.shape[-1]), axis=0)
+
+
+def dead_units_every_input(acts: jax.Array, activation: str) -> jax.Array:
+    """Fraction (float scalar) of units dead on every input of the batch: ``mean(dead_units_every_input_mask)``."""
+    return jnp.mean(dead_units_every_input_mask(acts, activation).astype(jnp.float32))
