@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 
 from plastix.diagnostics import (
+    active_units,
+    dead_elements,
     dead_units,
-    dead_units_mask,
+    dead_units_every_input,
+    dead_units_every_input_mask,
     dormancy_scores,
     dormant_mask,
     dormant_ratio,
-    dormant_ratio_from_acts,
+    dormant_ratio_from_scores,
     magi_from_grads,
     magi_scores,
     magi_scores_preactivation,
@@ -61,10 +64,28 @@ def test_dormancy_of_all_zero_layer_is_zero_not_nan():
 def test_dormant_mask_and_ratio_use_less_or_equal():
     scores = jnp.array([1.2, 0.0, 1.8])
     np.testing.assert_array_equal(dormant_mask(scores, 0.0), [False, True, False])
-    np.testing.assert_allclose(dormant_ratio(scores, 0.0), 1 / 3)
-    np.testing.assert_allclose(dormant_ratio(scores, 1.2), 2 / 3)
+    np.testing.assert_allclose(dormant_ratio_from_scores(scores, 0.0), 1 / 3)
+    np.testing.assert_allclose(dormant_ratio_from_scores(scores, 1.2), 2 / 3)
+
+
+def test_dormant_ratio_takes_activations():
+    """Issue #3's signature: activations in. E|h| = (2, 0, 3, 0.1), layer mean 1.275, scores
+    (1.569, 0, 2.353, 0.0784): one neuron <= 0.025, two <= 0.1. Read as scores, the same [2, 4] array
+    would give mean(acts <= 0.1) = 5/8 at tau 0.1."""
+    acts = jnp.array([[1.0, 0.0, 2.0, 0.1], [3.0, 0.0, -4.0, -0.1]])
+    np.testing.assert_allclose(dormant_ratio(acts, 0.025), 1 / 4)
+    np.testing.assert_allclose(dormant_ratio(acts, 0.1), 2 / 4)
+
+
+def test_batch_of_activations_where_scores_are_expected_is_an_error():
     acts = jnp.array([[1.0, 0.0, 2.0], [3.0, 0.0, -4.0]])
-    np.testing.assert_allclose(dormant_ratio_from_acts(acts, 0.025), 1 / 3)
+    for fn in (dormant_ratio_from_scores, dormant_mask, relative_zero_grad_ratio, relative_zero_grad_mask):
+        with pytest.raises(ValueError, match=r"expected per-neuron scores of shape \[H\], got shape \(2, 3\)"):
+            fn(acts, 0.1)
+    with pytest.raises(ValueError, match="expected per-neuron scores"):
+        zero_grad_ratio(acts)
+    with pytest.raises(ValueError, match="dormant_ratio_from_scores"):
+        dormant_ratio(jnp.array([1.2, 0.0, 1.8]), 0.1)  # [H] scores where activations are expected
 
 
 # ---------------------------------------------------------------------------------------------- MAGI
@@ -229,21 +250,36 @@ def test_overlap_eq19(a, b, expected):
 
 
 @pytest.mark.parametrize(
-    "activation, acts, expected",
+    "activation, acts, dead",
     [
-        ("relu", [[0.0, 0.0, 1.0], [0.0, 2.0, 0.0]], [True, False, False]),
-        ("crelu", [[0.0, 0.0, 1.0], [0.0, 2.0, 0.0]], [True, False, False]),
-        ("tanh", [[0.995, 0.995, 0.5], [-0.999, 0.98, 0.999]], [True, False, False]),
-        ("sigmoid", [[0.001, 0.995, 0.5], [0.999, 0.5, 0.999]], [True, False, False]),
-        ("none", [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], [False, False, False]),
-        ("gelu", [[-0.001, 0.0, 0.5], [-0.009, -0.02, 0.5]], [True, False, False]),
-        ("softplus", [[0.001, 0.001, 0.5], [0.005, 0.7, 0.5]], [True, False, False]),
+        ("relu", [[0.0, 0.0, 1.0], [0.0, 2.0, 0.0]], [[1, 1, 0], [1, 0, 1]]),
+        ("crelu", [[0.0, 0.0, 1.0], [0.0, 2.0, 0.0]], [[1, 1, 0], [1, 0, 1]]),
+        ("tanh", [[0.995, 0.995, 0.5], [-0.999, 0.98, 0.999]], [[1, 1, 0], [1, 0, 1]]),
+        ("sigmoid", [[0.001, 0.995, 0.5], [0.999, 0.5, 0.999]], [[1, 1, 0], [1, 0, 1]]),
+        ("none", [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]], [[0, 0, 0], [0, 0, 0]]),
+        ("gelu", [[-0.001, 0.0, 0.5], [-0.009, -0.02, 0.5]], [[1, 1, 0], [1, 0, 0]]),
+        ("softplus", [[0.001, 0.001, 0.5], [0.005, 0.7, 0.5]], [[1, 1, 0], [1, 0, 0]]),
     ],
 )
-def test_dead_units_criteria(activation, acts, expected):
+def test_dead_units_criteria(activation, acts, dead):
+    """Juliani & Ash's calc_dead_units is the mean over *elements* (relu: torch.mean((x == 0).float())):
+    e.g. relu [[0, 0, 1], [0, 2, 0]] has 4 zero elements of 6 -> 2/3, where only 1 of 3 units is zero on
+    every input (the old plastix dead_units gave that 1/3)."""
     acts = jnp.array(acts)
-    np.testing.assert_array_equal(dead_units_mask(acts, activation), expected)
-    np.testing.assert_allclose(dead_units(acts, activation), np.mean(expected))
+    dead = np.array(dead, bool)
+    np.testing.assert_array_equal(dead_elements(acts, activation), dead)
+    np.testing.assert_allclose(dead_units(acts, activation), dead.mean())
+    np.testing.assert_allclose(active_units(acts, activation), 1.0 - dead.mean())  # Plasticine's FAU
+    np.testing.assert_array_equal(dead_units_every_input_mask(acts, activation), dead.all(axis=0))
+    np.testing.assert_allclose(dead_units_every_input(acts, activation), dead.all(axis=0).mean())
+
+
+def test_dead_units_of_a_conv_layer_count_every_position():
+    """[B=1, 2, 2, C=2]: channel 0 is zero at 3 of 4 positions, channel 1 at 1: 4/8 elements dead;
+    no channel is zero everywhere."""
+    acts = jnp.array([[[[0.0, 1.0], [0.0, 0.0]], [[0.0, 2.0], [5.0, 3.0]]]])
+    np.testing.assert_allclose(dead_units(acts, "relu"), 0.5)
+    np.testing.assert_allclose(dead_units_every_input(acts, "relu"), 0.0)
 
 
 def test_dead_units_rejects_unknown_activation():
@@ -267,8 +303,8 @@ def test_neuron_diagnostics_jit_and_vmap_over_seeds():
         magi = magi_scores(x, kernel, bias, "relu")
         return {
             "scores": scores,
-            "dormant": dormant_ratio(scores, 0.025),
-            "dormant_acts": dormant_ratio_from_acts(acts, 0.0),
+            "dormant": dormant_ratio_from_scores(scores, 0.025),
+            "dormant_acts": dormant_ratio(acts, 0.0),
             "magi": magi,
             "magi_pre": magi_scores_preactivation(x, kernel, bias),
             "magi_grads": magi_from_grads(kernel),
@@ -277,7 +313,8 @@ def test_neuron_diagnostics_jit_and_vmap_over_seeds():
             "overlap": overlap(dormant_mask(scores, 0.0), zero_grad_mask(magi)),
             "rel_mask": relative_zero_grad_mask(magi, 0.1),
             "dead": dead_units(acts, "relu"),
-            "dead_mask": dead_units_mask(acts, "relu"),
+            "dead_every_input": dead_units_every_input(acts, "relu"),
+            "dead_mask": dead_units_every_input_mask(acts, "relu"),
         }
 
     batched = jax.jit(jax.vmap(all_metrics))(acts, xs, kernels, biases)
@@ -288,5 +325,5 @@ def test_neuron_diagnostics_jit_and_vmap_over_seeds():
         np.testing.assert_allclose(batched[name][1], value, rtol=1e-5, err_msg=name)
     np.testing.assert_array_equal(batched["magi"][:, 0], jnp.zeros(seeds))  # bias -100: dead in every seed
     # tau as a traced argument: one compiled program for several thresholds.
-    ratios = jax.jit(jax.vmap(functools.partial(dormant_ratio, batched["scores"][0])))(jnp.array([0.0, 2.0]))
+    ratios = jax.jit(jax.vmap(functools.partial(dormant_ratio_from_scores, batched["scores"][0])))(jnp.array([0.0, 2.0]))
     assert ratios[0] <= ratios[1]

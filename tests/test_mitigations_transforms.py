@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import optax
 
 from plastix import nets
@@ -101,7 +102,71 @@ def test_weight_clipping_bounds_hold_after_every_update():
 def test_init_bounds_uniform_equivalent_matches_orthogonal_std():
     model = nets.MLP(hidden_sizes=(16,), activation="relu", output_dim=4, output_std=1.0)
     params = model.init(jax.random.PRNGKey(0), jnp.ones((1, 8)))["params"]
-    bounds = init_bounds(params)
+    bounds = init_bounds(params, "uniform_equivalent")
     # orthogonal [8, 16] with gain sqrt(2): rms = sqrt(2) / sqrt(16)
     np.testing.assert_allclose(bounds["layer_1"]["kernel"], np.sqrt(3) * np.sqrt(2) / 4, rtol=1e-5)
     assert bounds["layer_1"]["bias"] == bounds["layer_1"]["kernel"]
+
+
+def test_weight_clipping_default_bound_is_elsayed_one_over_sqrt_fan_in_on_every_layer():
+    """mohmdelsayed/weight-clipping ``InitBounds.get``: 1/sqrt(fan_in) for a weight, the same for the bias
+    that follows it, whatever the init's gain. CleanRL's policy head (orthogonal, gain 0.01) over 64 units:
+    bound 1/8 (the old default, sqrt(3) * rms = sqrt(3) * 0.01 / 8, clipped it to +-0.0043 at kappa 2)."""
+    params = nets.ActorCritic(6, (64, 64), "tanh", False).init(jax.random.PRNGKey(0), jnp.zeros((1, 17)))["params"]
+    bounds = init_bounds(params)
+    for net in ("policy", "value"):
+        for layer, n_in in (("layer_1", 17), ("layer_2", 64), ("output", 64)):
+            for leaf in ("kernel", "bias"):
+                np.testing.assert_allclose(bounds[net][layer][leaf], 1 / np.sqrt(n_in), rtol=1e-6)
+    assert np.isinf(bounds["log_std"]).all()  # not a layer's weight: never clipped (README: differences)
+    # A conv kernel [kh, kw, c_in, c_out]: fan_in = kh * kw * c_in (PyTorch's for [c_out, c_in, kh, kw]).
+    conv = init_bounds({"conv": {"kernel": jnp.ones((3, 3, 4, 8)), "bias": jnp.zeros(8)}})
+    np.testing.assert_allclose(conv["conv"]["kernel"], 1 / 6)
+    np.testing.assert_allclose(conv["conv"]["bias"], 1 / 6)
+
+
+def test_weight_clip_bound_method_checked_before_compute():
+    import dataclasses
+
+    from plastix.config import ConfigError, TrainConfig, validate
+    from plastix.mitigations.registry import WeightClipOptions
+
+    cfg = TrainConfig(mitigations="weight_clip", weight_clip=WeightClipOptions(bound_method="fanin"))
+    with pytest.raises(ConfigError, match=r"--weight_clip.bound_method: unknown method 'fanin'; allowed: fan_in"):
+        validate(cfg, check_env=False)
+    validate(dataclasses.replace(cfg, weight_clip=WeightClipOptions()), check_env=False)
+
+
+def test_adam_betas_reach_the_agent_optimizer():
+    """Two steps of --adam-b1 0.99 --adam-b2 0.99 (Dohare et al.'s non-stationary Adam), hand-computed:
+    m_t = b1 m + (1 - b1) g, v_t = b2 v + (1 - b2) g^2, step -lr m_t / (1 - b1^t) / (sqrt(v_t / (1 - b2^t)) + eps).
+    The first step is -lr g / (|g| + eps) for any betas, the second is not."""
+    from plastix.config import TrainConfig
+    from plastix.mitigations.build import build_optimizer
+
+    lr, eps, b1, b2 = 0.1, 1e-5, 0.99, 0.99
+    cfg = TrainConfig(adam_b1=b1, adam_b2=b2, adam_eps=eps)
+    params = {"w": jnp.zeros(2)}
+    tx = build_optimizer(cfg, (), lambda key: params, lr)
+    grads = [np.array([0.1, -0.2]), np.array([0.3, 0.05])]  # global norms < 0.5: the grad clip is idle
+    state, m, v = tx.init(params), np.zeros(2), np.zeros(2)
+    for t, g in enumerate(grads, start=1):
+        update, state = tx.update({"w": jnp.asarray(g, jnp.float32)}, state, params)
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g**2
+        expected = -lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+        np.testing.assert_allclose(update["w"], expected, rtol=1e-5)
+    default = build_optimizer(TrainConfig(), (), lambda key: params, lr)
+    s = default.init(params)
+    for g in grads:
+        u, s = default.update({"w": jnp.asarray(g, jnp.float32)}, s, params)
+    assert not np.allclose(u["w"], update["w"], rtol=1e-3)  # 0.9 / 0.999 give another second step
+
+
+def test_adam_betas_checked_and_refused_under_es():
+    from plastix.config import ConfigError, TrainConfig, validate
+    from plastix.training import _train_es
+
+    with pytest.raises(ConfigError, match=r"--adam-b2: must be in \[0, 1\), got 1.0"):
+        validate(TrainConfig(adam_b2=1.0), check_env=False)
+    with pytest.raises(ConfigError, match="--adam-b1/--adam-b2: set PPO's Adam; --optimizer es keeps OpenAI-ES's"):
+        _train_es(TrainConfig(optimizer="es", adam_b1=0.99))

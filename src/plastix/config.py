@@ -74,6 +74,11 @@ class TrainConfig:
     """coupled L2 weight decay added to the gradient before Adam (PyTorch `Adam(weight_decay=...)`)"""
     adam_eps: float = 1e-5
     """Adam epsilon (CleanRL: 1e-5)"""
+    adam_b1: float = 0.9
+    """Adam beta1, the first-moment decay of every Adam plastix builds for the agent (Dohare et al.'s
+    non-stationary Adam: 0.99)"""
+    adam_b2: float = 0.999
+    """Adam beta2, the second-moment decay (Dohare et al.'s non-stationary Adam: 0.99)"""
     num_envs: int = 1
     """parallel envs per seed"""
     num_steps: int = 2048
@@ -155,7 +160,7 @@ class TrainConfig:
     curvature_batch: int = 256
     """samples of the rollout batch used for curvature (at most the whole batch)"""
     curvature_iters: int = 20
-    """power-iteration steps for the top Hessian eigenvalue"""
+    """Lanczos steps for the largest and smallest Hessian eigenvalues"""
     curvature_samples: int = 10
     """Hutchinson probes for the Hessian trace"""
     save_neuron_scores: bool = False
@@ -364,6 +369,9 @@ def validate(cfg: TrainConfig, check_env: bool = True) -> None:
     for name in ("gamma", "gae_lambda"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ConfigError(f"--{name.replace('_', '-')}: must be in [0, 1], got {getattr(cfg, name)}")
+    for name in ("adam_b1", "adam_b2"):  # b = 1 never forgets and divides Adam's bias correction by 0
+        if not 0.0 <= getattr(cfg, name) < 1.0:
+            raise ConfigError(f"--{name.replace('_', '-')}: must be in [0, 1), got {getattr(cfg, name)}")
     if not cfg.hidden_sizes or any(h <= 0 for h in cfg.hidden_sizes):
         raise ConfigError(f"--hidden-sizes: need one or more positive widths, got {cfg.hidden_sizes}")
     if cfg.batch_size % cfg.num_minibatches:

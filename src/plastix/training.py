@@ -103,6 +103,9 @@ def _train_es(cfg: TrainConfig) -> Path:
     if cfg.network != "cleanrl" or cfg.rebuild_optimizer_at_switch:
         raise ConfigError("--optimizer es: trains CleanRL's continuous actor with its own Adam; drop --network "
                           "juliani-ash and --rebuild-optimizer-at-switch (or --preset juliani-ash)")
+    if (cfg.adam_b1, cfg.adam_b2) != (0.9, 0.999):
+        raise ConfigError("--adam-b1/--adam-b2: set PPO's Adam; --optimizer es keeps OpenAI-ES's Adam "
+                          "(0.9, 0.999, as openai/evolution-strategies-starter); drop them")
     es_cfg = es_config_from_train_config(cfg, **dataclasses.asdict(cfg.es))
     try:
         es_cfg.validate()

@@ -578,25 +578,28 @@ class ESTrainer:
             metrics["return/mean_policy"] = ro.returns[:, -1]
         metrics["return/episodic"] = metrics.get("return/mean_policy", metrics["return/mean"])
         obs_rms = ro.obs_rms if cfg.normalize_obs else state.obs_rms
-        diag_metrics, diagnostics = self.diagnostics(es, state.diagnostics, ro.sample, diag_keys, measure)
+        diag_metrics, diagnostics = self.diagnostics(es, state.es.mean, state.diagnostics, ro.sample, diag_keys, measure)
         metrics.update(diag_metrics)
         return ESRunState(es, obs_rms, diagnostics, state.key), handle, metrics
 
-    def diagnostics(self, es: ESState, dstate: diag.DiagnosticsState, sample: jax.Array, keys: jax.Array, measure):
-        """PPO's policy diagnostics of the mean policies (``[S]``) under ``lax.cond``; NaN when not measured."""
+    def diagnostics(self, es: ESState, prev_mean: jax.Array, dstate: diag.DiagnosticsState, sample: jax.Array,
+                    keys: jax.Array, measure):
+        """PPO's policy diagnostics of the mean policies (``[S]``) under ``lax.cond``; NaN when not measured.
+        ``prev_mean`` ``[S, P]``, the means before this generation's step, gives the per-update change."""
         if self.cfg.diagnostics_every == 0:
             return {}, dstate
         batch = min(self.cfg.diagnostics_batch, sample.shape[1])
 
-        def one(flat, ds, obs, key):
+        def one(flat, prev_flat, ds, obs, key):
             obs = obs[jax.random.permutation(key, obs.shape[0])[:batch]]
             tree = {"policy": self.unravel(flat)}
             metrics, _, ds = diag.measure(tree, self.forward_acts, lambda p: jnp.zeros((), jnp.float32), obs,
                                           self.cfg.activation, ds, tuple(self.cfg.dormant_taus),
-                                          self.cfg.overlap_tau, self.cfg.zero_grad_eps)
+                                          self.cfg.overlap_tau, self.cfg.zero_grad_eps,
+                                          prev_params={"policy": self.unravel(prev_flat)})
             return {k: v for k, v in metrics.items() if not (k.endswith("/loss") or k.endswith("/grad_norm"))}, ds
 
-        run = lambda: jax.vmap(one)(es.mean, dstate, sample, keys)
+        run = lambda: jax.vmap(one)(es.mean, prev_mean, dstate, sample, keys)
         shapes = jax.eval_shape(run)
         skip = lambda: (jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes[0]), dstate)
         return jax.lax.cond(measure, run, skip)

@@ -526,14 +526,15 @@ class Agent:
                 return diag.layer_target_magi(self.forward_acts, params, obs, with_kernels)
         return BatchInfo(activations=acts, task_switch=task_switch, magi_fn=magi_fn)
 
-    def measure(self, state: TrainState, batch: Minibatch) -> tuple[TrainState, dict, dict]:
+    def measure(self, state: TrainState, batch: Minibatch, prev_params: Any = None) -> tuple[TrainState, dict, dict]:
         """Diagnostics (and curvature) of the updated network on the update's batch, when scheduled.
 
         Runs under ``lax.cond`` (a real branch: the seeds are ``lax.map``-ped), so unscheduled updates cost
         nothing; their metrics are NaN and are not written. Randomness comes from ``fold_in`` of the
         training key, so measuring never changes training. Diagnostics see the first
         ``diagnostics_batch`` samples of the batch; the ``loss`` MAGI target is the gradient of the PPO
-        loss on those samples (advantages normalised over them).
+        loss on those samples (advantages normalised over them). ``prev_params``, the parameters the update
+        started from, gives the per-update change (``model/weight_diff``, ``model/update_rms``, ...).
         """
         cfg = self.cfg
         metrics, scores = {}, {}
@@ -543,7 +544,8 @@ class Agent:
 
             def run(diag_state):
                 return diag.measure(state.params, self.forward_acts, loss_fn, sample.obs, self.activation, diag_state,
-                                    tuple(cfg.dormant_taus), cfg.overlap_tau, cfg.zero_grad_eps, self.plain_mlp)
+                                    tuple(cfg.dormant_taus), cfg.overlap_tau, cfg.zero_grad_eps, self.plain_mlp,
+                                    prev_params)
 
             def skip(diag_state):
                 skipped_metrics, skipped_scores, _ = jax.eval_shape(run, diag_state)
@@ -559,8 +561,9 @@ class Agent:
         return state, metrics, scores if cfg.save_neuron_scores else {}
 
     def curvature(self, state: TrainState, batch: Minibatch):
-        """Top Hessian eigenvalue (power iteration) and trace (Hutchinson) of the PPO loss on a random
-        subset of ``curvature_batch`` samples of the update's batch (Lyle et al. 2023)."""
+        """Largest and smallest Hessian eigenvalues (Lanczos: the PPO loss's Hessian is indefinite) and the
+        trace (Hutchinson) of the PPO loss on a random subset of ``curvature_batch`` samples of the update's
+        batch (Lyle et al. 2023)."""
         cfg = self.cfg
         key = jax.random.fold_in(state.key, 0x5EED)
         perm_key, eig_key, trace_key = jax.random.split(key, 3)
@@ -568,8 +571,10 @@ class Agent:
         subset = jax.random.permutation(perm_key, cfg.batch_size)[:size]
         sub = jax.tree.map(lambda x: x[subset], batch)
         loss_fn = lambda p: ppo_loss(p, lambda q, o: self.forward(q, state.opt_state, o), sub, cfg, self.policy)[0]
+        top, bottom = curvature.hessian_eigenvalue_range(loss_fn, state.params, eig_key, cfg.curvature_iters)
         return {
-            "curvature/hessian_top_eig": curvature.hessian_top_eigenvalue(loss_fn, state.params, eig_key, cfg.curvature_iters),
+            "curvature/hessian_top_eig": top,
+            "curvature/hessian_min_eig": bottom,
             "curvature/hessian_trace": curvature.hessian_trace(loss_fn, state.params, trace_key, cfg.curvature_samples),
         }
 
@@ -627,7 +632,7 @@ def make_update_fn(agent: Agent, env_step: Callable) -> Callable:
         # kernels with the batch size). The rollout (env-bound) stays vmapped.
         def learn_and_measure(x):
             state, metrics, batch = agent.learn(*x)
-            state, diag_metrics, scores = agent.measure(state, batch)
+            state, diag_metrics, scores = agent.measure(state, batch, prev_params=x[0].params)
             return state, {**metrics, **diag_metrics}, scores
 
         states, metrics, scores = jax.lax.map(learn_and_measure, (states, traj))

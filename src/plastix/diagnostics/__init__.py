@@ -43,7 +43,7 @@ from plastix.diagnostics.rank import (
     singular_values,
     srank,
 )
-from plastix.diagnostics.weights import kernel_stats, kernels, weight_stats
+from plastix.diagnostics.weights import kernel_stats, kernels, params_rms, params_rms_distance, weight_stats
 
 __all__ = [
     "active_units",
@@ -69,6 +69,8 @@ __all__ = [
     "magi_scores_preactivation",
     "numerical_rank",
     "overlap",
+    "params_rms",
+    "params_rms_distance",
     "rank_stats",
     "relative_zero_grad_mask",
     "relative_zero_grad_ratio",

@@ -19,10 +19,23 @@ Metric keys (``<net>`` is ``policy`` or ``value``, ``<layer>`` a hidden layer ``
 ``<net>/<layer>/overlap/zero_grad``          the same for zero-gradient sets (``layer`` target, eps)
 ``<net>/<layer>/overlap/dormant_zero_grad``  between the dormant and zero-gradient sets of this step
 ``<net>/<layer>/srank``, ``effective_rank``  of the layer's post-activation features on the batch
-``<net>/<layer>/dead_units``                 fraction of dead units (criteria per activation)
+``<net>/<layer>/dead_units``                 Juliani & Ash's dead-unit fraction: dead *elements* over
+                                             batch x units (``neurons.dead_units``)
+``<net>/<layer>/dead_units_every_input``     fraction of units dead on every input of the batch
+``<net>/<layer>/active_units``               Plasticine's active-unit fraction, 1 - ``dead_units``
 ``<net>/<layer>/grad_norm``                  L2 norm of the loss gradient of the layer's kernel and bias
-``<net>/<layer or output>/weight/<stat>``    ``plastix.diagnostics.weights`` (l2, rms, ..., dist_init)
+``<net>/<layer or output>/weight/<stat>``    ``plastix.diagnostics.weights`` (l2, rms, ..., dist_init,
+                                             update_l2 and update_rms: the change over this update)
+``model/weight_m``                           J&A's ``weight_m``: RMS of all parameters of the agent
+``model/weight_diff``                        J&A's ``weight_diff``: RMS of all parameters' change over
+                                             this update (their code takes it against the parameters
+                                             saved right before the update)
+``model/update_rms``                         the same per-update RMS change, under plastix's name
+``model/dist_init_rms``                      RMS distance of all parameters from their initial values
 ===========================================  ==========================================================
+
+The update's change is measured from the parameters the update started from (after any at-switch
+surgery of ``round_start``) to the ones it produced; without ``prev_params`` those keys are not logged.
 
 For CReLU a layer has H kernel columns but 2H output units: dormancy and dead units are per output
 unit, MAGI per kernel column, so ``overlap/dormant_zero_grad`` is not defined and not logged.
@@ -37,7 +50,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from plastix.diagnostics import neurons, rank
-from plastix.diagnostics.weights import weight_stats
+from plastix.diagnostics.weights import params_rms, params_rms_distance, weight_stats
 from plastix.nets import hidden_activations
 
 
@@ -120,6 +133,7 @@ def measure(
     overlap_tau: float,
     zero_grad_eps: float,
     plain_mlp: bool = False,
+    prev_params: Any = None,
 ) -> tuple[dict, dict, DiagnosticsState]:
     """All diagnostics of one measurement.
 
@@ -133,6 +147,8 @@ def measure(
         dormant_taus, overlap_tau, zero_grad_eps: thresholds (static).
         plain_mlp: the hidden layers are ``Dense -> activation`` MLP layers named ``<net>/layer_i`` (no
             LayerNorm): the ``layer`` MAGI target is then computed layer by layer (``local_layer_magi``).
+        prev_params: the parameters before this update (same structure as ``params``): adds the
+            per-update change (``weight/update_*``, ``model/weight_diff``, ``model/update_rms``).
 
     Returns:
         ``(metrics {key: scalar}, neuron_scores {"<layer>/dormancy|magi_layer|magi_loss": [H]}, new state)``.
@@ -152,7 +168,7 @@ def measure(
         post = acts[name][1]
         dormancy = neurons.dormancy_scores(post)
         for tau in dormant_taus:
-            metrics[f"{name}/dormant_ratio@{tau:g}"] = neurons.dormant_ratio(dormancy, tau)
+            metrics[f"{name}/dormant_ratio@{tau:g}"] = neurons.dormant_ratio_from_scores(dormancy, tau)
         dormant = neurons.dormant_mask(dormancy, overlap_tau)
         nan = jnp.asarray(jnp.nan, jnp.float32)
         metrics[f"{name}/overlap/dormant"] = jnp.where(state.has_prev, neurons.overlap(dormant, state.prev_dormant[name]), nan)
@@ -160,6 +176,8 @@ def measure(
         metrics[f"{name}/srank"] = ranks["srank"]
         metrics[f"{name}/effective_rank"] = ranks["effective_rank"]
         metrics[f"{name}/dead_units"] = neurons.dead_units(post, activation)
+        metrics[f"{name}/dead_units_every_input"] = neurons.dead_units_every_input(post, activation)
+        metrics[f"{name}/active_units"] = neurons.active_units(post, activation)
         scores[f"{name}/dormancy"] = dormancy
         dormant_sets[name] = dormant
         layer_grads = layer_params(loss_grads, name)
@@ -184,11 +202,21 @@ def measure(
     for net in sorted({name.split("/")[0] for name in layers}):
         all_scores = jnp.concatenate([scores[f"{n}/dormancy"] for n in layers if n.startswith(net + "/")])
         for tau in dormant_taus:
-            metrics[f"{net}/dormant_ratio@{tau:g}"] = neurons.dormant_ratio(all_scores, tau)
-    metrics.update(weight_stats(params, state.init_params))
+            metrics[f"{net}/dormant_ratio@{tau:g}"] = neurons.dormant_ratio_from_scores(all_scores, tau)
+    metrics.update(weight_stats(params, state.init_params, prev_params))
+    metrics.update(model_stats(params, state.init_params, prev_params))
     metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
     new_state = state.replace(prev_dormant=dormant_sets, prev_zero_grad=zero_grad_sets, has_prev=jnp.ones((), bool))
     return metrics, scores, new_state
+
+
+def model_stats(params: Any, init_params: Any, prev_params: Any = None) -> dict[str, jax.Array]:
+    """Whole-agent weight statistics over every parameter (Juliani & Ash's ``weight_m`` and
+    ``weight_diff``; keys in this module's docstring)."""
+    out = {"model/weight_m": params_rms(params), "model/dist_init_rms": params_rms_distance(params, init_params)}
+    if prev_params is not None:
+        out["model/weight_diff"] = out["model/update_rms"] = params_rms_distance(params, prev_params)
+    return out
 
 
 def make_forward_acts(apply_fn: Callable) -> Callable[[Any, jax.Array], dict]:

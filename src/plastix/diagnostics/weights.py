@@ -12,9 +12,16 @@ dict (``log_std``) and biases are ignored. Keys of the returned flat dict are ``
 ``weight/max_abs``       ``max |w|``
 ``weight/dist_init``     ``||W - W_0||_2`` (only with ``init_params``)
 ``weight/update_l2``     ``||W - W_prev||_2``, the per-update change (only with ``prev_params``)
+``weight/update_rms``    ``sqrt(sum (W - W_prev)^2 / N)`` (only with ``prev_params``)
 =======================  =====================================================================
 
 Example: ``weight_stats(params)["policy/layer_1/weight/l2"]``.
+
+Whole-network statistics over *every* parameter leaf (kernels, biases, ``log_std``, LayerNorm, injection
+heads), as Juliani & Ash's code computes them (``calculate_l2_norm`` and ``compute_l2_norm_difference`` in
+awjuliani/deep-rl-plasticity ``shared/modules.py``; Plasticine's ``compute_weight_magnitude`` is the same):
+``params_rms`` (their ``weight_m``) and ``params_rms_distance`` (their ``weight_diff``, taken between the
+parameters before and after one update).
 """
 
 from __future__ import annotations
@@ -85,5 +92,28 @@ def weight_stats(
         if initial is not None:
             out[f"{path}/weight/dist_init"] = jnp.linalg.norm((kernel - initial[path]).ravel())
         if previous is not None:
-            out[f"{path}/weight/update_l2"] = jnp.linalg.norm((kernel - previous[path]).ravel())
+            change = (kernel - previous[path]).astype(jnp.float32)
+            out[f"{path}/weight/update_l2"] = jnp.linalg.norm(change.ravel())
+            out[f"{path}/weight/update_rms"] = jnp.sqrt(jnp.mean(change**2))
     return out
+
+
+def params_rms(params: Any) -> jax.Array:
+    """RMS over every parameter of the tree: ``sqrt(sum_leaves sum w^2 / N)``, N all entries of all leaves.
+
+    Juliani & Ash's ``weight_m`` (``calculate_l2_norm(model.parameters())``): one number for the whole
+    network, biases and heads included, not a mean of per-layer statistics. A float32 scalar.
+    """
+    leaves = [jnp.asarray(leaf, jnp.float32) for leaf in jax.tree.leaves(params)]
+    total = sum(jnp.sum(leaf**2) for leaf in leaves)
+    return jnp.sqrt(total / sum(leaf.size for leaf in leaves))
+
+
+def params_rms_distance(params: Any, other: Any) -> jax.Array:
+    """RMS distance between two parameter trees of the same structure: ``params_rms(params - other)``.
+
+    Juliani & Ash's ``weight_diff`` (``compute_l2_norm_difference(model, model_copy)``) with ``other`` the
+    parameters saved just before the update (``algos/ppo/trainer.py``: ``model_copy`` is taken right before
+    ``update_model``): the RMS size of one update's change. A float32 scalar.
+    """
+    return params_rms(jax.tree.map(lambda a, b: jnp.asarray(a, jnp.float32) - b, params, other))

@@ -32,6 +32,7 @@ from plastix.mitigations import (
 from plastix.mitigations.optimizer_state import reset_adam_states
 from plastix.mitigations.surgery import Surgery, stateless_init
 from plastix.mitigations.transforms import (
+    BOUND_METHODS,
     SoftShrinkPerturbState,
     init_bounds,
     l2_init,
@@ -64,6 +65,9 @@ def check(cfg: Any) -> tuple[str, ...]:
         check_compatible(names, options_of(cfg), activation=cfg.activation, base_weight_decay=cfg.weight_decay)
     except ValueError as err:
         raise ValueError(f"--mitigations: {err}") from None
+    if "weight_clip" in names and cfg.weight_clip.bound_method not in BOUND_METHODS:
+        raise ValueError(f"--weight_clip.bound_method: unknown method {cfg.weight_clip.bound_method!r}; "
+                         f"allowed: {', '.join(BOUND_METHODS)}")
     for name in names:
         opts = getattr(cfg, name, None)
         if MITIGATIONS[name].kind == SURGERY and opts is not None and hasattr(opts, "every"):
@@ -76,7 +80,9 @@ def check(cfg: Any) -> tuple[str, ...]:
 
 def build_optimizer(cfg: Any, names: tuple[str, ...], init_fn: Callable, learning_rate) -> optax.GradientTransformation:
     """Adam chain of ``cfg`` with the per-update mitigations among ``names`` ([l2_init before the clip] ->
-    clip -> L2 -> l2_init -> Adam -> lr -> soft S&P -> weight clipping -> injection freeze)."""
+    clip -> L2 -> l2_init -> Adam(``--adam-b1``, ``--adam-b2``, ``--adam-eps``) -> lr -> soft S&P -> weight
+    clipping -> injection freeze). Every optimizer of the agent comes from here (the trainer rebuilds it
+    each update, and at a switch with ``--rebuild-optimizer-at-switch``)."""
     weight_decay, mode = cfg.weight_decay, "coupled"
     if "l2" in names:  # added to the trainer's own coupled decay (same mode enforced by check_compatible)
         weight_decay, mode = cfg.weight_decay + cfg.l2.weight_decay, cfg.l2.mode
@@ -95,6 +101,8 @@ def build_optimizer(cfg: Any, names: tuple[str, ...], init_fn: Callable, learnin
         final_transforms.append(injection_freeze(cfg.injection.head_layers, cfg.injection.freeze_head))
     return make_optimizer(
         learning_rate,
+        b1=cfg.adam_b1,
+        b2=cfg.adam_b2,
         eps=cfg.adam_eps,
         max_grad_norm=cfg.max_grad_norm,
         weight_decay=weight_decay,

@@ -36,7 +36,7 @@ class WeightClipOptions:
     """Weight clipping to kappa times the layer's init bound (``transforms.weight_clipping``)."""
 
     kappa: float = 2.0
-    bound_method: str = "uniform_equivalent"  # see transforms.init_bounds
+    bound_method: str = "fan_in"  # Elsayed et al.'s 1/sqrt(fan_in); see transforms.init_bounds
 
 
 @dataclasses.dataclass(frozen=True)

@@ -103,34 +103,38 @@ def l2_init(lam: float, form: str = "squared") -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
-def init_bounds(init_params: Params, method: str = "uniform_equivalent") -> Params:
-    """Per-layer init bound ``b_l`` for ``weight_clipping``, a scalar per leaf of ``init_params``.
+BOUND_METHODS = ("fan_in", "uniform_equivalent", "max_abs")
 
-    Elsayed et al. 2024 use ``b_l``, the bound of the *uniform* init of layer ``l`` (PyTorch's default
-    ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``), for the layer's kernel and bias alike. plastix's CleanRL nets use
-    orthogonal init, which has no bound, so ``method`` says which uniform stands in for it:
 
-    * ``"uniform_equivalent"`` (default): the uniform with the init's standard deviation,
-      ``b_l = sqrt(3) * rms(W_l^0)``; for an orthogonal ``[n_in, H]`` kernel with gain ``g`` the rms is
-      ``g / sqrt(max(n_in, H))``. About 8% of an orthogonal init lies outside ``[-b_l, b_l]``, so use
-      ``kappa >= 2`` to leave the init unclipped.
-    * ``"fan_in"``: PyTorch's ``1 / sqrt(fan_in)`` (Elsayed et al.'s code), ignoring the init's gain.
+def fan_in(kernel: jax.Array) -> int:
+    """Inputs per output unit of a Flax kernel: ``n_in`` of a Dense ``[n_in, H]``, ``kh * kw * c_in`` of a
+    conv ``[kh, kw, c_in, H]`` (PyTorch's ``_calculate_fan_in_and_fan_out`` on the transposed layout)."""
+    return math.prod(kernel.shape[:-1])
+
+
+def init_bounds(init_params: Params, method: str = "fan_in") -> Params:
+    """Per-layer bound ``b_l`` for ``weight_clipping``, a scalar per leaf of ``init_params``.
+
+    * ``"fan_in"`` (default): Elsayed et al.'s ``b_l = 1 / sqrt(fan_in_l)`` (``InitBounds`` in
+      mohmdelsayed/weight-clipping, the bound of PyTorch's default uniform init), for the layer's kernel and
+      its bias alike, on every layer (their RL script clips the last layer too), whatever the init's gain:
+      CleanRL's orthogonal init is used unchanged, as in their ``ppo_continuous_action_clipped.py``.
+    * ``"uniform_equivalent"``: the uniform with the init's standard deviation, ``sqrt(3) * rms(W_l^0)``
+      (tracks the gain: a 0.01-gain head gets a 100x tighter bound).
     * ``"max_abs"``: ``max |W_l^0|``, the init's empirical bound.
 
     Every dict with a ``"kernel"`` is a layer; its other leaves (the bias) share the kernel's bound.
     Leaves outside layers (``log_std``, LayerNorm ``scale``/``bias``) get ``inf``: never clipped.
     """
+    if method not in BOUND_METHODS:
+        raise ValueError(f"init_bounds: unknown method {method!r}; allowed: {', '.join(BOUND_METHODS)}")
 
     def bound(kernel: jax.Array) -> jax.Array:
+        if method == "fan_in":
+            return jnp.asarray(1.0 / math.sqrt(fan_in(kernel)), kernel.dtype)
         if method == "uniform_equivalent":
             return math.sqrt(3.0) * jnp.sqrt(jnp.mean(jnp.square(kernel)))
-        if method == "fan_in":
-            return jnp.asarray(1.0 / math.sqrt(kernel.shape[0]), kernel.dtype)
-        if method == "max_abs":
-            return jnp.max(jnp.abs(kernel))
-        raise ValueError(
-            f"init_bounds: unknown method {method!r}; allowed: uniform_equivalent, fan_in, max_abs"
-        )
+        return jnp.max(jnp.abs(kernel))
 
     def walk(tree):
         if isinstance(tree, dict) and "kernel" in tree and not isinstance(tree["kernel"], dict):
