@@ -32,14 +32,28 @@ def test_in_training_keys_and_schedule(diag_run):
         for layer in ("layer_1", "layer_2"):
             for suffix in ("dormant_ratio@0", "dormant_ratio@0.025", "dormant_ratio@0.1", "zero_grad_ratio/layer",
                            "zero_grad_ratio/loss", "overlap/dormant", "overlap/zero_grad", "overlap/dormant_zero_grad",
-                           "srank", "effective_rank", "dead_units", "grad_norm", "weight/l2", "weight/dist_init"):
+                           "srank", "effective_rank", "dead_units", "dead_units_every_input", "active_units",
+                           "grad_norm", "weight/l2", "weight/dist_init", "weight/update_l2", "weight/update_rms"):
                 assert f"{net}/{layer}/{suffix}" in keys, f"{net}/{layer}/{suffix}"
         assert f"{net}/output/weight/rms" in keys and f"{net}/dormant_ratio@0.025" in keys
     updates = lambda key: sorted(df[(df.key == key) & (df.seed == 0)]["update"])
     assert updates("policy/layer_1/dormant_ratio@0.025") == [1, 2, 4, 6]  # update 1, then every 2
     assert updates("policy/layer_1/overlap/dormant") == [2, 4, 6]  # needs a previous measurement
-    assert updates("curvature/hessian_top_eig") == [3, 6]
-    ratios = df[df.key.str.contains("ratio|overlap|dead_units")].value
+    assert updates("curvature/hessian_top_eig") == updates("curvature/hessian_min_eig") == [3, 6]
+    wide = df.pivot_table(index=["seed", "update"], columns="key", values="value")
+    assert (wide["curvature/hessian_min_eig"].dropna() <= wide["curvature/hessian_top_eig"].dropna()).all()
+    for model_key in ("model/weight_m", "model/weight_diff", "model/update_rms", "model/dist_init_rms"):
+        assert updates(model_key) == [1, 2, 4, 6], model_key
+    # Update 1 starts from the initial parameters: its change is the distance from init (J&A's weight_diff
+    # is taken against the parameters saved just before the update).
+    first = wide.xs(1, level="update")
+    np.testing.assert_allclose(first["model/weight_diff"], first["model/dist_init_rms"], rtol=1e-5)
+    np.testing.assert_array_equal(wide["model/weight_diff"].dropna(), wide["model/update_rms"].dropna())
+    measured = wide.dropna(subset=["model/weight_m"])
+    for layer in ("policy/layer_1", "value/layer_2"):  # Plasticine's active units = 1 - J&A's dead units
+        np.testing.assert_allclose(measured[f"{layer}/active_units"], 1 - measured[f"{layer}/dead_units"], atol=1e-6)
+        assert (measured[f"{layer}/dead_units_every_input"] <= measured[f"{layer}/dead_units"] + 1e-7).all()
+    ratios = df[df.key.str.contains("ratio|overlap|dead_units|active_units")].value
     assert ((ratios >= 0) & (ratios <= 1)).all()
     assert (df[df.key.str.endswith("/srank")].value <= 64).all()
 
@@ -83,7 +97,10 @@ def test_measure_finds_a_dead_relu_neuron():
     assert float(scores["policy/layer_1/magi_layer"][5]) == 0.0
     assert float(scores["policy/layer_1/magi_loss"][5]) == 0.0
     assert float(metrics["policy/layer_1/dormant_ratio@0"]) >= 1 / 8
-    assert float(metrics["policy/layer_1/dead_units"]) >= 1 / 8
+    post = np.asarray(forward(params, obs)["policy/layer_1"][1])
+    np.testing.assert_allclose(metrics["policy/layer_1/dead_units"], np.mean(post == 0), rtol=1e-6)  # J&A
+    np.testing.assert_allclose(metrics["policy/layer_1/dead_units_every_input"], np.mean(np.all(post == 0, axis=0)))
+    assert float(metrics["policy/layer_1/dead_units_every_input"]) >= 1 / 8
     assert float(metrics["policy/layer_1/overlap/dormant_zero_grad"]) == 1.0
     assert bool(state.prev_dormant["policy/layer_1"][5]) and np.isnan(float(metrics["policy/layer_1/overlap/dormant"]))
     metrics, _, _ = measure(params, forward, loss_fn, obs, "relu", state, (0.0,), 0.0, 0.0)

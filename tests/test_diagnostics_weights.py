@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from plastix.diagnostics import kernels, weight_stats
+from plastix.diagnostics import kernels, params_rms, params_rms_distance, weight_stats
 
 
 def hand_params(scale=1.0):
@@ -54,7 +54,26 @@ def test_distance_from_init_and_per_update_change():
     np.testing.assert_allclose(stats["policy/layer_1/weight/update_l2"], 5.0, rtol=1e-6)
     np.testing.assert_allclose(stats["value/output/weight/dist_init"], 4.0, rtol=1e-6)
     np.testing.assert_allclose(stats["value/output/weight/update_l2"], 2.0, rtol=1e-6)
+    np.testing.assert_allclose(stats["policy/layer_1/weight/update_rms"], 2.5, rtol=1e-6)  # 5 / sqrt(4)
     assert "policy/layer_1/weight/dist_init" not in weight_stats(hand_params())
+
+
+def test_ja_weight_m_and_weight_diff_are_rms_over_every_parameter():
+    """Juliani & Ash's calculate_l2_norm: sqrt(sum over ALL parameters of w^2 / their count). hand_params():
+    kernels 9+16+1+1+4 = 31, biases 1+1 = 2, log_std 0 -> 33 over 4+2+2+1+1+1+1 = 12 entries; a per-layer
+    mean |w| or kernel-only RMS would differ. weight_diff: RMS of (theta - theta_prev) over all entries."""
+    np.testing.assert_allclose(params_rms(hand_params()), np.sqrt(33 / 12), rtol=1e-6)
+    shifted = jax.tree.map(lambda x: x - 0.5, hand_params())
+    np.testing.assert_allclose(params_rms_distance(hand_params(), shifted), 0.5, rtol=1e-6)
+    from plastix.diagnostics.training import model_stats
+
+    stats = model_stats(hand_params(), shifted, prev_params=hand_params(2.0))
+    # hand_params(2) - hand_params(1) = kernels only: 31 over 12 entries.
+    np.testing.assert_allclose(stats["model/weight_diff"], np.sqrt(31 / 12), rtol=1e-6)
+    np.testing.assert_allclose(stats["model/update_rms"], np.sqrt(31 / 12), rtol=1e-6)
+    np.testing.assert_allclose(stats["model/dist_init_rms"], 0.5, rtol=1e-6)
+    np.testing.assert_allclose(stats["model/weight_m"], np.sqrt(33 / 12), rtol=1e-6)
+    assert "model/weight_diff" not in model_stats(hand_params(), shifted)
 
 
 def test_weight_stats_jit_and_vmap_over_seeds():
