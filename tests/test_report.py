@@ -440,3 +440,36 @@ def test_short_labels_keep_only_what_varies():
     assert short_labels(["base"], {"base": {}}) == {"base": "base"}
     two = {"x": {"a": 1, "b": 1}, "y": {"a": 2, "b": 1}}
     assert short_labels(["x", "y"], two) == {"x": "a=1", "y": "a=2"}
+
+
+def test_dead_unit_and_whole_network_weight_figures():
+    """The dormancy analysis draws J&A's dead units, the every-input fraction and Plasticine's active units
+    per layer; the weights analysis draws J&A's weight_m and weight_diff of the whole network."""
+    from plastix import report
+
+    class Recorder:
+        def __init__(self):
+            self.figures, self.missing = {}, []
+
+        def figure(self, name, caption, draw):
+            self.figures[name] = caption
+
+        def note_missing(self, text):
+            self.missing.append(text)
+
+        def table(self, *args, **kwargs):
+            pass
+
+    keys = ["policy/layer_1/dead_units", "policy/layer_1/dead_units_every_input", "policy/layer_1/active_units",
+            "policy/layer_1/weight/l2", "model/weight_m", "model/weight_diff", "model/dist_init_rms"]
+    frame = pd.DataFrame([("r", 0, u, k, 0.1 * u) for k in keys for u in (1, 2)],
+                         columns=["run", "seed", "update", "key", "value"])
+    sec = Recorder()
+    report.analysis_dormancy(sec, frame, keys, {"r": "r"}, None)
+    report.analysis_weights(sec, frame, keys, {"r": "r"}, None)
+    dead = [name for name in sec.figures if name.startswith("dead__")]
+    assert len(dead) == 3, sec.figures
+    assert "weights__model" in sec.figures and "weight_m" in sec.figures["weights__model"]
+    sec = Recorder()
+    report.analysis_weights(sec, frame[frame.key == "policy/layer_1/weight/l2"], keys[3:4], {"r": "r"}, None)
+    assert sec.missing == ["whole-network weights: no `model/weight_m`, `model/weight_diff`, `model/dist_init_rms` rows"]

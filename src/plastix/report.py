@@ -359,7 +359,11 @@ def analysis_return(sec, frame, keys, run_labels, exp):
 
 def analysis_dormancy(sec, frame, keys, run_labels, exp):
     _layer_stat_figures(sec, frame, keys, run_labels, r"dormant_ratio@[0-9.e-]+", "Dormancy", "dormancy")
-    _layer_stat_figures(sec, frame, keys, run_labels, r"dead_units", "Dead units", "dead")
+    # dead_units: Juliani & Ash's fraction of dead elements (batch x units); dead_units_every_input: the
+    # fraction of units dead on every input; active_units: Plasticine's 1 - dead_units.
+    _layer_stat_figures(sec, frame, keys, run_labels, r"dead_units|dead_units_every_input|active_units",
+                        "Dead units (J&A: dead elements of batch x units; every_input: units dead on all inputs)",
+                        "dead")
     groups = _layer_keys(keys, r"dormant_ratio@0\.025") or _layer_keys(keys, r"dormant_ratio@[0-9.e-]+")
     for stat, stat_keys in list(groups.items())[:1]:
         rows = []
@@ -396,8 +400,19 @@ def analysis_overlap(sec, frame, keys, run_labels, exp):
     _layer_stat_figures(sec, frame, keys, run_labels, r"overlap/.+", "Overlap coefficient", "overlap")
 
 
+MODEL_WEIGHT_KEYS = ("model/weight_m", "model/weight_diff", "model/dist_init_rms")
+
+
 def analysis_weights(sec, frame, keys, run_labels, exp):
     _layer_stat_figures(sec, frame, keys, run_labels, r"weight/.+", "Weights", "weights")
+    present = [k for k in MODEL_WEIGHT_KEYS if k in keys]
+    if not present:
+        sec.note_missing(f"whole-network weights: no `{'`, `'.join(MODEL_WEIGHT_KEYS)}` rows")
+        return
+    panels = [(k, _variant_lines(frame, k, run_labels)) for k in present]
+    sec.figure("weights__model", "Whole network (J&A's weight_m: RMS of all parameters; weight_diff: RMS change "
+               "over one update; dist_init_rms: RMS distance from init), mean over seeds, 95% bootstrap band",
+               lambda p: curves_figure(p, panels, "RMS", ncols=3))
 
 
 def analysis_ranks(sec, frame, keys, run_labels, exp):
