@@ -123,6 +123,9 @@ def test_weight_clipping_default_bound_is_elsayed_one_over_sqrt_fan_in_on_every_
     conv = init_bounds({"conv": {"kernel": jnp.ones((3, 3, 4, 8)), "bias": jnp.zeros(8)}})
     np.testing.assert_allclose(conv["conv"]["kernel"], 1 / 6)
     np.testing.assert_allclose(conv["conv"]["bias"], 1 / 6)
+    from plastix.mitigations.registry import WeightClipOptions
+
+    assert WeightClipOptions() == WeightClipOptions(kappa=3.0, bound_method="fan_in")  # their RL script's defaults
 
 
 def test_weight_clip_bound_method_checked_before_compute():

@@ -35,7 +35,7 @@ class L2InitOptions:
 class WeightClipOptions:
     """Weight clipping to kappa times the layer's init bound (``transforms.weight_clipping``)."""
 
-    kappa: float = 2.0
+    kappa: float = 3.0  # Elsayed et al.'s RL script (rl_experiments/ppo_continuous_action_clipped.py): 3.0
     bound_method: str = "fan_in"  # Elsayed et al.'s 1/sqrt(fan_in); see transforms.init_bounds
 
 
