@@ -44,7 +44,9 @@ def _regression(layer_norm=False):
 def test_transforms_and_surgeries_compose_in_one_training_loop():
     model, init_fn, params = _regression(layer_norm=True)
     kappa = 3.0
-    bounds = init_bounds(params)
+    # Bounds that follow the init's scale, so that the fresh weights ReDo and CBP draw after the clip stay
+    # inside them (the default 1/sqrt(fan_in) is below some orthogonal-init entries until the next clip).
+    bounds = init_bounds(params, "uniform_equivalent")
     tx = make_optimizer(
         1e-2,
         max_grad_norm=0.5,
