@@ -400,8 +400,12 @@ def test_regression_without_variation_is_not_measured():
     sec = Section(Path("."), "x")
     sec.figure = lambda *a, **k: None
     analysis_juliani_ash_regression(sec, frame, sorted(frame.key.unique()), {r: r for r in "abc"}, {})
-    ((_, verdict),) = sec.verdicts
-    assert verdict == "not measured: dead_units constant across runs (0); the regression needs variation in both"
+    from plastix.report import REGRESSION_CLAIM, THEIR_REGRESSION_CLAIM
+
+    verdicts = dict(sec.verdicts)
+    assert verdicts[REGRESSION_CLAIM] == ("not measured: dead_units constant across runs (0); the regression "
+                                          "needs variation in both")
+    assert verdicts[THEIR_REGRESSION_CLAIM].startswith("not measured")  # one round: no change since round 1
     assert "OLS of final-round round/return_train on weight_m: n = 6, dof = 4" in "".join(sec.parts)
 
 
@@ -473,3 +477,29 @@ def test_dead_unit_and_whole_network_weight_figures():
     sec = Recorder()
     report.analysis_weights(sec, frame[frame.key == "policy/layer_1/weight/l2"], keys[3:4], {"r": "r"}, None)
     assert sec.missing == ["whole-network weights: no `model/weight_m`, `model/weight_diff`, `model/dist_init_rms` rows"]
+
+
+def test_their_regression_uses_changes_since_the_first_round_one_point_per_variant():
+    """Their notebook (analyze_helpers.py process_corrs, shared/plotting.py calculate_correlation): per
+    condition x experiment, mean over seeds of mean over round ends of (x_r - x_1), for the return and each
+    predictor; the predictors are read at each round's end. Hand case: 3 rounds ending at updates 8, 16, 24."""
+    from plastix.report import change_since_first_round
+
+    rows = []
+    for run, k in (("a", 1.0), ("b", 2.0)):
+        for seed in (0, 1):
+            for r, end in enumerate((8, 16, 24)):
+                rows += [(run, seed, end, "round/index", float(r)),
+                         (run, seed, end, "round/return_train", 10 - k * r + seed)]
+                for u in (end - 4, end):  # two measurements per round: the one at the round's end counts
+                    rows += [(run, seed, u, "model/weight_m", 0.1 * k * r + u / 1000 + seed),
+                             (run, seed, u, "torso/layer_2/dead_units", 0.2 * k * r * (u == end)),
+                             (run, seed, u, "torso/layer_1/dead_units", 5.0)]  # not the encoder output
+    frame = pd.DataFrame(rows, columns=["run", "seed", "update", "key", "value"]).assign(env_step=0)
+    data = change_since_first_round(frame, sorted(frame.key.unique()), {"a": "A", "b": "B"}).set_index("run")
+    # changes over rounds 0, 1, 2: y (0, -k, -2k) -> mean -k; weight_m (0, 0.1k + 0.008, 0.2k + 0.016) ->
+    # mean 0.1k + 0.008; dead units (0, 0.2k, 0.4k) -> mean 0.2k; the seeds' offsets cancel.
+    for run, k in (("a", 1.0), ("b", 2.0)):
+        np.testing.assert_allclose(data.loc[run, ["y", "weight_m", "dead_units"]].to_numpy(np.float64),
+                                   [-k, 0.1 * k + 0.008, 0.2 * k], atol=1e-12)
+    assert list(data.variant) == ["A", "B"]

@@ -181,7 +181,7 @@ class TrainConfig:
     """held-out test levels (never trained on) for the generalisation gap"""
     baseline: Literal["none", "fresh"] = "none"
     """fresh: also train, beside each seed, a copy re-initialised at every round start (same config and
-    schedule), and write `round/return_fresh` and `round/normalized_return` = warm / fresh (Juliani & Ash)"""
+    schedule), and write `round/return_fresh` and `round/normalized_return` = warm / fresh"""
     heldout_episodes: int = 16
     """episodes per seed of the held-out evaluation at each round end (test levels / an unseen permutation)"""
     patch_grid: int = 16

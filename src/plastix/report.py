@@ -655,6 +655,50 @@ def regression_data(frame: pd.DataFrame, keys: list[str], run_labels: dict[str, 
     return data[columns].reset_index(drop=True), key
 
 
+def round_end_values(frame: pd.DataFrame, chosen: list[str]) -> pd.DataFrame:
+    """Rows ``run, seed, round, value``: per round, the last measurement of each key in ``chosen`` within the
+    round (updates after the previous round end, up to this round's end, the update of its ``round/index``
+    row), averaged over the keys."""
+    ends = frame[frame.key == ROUND_INDEX][["run", "seed", "update", "value"]].rename(columns={"value": "round"})
+    rows = []
+    for (run, seed), sub in frame[frame.key.isin(chosen)].groupby(["run", "seed"], sort=True):
+        e = ends[(ends.run == run) & (ends.seed == seed)].sort_values("update")
+        if e.empty:
+            continue
+        rnd = np.searchsorted(e["update"].to_numpy(), sub["update"].to_numpy(), side="left")
+        sub = sub.assign(round=rnd)[rnd < len(e)]
+        last = sub.sort_values("update").groupby(["round", "key"]).value.last().groupby("round").mean()
+        rows += [(run, seed, int(e["round"].iloc[r]), v) for r, v in last.items()]
+    return pd.DataFrame(rows, columns=["run", "seed", "round", "value"])
+
+
+def change_since_first_round(frame: pd.DataFrame, keys: list[str], run_labels: dict[str, str]) -> pd.DataFrame:
+    """Juliani & Ash's regression data as their notebook builds it (``analyze_helpers.py`` ``process_corrs``,
+    ``shared/plotting.py`` ``calculate_correlation``): one point per run (their condition x experiment) with,
+    for the training return (``round/return_train``) and each predictor (``weight_m``, ``dead_units`` as in
+    ``regression_data``, read at each round's end), the change since the end of the first round ``x_r - x_1``
+    averaged over rounds ``r = 1..R`` (the first term is 0), then over seeds. Rows ``run, variant, y,
+    weight_m, dead_units``."""
+    columns = ["run", "variant", "y", *REGRESSORS]
+    if "round/return_train" not in keys:
+        return pd.DataFrame(columns=columns)
+    rounds = round_rows(frame[frame.key.str.startswith("round/")])
+    parts = {"y": rounds[rounds.key == "round/return_train"].drop(columns="key"),
+             "weight_m": round_end_values(frame, [WEIGHT_MAGNITUDE_KEY]),
+             "dead_units": round_end_values(frame, encoder_output_keys(keys))}
+    data = None
+    for name, rows in parts.items():
+        wide = rows.pivot_table(index=["run", "seed"], columns="round", values="value", aggfunc="mean")
+        if wide.empty or 0 not in wide.columns:
+            return pd.DataFrame(columns=columns)
+        change = wide.sub(wide[0], axis=0).mean(axis=1).groupby("run").mean().rename(name)
+        data = change.to_frame() if data is None else data.join(change, how="inner")
+    data = data.reset_index()
+    data = data[data.run.isin(run_labels)].assign(variant=lambda d: d.run.map(run_labels))
+    data = data[np.isfinite(data[["y", *REGRESSORS]].to_numpy(np.float64)).all(axis=1)]
+    return data[columns].reset_index(drop=True)
+
+
 def regression_verdict(table: pd.DataFrame, r2: float, n: int) -> str:
     """``yes`` when both regressors have p < 0.05 (the paper's finding), ``partly`` for one, ``no`` for none."""
     rows = table.set_index("term")
@@ -684,6 +728,9 @@ def regression_figure(path: Path, data: pd.DataFrame, ylabel: str) -> None:
 
 REGRESSION_CLAIM = ("Weight magnitude and dead units both predict the final-round return (OLS, p < 0.05; "
                     "Juliani & Ash 2024)")
+THEIR_REGRESSION_CLAIM = ("As Juliani & Ash's notebook fits it (one point per variant, changes since the end of "
+                          "round 1): weight magnitude and dead units both predict the change of training return "
+                          "(OLS, p < 0.05)")
 
 
 def analysis_juliani_ash_regression(sec, frame, keys, run_labels, exp):
@@ -692,6 +739,7 @@ def analysis_juliani_ash_regression(sec, frame, keys, run_labels, exp):
         sec.note_missing("regression: needs `round/return_train` (or `round/normalized_return`), "
                          f"`{WEIGHT_MAGNITUDE_KEY}` and `*/layer_*/{DEAD_UNITS_STAT}` rows in the same runs")
         sec.verdict(REGRESSION_CLAIM, "not measured: no run has the final-round return and both regressors")
+        their_regression(sec, change_since_first_round(frame, keys, run_labels))
         return
     # A regressor constant across runs (e.g. no dead unit anywhere) cannot be estimated: fit the other alone.
     terms = [c for c in REGRESSORS if data[c].std() > 0]
@@ -710,6 +758,21 @@ def analysis_juliani_ash_regression(sec, frame, keys, run_labels, exp):
     sec.figure("regression", f"Final-round {key} vs weight magnitude and dead units (one point per run and seed)",
                lambda p: regression_figure(p, data, key.removeprefix("round/")))
     sec.table(data.drop(columns="run"), "Regression data: one row per run and seed")
+    their_regression(sec, change_since_first_round(frame, keys, run_labels))
+
+
+def their_regression(sec, data: pd.DataFrame) -> None:
+    """The OLS of ``change_since_first_round`` (their form: one point per variant) and its verdict."""
+    terms = [c for c in REGRESSORS if len(data) and data[c].std() > 0]
+    if len(terms) < 2 or len(data) <= len(terms) + 1:
+        sec.verdict(THEIR_REGRESSION_CLAIM, f"not measured: {len(data)} variants with per-round rows"
+                    f"{'' if len(terms) == 2 else ' and variation in both predictors'}; it needs more than 3")
+        return
+    table, r2, dof = ols(data.y.to_numpy(), data[terms].to_numpy(), terms)
+    sec.table(table, f"Their form: OLS of the mean change of round/return_train since round 1 on the same "
+                     f"change of {' and '.join(terms)}, one point per variant: n = {len(data)}, dof = {dof}, "
+                     f"R^2 = {r2:.3f}")
+    sec.verdict(THEIR_REGRESSION_CLAIM, regression_verdict(table, r2, len(data)))
 
 
 # ------------------------------------------------------------------------------------ task relevance

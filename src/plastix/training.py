@@ -148,7 +148,7 @@ def _fresh(cfg: TrainConfig, tree):
 
 
 def reinit_fresh_members(agent: Agent, states: TrainState, round_idx: int) -> TrainState:
-    """Re-initialise the ``--baseline fresh`` copies for round ``round_idx`` (Juliani & Ash's fresh network).
+    """Re-initialise the ``--baseline fresh`` copies for round ``round_idx`` (a fresh-network reference).
 
     Copy ``i`` gets the network, optimizer, surgery and diagnostics state of a new agent drawn with
     ``fold_in(PRNGKey(seed_i), 1_000 + round_idx)``; its envs (and their running normalisation statistics),
@@ -278,7 +278,7 @@ def _write_round_summary(cfg, run_dir: Path, heldout, states: TrainState, round_
     - where the scenario has a held-out set (``HeldoutEvaluation``): ``round/return_heldout`` and
       ``round/generalization_gap`` = train - held-out;
     - with ``--baseline fresh``: ``round/return_fresh`` (the copy trained from a new init on this round only)
-      and ``round/normalized_return`` = train / fresh (Juliani & Ash's measure: < 1 is plasticity loss;
+      and ``round/normalized_return`` = train / fresh (< 1 is plasticity loss;
       meaningful for positive returns, e.g. the gridworld and CoinRun, not for MuJoCo's signed returns).
     """
     seeds = cfg.seed_list
