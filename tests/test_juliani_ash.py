@@ -326,3 +326,24 @@ def test_conv_encoder_refuses_images_its_convolutions_cannot_reduce():
     with pytest.raises(ConfigError, match="images of 10x10 are too small"):
         Agent(cfg, small)  # 10 -> 5 -> 2 -> 1 -> 0: no output left after the 4th stride-2 convolution
     Agent(cfg, dataclasses.replace(small, obs_shape=(16, 16, 3)))
+
+
+@pytest.mark.slow
+def test_preset_trains_in_rounds_with_injection_and_a_new_optimizer_at_every_switch(tmp_path):
+    """End to end: `--preset juliani-ash` on the gridworld, 3 rounds of 1 update: injection and the optimizer
+    rebuild fire at the first update of rounds 2 and 3; J&A's regression keys are logged."""
+    from plastix.cli import parse_train_args
+    from plastix.store import read_metrics
+    from plastix.training import train
+
+    argv = ["--preset", "juliani-ash", "--env-id", "GridWorld-v0", "--grid-size", "5", "--grid-max-steps", "20",
+            "--num-levels", "4", "--num-envs", "8", "--num-steps", "16", "--num-minibatches", "2",
+            "--update-epochs", "1", "--hidden-sizes", "16", "16", "--steps-per-round", "128", "--rounds", "3",
+            "--shift", "permute", "--mitigations", "injection", "--injection.head-layers", "1",
+            "--injection.no-freeze-head", "--log-every", "1", "--diagnostics-every", "1", "--curvature-every", "0",
+            "--quiet", "--run-dir", str(tmp_path / "r")]
+    df = read_metrics(train(parse_train_args(argv)))
+    assert np.isfinite(df.value).all()
+    for key in ("mitigation/injection/injected", "mitigation/optimizer_rebuild/applied"):
+        assert df[df.key == key].set_index("update").value.to_dict() == {1: 0.0, 2: 1.0, 3: 1.0}, key
+    assert {"model/weight_m", "torso/layer_2/dead_units"} <= set(df.key)
