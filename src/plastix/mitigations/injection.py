@@ -24,8 +24,9 @@ optimizer state turns them on. How the trainer uses it:
 
 ``head_layers`` is how many final layers form the head: 1 = the output Dense only, 2 (default) = the last
 hidden layer and the output. With a single *linear* output head, ``a(x) - b(x)`` has the same gradient as
-``f`` itself, so 1-layer injection only amounts to resetting the head's Adam moments; 2 layers give the new
-head fresh hidden units.
+``f`` itself, so 1-layer injection only amounts to resetting the head's Adam moments (and, with
+``freeze_head=False`` as Juliani & Ash run it, ``f`` and ``a`` take the same steps: the head moves twice as
+fast); 2 layers give the new head fresh hidden units.
 
 Networks (``plastix.nets``):
 
@@ -156,10 +157,9 @@ def trainable_mask(params: Params, active: jax.Array, head_layers: int = 2, free
     """
     active = jnp.asarray(active, jnp.float32)
     mask = jax.tree.map(lambda p: jnp.ones((), p.dtype), params)
-    for net_key, paths in head_paths(params, head_layers).items():
+    frozen_heads = head_paths(params, head_layers).items() if freeze_head else ()
+    for net_key, paths in frozen_heads:
         for path in paths:
-            if not freeze_head:
-                continue
             full = injection_path(net_key) + path
             frozen = jax.tree.map(lambda m: (1.0 - active).astype(m.dtype), get_path(mask, full))
             mask = set_path(mask, full, frozen)
