@@ -135,7 +135,7 @@ def test_weight_clip_bound_method_checked_before_compute():
     from plastix.mitigations.registry import WeightClipOptions
 
     cfg = TrainConfig(mitigations="weight_clip", weight_clip=WeightClipOptions(bound_method="fanin"))
-    with pytest.raises(ConfigError, match=r"--weight_clip.bound_method: unknown method 'fanin'; allowed: fan_in"):
+    with pytest.raises(ConfigError, match=r"--weight-clip.bound-method: unknown method 'fanin'; allowed: fan_in"):
         validate(cfg, check_env=False)
     validate(dataclasses.replace(cfg, weight_clip=WeightClipOptions()), check_env=False)
 

@@ -578,7 +578,8 @@ class ESTrainer:
             metrics["return/mean_policy"] = ro.returns[:, -1]
         metrics["return/episodic"] = metrics.get("return/mean_policy", metrics["return/mean"])
         obs_rms = ro.obs_rms if cfg.normalize_obs else state.obs_rms
-        diag_metrics, diagnostics = self.diagnostics(es, state.es.mean, state.diagnostics, ro.sample, diag_keys, measure)
+        diag_metrics, diagnostics = self.diagnostics(
+            es, state.es.mean, state.diagnostics, ro.sample, diag_keys, measure)
         metrics.update(diag_metrics)
         return ESRunState(es, obs_rms, diagnostics, state.key), handle, metrics
 

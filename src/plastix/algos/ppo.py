@@ -526,7 +526,8 @@ class Agent:
                 return diag.layer_target_magi(self.forward_acts, params, obs, with_kernels)
         return BatchInfo(activations=acts, task_switch=task_switch, magi_fn=magi_fn)
 
-    def measure(self, state: TrainState, batch: Minibatch, prev_params: Any = None) -> tuple[TrainState, dict, dict]:
+    def measure(self, state: TrainState, batch: Minibatch,
+                prev_params: Any = None) -> tuple[TrainState, dict, dict]:
         """Diagnostics (and curvature) of the updated network on the update's batch, when scheduled.
 
         Runs under ``lax.cond`` (a real branch: the seeds are ``lax.map``-ped), so unscheduled updates cost

@@ -71,7 +71,8 @@ def _lanczos_tridiagonal(matvec: Callable, v0: jax.Array, num_iters: int) -> tup
         return basis, alphas, betas, v_next, v, beta, scale, next_alive
 
     zero = jnp.zeros((), v0.dtype)
-    init = (basis, jnp.zeros(m, v0.dtype), jnp.zeros(m, v0.dtype), v0, jnp.zeros_like(v0), zero, zero, jnp.array(True))
+    alphas, betas = jnp.zeros(m, v0.dtype), jnp.zeros(m, v0.dtype)
+    init = (basis, alphas, betas, v0, jnp.zeros_like(v0), zero, zero, jnp.array(True))
     _, alphas, betas, *_ = lax.fori_loop(0, m, step, init)
     alphas = jnp.where(jnp.isnan(alphas), alphas[0], alphas)
     return alphas, betas

@@ -65,15 +65,16 @@ def dormancy_scores(acts: jax.Array) -> jax.Array:
     return mean_abs / (jnp.mean(mean_abs) + DORMANCY_EPS)
 
 
-def _check_scores(scores: jax.Array, name: str, hint: str = "activations [..., H] go to dormant_ratio") -> None:
+def _check_scores(scores: jax.Array, name: str, hint: str = "activations [..., H] go to dormant_ratio"):
     """Refuse anything but a ``[H]`` vector of per-neuron scores (a ``[B, H]`` batch of activations would
     otherwise give a silent, meaningless number)."""
     if jnp.ndim(scores) != 1:
-        raise ValueError(f"{name}: expected per-neuron scores of shape [H], got shape {jnp.shape(scores)}; {hint}")
+        shape = jnp.shape(scores)
+        raise ValueError(f"{name}: expected per-neuron scores of shape [H], got shape {shape}; {hint}")
 
 
 def dormant_mask(scores: jax.Array, tau: float | jax.Array) -> jax.Array:
-    """Boolean ``[H]``: neuron ``i`` is tau-dormant when ``s_i <= tau`` (``scores`` ``[H]`` from ``dormancy_scores``).
+    """Boolean ``[H]``: neuron ``i`` is tau-dormant when ``s_i <= tau`` (``scores [H]``, ``dormancy_scores``).
 
     tau = 0 (strictly dead), 0.025 (ReDo's demonstration, Plasticine, Juliani & Ash) and 0.1 (ReDo's
     main experiments) are all used in the literature: report which one. Raises ``ValueError`` unless
@@ -197,7 +198,7 @@ def zero_grad_ratio(scores: jax.Array, eps: float | jax.Array = 0.0) -> jax.Arra
 def relative_zero_grad_mask(scores: jax.Array, tau: float | jax.Array) -> jax.Array:
     """Boolean ``[H]``: ``G_i / (mean_k G_k + 1e-9) <= tau``, the dormancy-style relative threshold.
 
-    A layer whose gradients are all zero marks every neuron. Raises ``ValueError`` unless ``scores`` is ``[H]``.
+    A layer whose gradients are all zero marks every neuron. ``ValueError`` unless ``scores`` is ``[H]``.
     """
     _check_scores(scores, "relative_zero_grad_mask", "MAGI scores come from magi_scores / magi_from_grads")
     return scores / (jnp.mean(scores) + DORMANCY_EPS) <= tau
@@ -300,5 +301,5 @@ def dead_units_every_input_mask(acts: jax.Array, activation: str) -> jax.Array:
 
 
 def dead_units_every_input(acts: jax.Array, activation: str) -> jax.Array:
-    """Fraction (float scalar) of units dead on every input of the batch: ``mean(dead_units_every_input_mask)``."""
+    """Fraction (float scalar) of units dead on every input of the batch (``dead_units_every_input_mask``)."""
     return jnp.mean(dead_units_every_input_mask(acts, activation).astype(jnp.float32))

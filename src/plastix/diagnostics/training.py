@@ -213,7 +213,8 @@ def measure(
 def model_stats(params: Any, init_params: Any, prev_params: Any = None) -> dict[str, jax.Array]:
     """Whole-agent weight statistics over every parameter (Juliani & Ash's ``weight_m`` and
     ``weight_diff``; keys in this module's docstring)."""
-    out = {"model/weight_m": params_rms(params), "model/dist_init_rms": params_rms_distance(params, init_params)}
+    out = {"model/weight_m": params_rms(params),
+           "model/dist_init_rms": params_rms_distance(params, init_params)}
     if prev_params is not None:
         out["model/weight_diff"] = out["model/update_rms"] = params_rms_distance(params, prev_params)
     return out

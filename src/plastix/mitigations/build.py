@@ -66,7 +66,7 @@ def check(cfg: Any) -> tuple[str, ...]:
     except ValueError as err:
         raise ValueError(f"--mitigations: {err}") from None
     if "weight_clip" in names and cfg.weight_clip.bound_method not in BOUND_METHODS:
-        raise ValueError(f"--weight_clip.bound_method: unknown method {cfg.weight_clip.bound_method!r}; "
+        raise ValueError(f"--weight-clip.bound-method: unknown method {cfg.weight_clip.bound_method!r}; "
                          f"allowed: {', '.join(BOUND_METHODS)}")
     for name in names:
         opts = getattr(cfg, name, None)

@@ -36,7 +36,7 @@ class WeightClipOptions:
     """Weight clipping to kappa times the layer's init bound (``transforms.weight_clipping``)."""
 
     kappa: float = 3.0  # Elsayed et al.'s RL script (rl_experiments/ppo_continuous_action_clipped.py): 3.0
-    bound_method: str = "fan_in"  # Elsayed et al.'s 1/sqrt(fan_in); see transforms.init_bounds
+    bound_method: str = "fan_in"  # fan_in (Elsayed et al.), uniform_equivalent or max_abs: transforms.init_bounds
 
 
 @dataclasses.dataclass(frozen=True)
