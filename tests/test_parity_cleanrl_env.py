@@ -15,7 +15,8 @@ gym = pytest.importorskip("gymnasium")
 pytest.importorskip("imageio")  # gymnasium's MuJoCo envs import it (the gymnasium[mujoco] extra)
 
 
-def test_envpool_step_matches_gymnasium_from_the_same_state():
+def test_envpool_step_matches_gymnasium_from_the_same_state(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MuJoCo >= 3 writes MUJOCO_LOG.TXT (a deprecation warning) into the cwd
     steps = 1000  # one whole episode (envpool truncates at 1000)
     pool = envpool.make_gymnasium("HalfCheetah-v4", num_envs=1, seed=3)
     obs, info = pool.reset()
