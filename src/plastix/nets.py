@@ -146,6 +146,24 @@ def orthogonal_conv(features: int, kernel: int, stride: int, std: float, name: s
     )
 
 
+def activation_point(module: nn.Module, z: jax.Array, index: int, activation: str, layer_norm: bool,
+                     conv: bool) -> jax.Array:
+    """Hidden layer ``layer_<index>`` of a CNN torso: ``[LayerNorm ->] activation``, pre and post sown.
+
+    LayerNorm sits before the activation, as in Juliani & Ash's encoders (``shared/modules.py``
+    ``map_activation``); on a conv map ``[..., h, w, C]`` it normalises each sample over ``(h, w, C)`` with a
+    per-channel scale and bias (their ``GroupNorm(1, C)``), on a dense layer over its features. Its
+    parameters are ``layer_norm_<index>`` (the convention of ``plastix.mitigations._layers``).
+    """
+    if layer_norm:
+        axes = (-3, -2, -1) if conv else -1
+        z = nn.LayerNorm(reduction_axes=axes, feature_axes=-1, param_dtype=jnp.float32, name=f"layer_norm_{index}")(z)
+    h = activation_fn(activation)(z)
+    module.sow("intermediates", f"layer_{index}/pre", z)
+    module.sow("intermediates", f"layer_{index}/post", h)
+    return h
+
+
 def _image_input(x: jax.Array) -> jax.Array:
     """uint8 images -> float32 in [0, 1]; float inputs are only cast."""
     return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
@@ -156,9 +174,13 @@ class NatureCNN(nn.Module):
     dense 512, ReLU after each (orthogonal gain sqrt(2)). Input ``[B, H, W, C]`` (H, W >= 36), output ``[B, 512]``.
 
     Param ``layer_i`` produces the units sown as ``layer_i`` (as in ``MLP``): ``layer_1..3`` conv, ``layer_4`` dense.
+    ``activation`` (``"relu"``, or ``"crelu"``: twice the channels seen by the next layer) and ``layer_norm``
+    act at every activation point (``activation_point``).
     """
 
     hidden: int = 512
+    activation: str = "relu"
+    layer_norm: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -166,15 +188,10 @@ class NatureCNN(nn.Module):
         layers = [(32, 8, 4), (64, 4, 2), (64, 3, 1)]
         for i, (features, kernel, stride) in enumerate(layers, start=1):
             z = orthogonal_conv(features, kernel, stride, math.sqrt(2.0), f"layer_{i}")(x)
-            x = jax.nn.relu(z)
-            self.sow("intermediates", f"layer_{i}/pre", z)
-            self.sow("intermediates", f"layer_{i}/post", x)
+            x = activation_point(self, z, i, self.activation, self.layer_norm, conv=True)
         x = x.reshape(x.shape[:-3] + (-1,))
         z = orthogonal_dense(self.hidden, math.sqrt(2.0), f"layer_{len(layers) + 1}")(x)
-        x = jax.nn.relu(z)
-        self.sow("intermediates", f"layer_{len(layers) + 1}/pre", z)
-        self.sow("intermediates", f"layer_{len(layers) + 1}/post", x)
-        return x
+        return activation_point(self, z, len(layers) + 1, self.activation, self.layer_norm, conv=False)
 
 
 class ImpalaCNN(nn.Module):
@@ -187,24 +204,25 @@ class ImpalaCNN(nn.Module):
     ``relu(block input)``, ``relu(conv_0)`` for each of the 2 blocks (4 per stack), then the final
     ``relu(stream)`` and ``relu(dense)`` (14 layers for 3 stacks). The ``pre`` of a block-input ReLU is the
     residual stream, not one conv's output; conv parameters are named ``stack_s_conv``,
-    ``stack_s_block_b_conv_0|1`` and the dense ``dense``.
+    ``stack_s_block_b_conv_0|1`` and the dense ``dense``. ``activation`` (``"relu"`` or ``"crelu"``) and
+    ``layer_norm`` (before each activation, pre-activation-ResNet style) act at every ReLU
+    (``activation_point``; LayerNorm parameters ``layer_norm_k`` for sown layer ``k``).
     """
 
     channels: Sequence[int] = (16, 32, 32)
     hidden: int = 256
+    activation: str = "relu"
+    layer_norm: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = _image_input(x)
         layer = 0
 
-        def relu(z):
+        def relu(z, conv=True):
             nonlocal layer
             layer += 1
-            h = jax.nn.relu(z)
-            self.sow("intermediates", f"layer_{layer}/pre", z)
-            self.sow("intermediates", f"layer_{layer}/post", h)
-            return h
+            return activation_point(self, z, layer, self.activation, self.layer_norm, conv)
 
         gain = math.sqrt(2.0)
         for s, features in enumerate(self.channels, start=1):
@@ -213,8 +231,9 @@ class ImpalaCNN(nn.Module):
             for b in (1, 2):
                 h = orthogonal_conv(features, 3, 1, gain, f"stack_{s}_block_{b}_conv_0", "SAME")(relu(x))
                 x = x + orthogonal_conv(features, 3, 1, gain, f"stack_{s}_block_{b}_conv_1", "SAME")(relu(h))
-        x = relu(x).reshape(x.shape[:-3] + (-1,))
-        return relu(orthogonal_dense(self.hidden, gain, "dense")(x))
+        x = relu(x)
+        x = x.reshape(x.shape[:-3] + (-1,))
+        return relu(orthogonal_dense(self.hidden, gain, "dense")(x), conv=False)
 
 
 class CNNActorCritic(nn.Module):
@@ -224,15 +243,19 @@ class CNNActorCritic(nn.Module):
     ``torso``: ``"nature"`` (Atari) or ``"impala"`` (Procgen). Input ``[B, H, W, C]`` (uint8 or float).
     Returns ``(logits [B, num_actions] float32, value [B] float32)``. Params:
     ``{"torso": {...}, "policy_output": {...}, "value_output": {...}}``; activations ``"torso/layer_i"``.
+    ``activation`` (``"relu"`` or ``"crelu"``) and ``layer_norm`` are the torso's (``activation_point``).
     """
 
     num_actions: int
     torso: str = "nature"
+    activation: str = "relu"
+    layer_norm: bool = False
 
     def setup(self):
         if self.torso not in ("nature", "impala"):
             raise ValueError(f"--torso: unknown CNN torso {self.torso!r}; allowed: 'nature', 'impala'")
-        self.torso_net = NatureCNN(name="torso") if self.torso == "nature" else ImpalaCNN(name="torso")
+        torso = NatureCNN if self.torso == "nature" else ImpalaCNN
+        self.torso_net = torso(activation=self.activation, layer_norm=self.layer_norm, name="torso")
         self.policy_head = orthogonal_dense(self.num_actions, 0.01, "policy_output")
         self.value_head = orthogonal_dense(1, 1.0, "value_output")
 

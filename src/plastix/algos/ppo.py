@@ -36,6 +36,7 @@ from plastix.diagnostics import training as diag
 from plastix.envs import normalize as nz
 from plastix.mitigations import INJECTION_KEY, BatchInfo, add_injection_heads, injection_active, make_injected_apply
 from plastix.mitigations import build as mitigation_build
+from plastix.mitigations.ocp import hidden_layer_magi
 from plastix.nets import (
     JA_MIN_IMAGE_SIDE,
     ActorCritic,
@@ -252,7 +253,7 @@ class Agent:
         self.policy = Categorical if spec.discrete else Gaussian
         self.normalize_obs = _auto(cfg.normalize_obs, spec.family == "mujoco")
         self.normalize_reward = _auto(cfg.normalize_reward, spec.family in ("mujoco", "procgen"))
-        self.mitigations = mitigation_build.check(cfg)
+        self.mitigations = mitigation_build.check(cfg, image=spec.is_image and cfg.network == "cleanrl")
         self.net = self._network()
         self.injection = "injection" in self.mitigations
         self.surgery = mitigation_build.build_surgery(cfg, self.mitigations, self.init_params)
@@ -262,10 +263,13 @@ class Agent:
 
     @property
     def activation(self) -> str:
-        """The hidden activation (CleanRL's CNNs are ReLU networks whatever --activation says)."""
+        """The hidden activation (CleanRL's CNNs are ReLU networks whatever --activation says; CReLU with
+        ``crelu``, on every network)."""
+        if "crelu" in self.mitigations:
+            return "crelu"
         if self.spec.is_image and self.cfg.network == "cleanrl":
             return "relu"
-        return "crelu" if "crelu" in self.mitigations else self.cfg.activation
+        return self.cfg.activation
 
     @property
     def plain_mlp(self) -> bool:
@@ -284,7 +288,7 @@ class Agent:
         if not spec.is_image:
             return DiscreteActorCritic(spec.action_dim, tuple(cfg.hidden_sizes), activation, layer_norm)
         torso = cfg.cnn_torso if cfg.cnn_torso != "auto" else ("impala" if spec.family == "procgen" else "nature")
-        return CNNActorCritic(spec.action_dim, torso)
+        return CNNActorCritic(spec.action_dim, torso, activation, layer_norm)
 
     def _juliani_ash_network(self, activation: str, layer_norm: bool) -> JulianiAshActorCritic:
         """Juliani & Ash's actor-critic: their conv64 encoder on images (at least 16x16), else their MLP."""
@@ -520,10 +524,10 @@ class Agent:
         magi_fn = None
         if "ocp_perturb" in needs:
             def magi_fn():  # lazy: computed only where the scheduled OCP perturbation fires
-                with_kernels = diag.layers_with_kernels(params, sorted(acts))
                 if self.plain_mlp:
+                    with_kernels = diag.layers_with_kernels(params, sorted(acts))
                     return diag.local_layer_magi(params, acts, obs, self.activation, with_kernels)
-                return diag.layer_target_magi(self.forward_acts, params, obs, with_kernels)
+                return hidden_layer_magi(self.forward_acts, params, obs)  # also the IMPALA torso's layers
         return BatchInfo(activations=acts, task_switch=task_switch, magi_fn=magi_fn)
 
     def measure(self, state: TrainState, batch: Minibatch,

@@ -1,15 +1,39 @@
-"""Where the neurons are: find the MLPs of a ``plastix.nets`` parameter tree and edit them by unit.
+"""Where the neurons are: find the hidden units of a ``plastix.nets`` parameter tree and edit them by unit.
 
-Internal helpers shared by the surgeries. An *MLP* is any dict of the parameter tree holding an
-``"output"`` Dense and one or more ``"layer_i"`` Dense layers (``plastix.nets.MLP``); its path is the tuple of
-keys leading to it (``("policy",)``, ``("value",)``, or ``()`` for a bare ``MLP``). Hidden layer ``layer_i``
-of the MLP at ``path`` is named ``"/".join(path + ("layer_i",))``, the same name
-``plastix.nets.hidden_activations`` gives its activations (``"policy/layer_1"``).
+Internal helpers shared by the surgeries. A *hidden layer* (``HiddenLayer``) is a sown activation
+(``plastix.nets.hidden_activations`` name, e.g. ``"policy/layer_1"`` or ``"torso/layer_2"``) whose units are
+the output channels of one parameter dict, its *incoming* layer: a Dense ``kernel [n_in, H]`` or a Conv
+``kernel [kh, kw, c_in, H]``, unit ``i`` owning ``kernel[..., i]`` and ``bias[i]``. Its *outputs* are the
+channels of the post-activation ``[..., W]``: ``W == H`` for ordinary activations, ``W == 2H`` for CReLU,
+whose output ``j`` comes from unit ``j % H``. Its *consumers* are the parameter dicts that read those
+outputs, and its *outgoing weights* are the consumers' kernel entries fed by them: the rows of a Dense
+kernel ``[W, n_out]`` (or ``[P * W, n_out]`` after flattening a ``[..., h, w, W]`` map, Flax NHWC order
+``(h, w, W)``: row ``r`` is fed by output ``r % W``, so by unit ``r % H``), or the input-channel slice
+``kernel[:, :, j, :]`` of a Conv.
 
-A hidden *unit* is a column of its layer's kernel ``[n_in, H]``. Its *outputs* are the columns of the
-post-activation ``[..., W]`` that it produces: ``W == H`` for ordinary activations, ``W == 2H`` for CReLU,
-whose output ``j`` comes from unit ``j % H``. Its *outgoing weights* are the rows of the next layer's kernel
-``[W, n_out]`` fed by those outputs.
+Naming convention (how ``hidden_layers`` finds them; a network of your own that follows it gets every
+unit surgery):
+
+* **MLP** (``plastix.nets.MLP``): a dict with an ``"output"`` Dense and ``"layer_1" .. "layer_n"``; param
+  ``layer_i`` makes the units sown as ``layer_i``, which feed ``layer_{i+1}`` (``output`` for the last).
+* **Chain torso** (``plastix.nets.NatureCNN``): a dict without ``"output"`` holding ``"layer_1" ..
+  "layer_n"`` (Conv or Dense), sown as ``layer_i``; ``layer_i`` feeds ``layer_{i+1}``, and the last feeds
+  the *heads*: every Dense beside the torso in its parent dict (``policy_output`` and ``value_output`` of
+  ``plastix.nets.CNNActorCritic``).
+* **Residual torso** (``plastix.nets.ImpalaCNN``, CleanRL's names): a dict with ``"stack_s_conv"``,
+  ``"stack_s_block_b_conv_0|1"`` and ``"dense"``, whose ReLUs are sown ``layer_k`` in depth order (per stack:
+  the block input, ``conv_0`` of block 1, the block input, ``conv_0`` of block 2; then the stream and the
+  dense). Its hidden layers are the ReLUs whose input is one layer's output and whose output feeds one
+  layer: ``relu(conv_0)`` of every block (consumer: the block's ``conv_1``; sown ``layer_{2B(s-1) + 2b}``
+  with ``B`` blocks per stack) and ``relu(dense)`` (consumers: the heads; sown last). The ReLUs of the
+  residual stream are not: their input is a sum of several convolutions (stack conv and every earlier
+  block's ``conv_1``), and their channel also reaches the next block through the skip connection, so a
+  "unit" there has no incoming weights of its own and outgoing weights that cannot be zeroed. Dopamine's
+  ResNet recycler makes the same choice (``labs/redo/weight_recyclers.py``: only ``Conv_1``, ``Conv_3``
+  and ``Dense`` of each stack are recycled).
+
+In every case a LayerNorm at the activation point of sown layer ``layer_i`` is the dict ``layer_norm_i``
+beside the incoming layer's dict (its ``scale``/``bias`` are per output channel).
 """
 
 from __future__ import annotations
@@ -22,74 +46,137 @@ import jax
 import jax.numpy as jnp
 
 Params = Any
+Path = tuple[str, ...]
 INJECTION_KEY = "injection"
 """Top-level key under which ``add_injection_heads`` stores the plasticity-injection heads."""
 
 _LAYER_RE = re.compile(r"^layer_(\d+)$")
+_BLOCK_RE = re.compile(r"^stack_(\d+)_block_(\d+)_conv_0$")
 
 
 class HiddenLayer(NamedTuple):
-    """One hidden Dense layer of an MLP, with the layer its outputs feed."""
+    """One hidden layer: its sown name, the layer making its units and the layers reading them."""
 
-    mlp_path: tuple[str, ...]
-    layer: str  # "layer_i"
-    next_layer: str  # "layer_{i+1}" or "output"
-    layer_norm: str  # "layer_norm_i" (present in the tree only when the MLP has LayerNorm)
+    name: str  # activation name, as in plastix.nets.hidden_activations ("policy/layer_1")
+    incoming: Path  # parameter path of the Dense/Conv whose output channels are the units
+    consumers: tuple[Path, ...]  # parameter paths of the Dense/Conv layers that read the outputs
+    norm: Path  # parameter path of the LayerNorm at the activation point (absent without LayerNorm)
 
-    @property
-    def name(self) -> str:
-        """Activation name, as in ``plastix.nets.hidden_activations`` (``"policy/layer_1"``)."""
-        return "/".join(self.mlp_path + (self.layer,))
+
+def _is_layer(tree: Any) -> bool:
+    return isinstance(tree, dict) and "kernel" in tree and not isinstance(tree["kernel"], dict)
+
+
+def _is_dense(tree: Any) -> bool:
+    return _is_layer(tree) and getattr(tree["kernel"], "ndim", 0) == 2
 
 
 def _is_mlp(tree: Any) -> bool:
-    return (
-        isinstance(tree, dict)
-        and isinstance(tree.get("output"), dict)
-        and "kernel" in tree["output"]
-        and any(_LAYER_RE.match(k) for k in tree)
-    )
+    return isinstance(tree, dict) and _is_layer(tree.get("output")) and any(_LAYER_RE.match(k) for k in tree)
 
 
-def mlp_paths(params: Params) -> list[tuple[str, ...]]:
-    """Paths of every ``plastix.nets.MLP`` in ``params`` (the injection heads excluded), in key order."""
-    found: list[tuple[str, ...]] = []
+def _is_chain_torso(tree: Any) -> bool:
+    return (isinstance(tree, dict) and "output" not in tree
+            and any(_LAYER_RE.match(k) and _is_layer(v) for k, v in tree.items()))
 
-    def walk(tree: Any, path: tuple[str, ...]):
-        if _is_mlp(tree):
-            found.append(path)
+
+def _is_residual_torso(tree: Any) -> bool:
+    return isinstance(tree, dict) and _is_dense(tree.get("dense")) and any(_BLOCK_RE.match(k) for k in tree)
+
+
+def _networks(params: Params) -> list[tuple[str, Path]]:
+    """``(kind, path)`` of every MLP (``"mlp"``), residual torso (``"residual"``) and chain torso (``"chain"``)
+    in ``params``, in key order; the injection heads are skipped and a network is not looked into."""
+    found: list[tuple[str, Path]] = []
+
+    def walk(tree: Any, path: Path):
+        if not isinstance(tree, dict) or _is_layer(tree):
             return
-        if isinstance(tree, dict):
-            for key in sorted(tree):
-                if not path and key == INJECTION_KEY:
-                    continue
+        kind = ("mlp" if _is_mlp(tree) else "residual" if _is_residual_torso(tree)
+                else "chain" if _is_chain_torso(tree) else None)
+        if kind:
+            found.append((kind, path))
+            return
+        for key in sorted(tree):
+            if path or key != INJECTION_KEY:
                 walk(tree[key], path + (key,))
 
     walk(params, ())
     return found
 
 
+def mlp_paths(params: Params) -> list[Path]:
+    """Paths of every ``plastix.nets.MLP`` in ``params`` (the injection heads excluded), in key order."""
+    return [path for kind, path in _networks(params) if kind == "mlp"]
+
+
 def hidden_layer_names(mlp: dict) -> list[str]:
-    """``["layer_1", "layer_2", ...]`` of an MLP's parameter dict, in depth order."""
+    """``["layer_1", "layer_2", ...]`` of an MLP's (or chain torso's) parameter dict, in depth order."""
     return sorted((k for k in mlp if _LAYER_RE.match(k)), key=lambda k: int(k.split("_")[1]))
 
 
-def hidden_layers(params: Params) -> list[HiddenLayer]:
-    """Every hidden layer of every MLP in ``params``, each with the layer it feeds."""
+def torso_heads(params: Params, torso_path: Path) -> tuple[Path, ...]:
+    """The heads of the torso at ``torso_path``: every Dense beside it in its parent dict."""
+    if not torso_path:
+        return ()
+    parent = get_path(params, torso_path[:-1])
+    return tuple(torso_path[:-1] + (k,) for k in sorted(parent) if k != torso_path[-1] and _is_dense(parent[k]))
+
+
+def _chain_layers(params: Params, path: Path, last_consumers: tuple[Path, ...]) -> list[HiddenLayer]:
+    names = hidden_layer_names(get_path(params, path))
     out = []
-    for path in mlp_paths(params):
-        names = hidden_layer_names(get_path(params, path))
-        for i, name in enumerate(names):
-            nxt = names[i + 1] if i + 1 < len(names) else "output"
-            out.append(HiddenLayer(path, name, nxt, name.replace("layer_", "layer_norm_")))
+    for i, name in enumerate(names):
+        consumers = (path + (names[i + 1],),) if i + 1 < len(names) else last_consumers
+        if consumers:  # a chain torso's last layer without heads is the network's output
+            norm = path + (name.replace("layer_", "layer_norm_"),)
+            out.append(HiddenLayer("/".join(path + (name,)), path + (name,), consumers, norm))
+    return out
+
+
+def _residual_layers(params: Params, path: Path) -> list[HiddenLayer]:
+    torso = get_path(params, path)
+    blocks = sorted((int(m[1]), int(m[2])) for m in map(_BLOCK_RE.match, torso) if m)
+    per_stack = max(b for _, b in blocks)
+    out = []
+    for s, b in blocks:
+        index = 2 * per_stack * (s - 1) + 2 * b
+        out.append(HiddenLayer("/".join(path + (f"layer_{index}",)), path + (f"stack_{s}_block_{b}_conv_0",),
+                               (path + (f"stack_{s}_block_{b}_conv_1",),), path + (f"layer_norm_{index}",)))
+    stacks = max(s for s, _ in blocks)
+    index = 2 * per_stack * stacks + 2
+    heads = torso_heads(params, path)
+    if heads:
+        out.append(HiddenLayer("/".join(path + (f"layer_{index}",)), path + ("dense",), heads,
+                               path + (f"layer_norm_{index}",)))
+    return out
+
+
+def hidden_layers(params: Params) -> list[HiddenLayer]:
+    """Every hidden layer of ``params`` (MLPs, chain and residual torsos: see the module docstring)."""
+    out: list[HiddenLayer] = []
+    for kind, path in _networks(params):
+        if kind == "mlp":
+            out.extend(_chain_layers(params, path, (path + ("output",),)))
+        elif kind == "residual":
+            out.extend(_residual_layers(params, path))
+        else:
+            out.extend(_chain_layers(params, path, torso_heads(params, path)))
+    return out
+
+
+def output_layer_paths(params: Params) -> list[Path]:
+    """The layers that make the network's outputs: every MLP's ``output`` and every torso's heads."""
+    out: list[Path] = []
+    for kind, path in _networks(params):
+        heads = (path + ("output",),) if kind == "mlp" else torso_heads(params, path)
+        out.extend(h for h in heads if h not in out)
     return out
 
 
 def layer_width(params: Params, layer: HiddenLayer) -> int:
-    """Number of units ``H`` of a hidden layer (its kernel's last dimension)."""
-    return get_path(params, layer.mlp_path + (layer.layer, "kernel")).shape[-1]
-
-
+    """Number of units ``H`` of a hidden layer (its incoming kernel's last dimension)."""
+    return get_path(params, layer.incoming + ("kernel",)).shape[-1]
 def get_path(tree: Any, path: tuple[str, ...]) -> Any:
     """``tree[path[0]][path[1]]...``."""
     for key in path:
@@ -195,6 +282,27 @@ def ones_like_tree(params: Params) -> Params:
     return jax.tree.map(jnp.ones_like, params)
 
 
+def has_path(tree: Any, path: Path) -> bool:
+    """``tree[path[0]][path[1]]...`` exists."""
+    for key in path:
+        if not isinstance(tree, dict) or key not in tree:
+            return False
+        tree = tree[key]
+    return True
+
+
+def outgoing_mask(units: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Boolean mask, broadcastable to a consumer's ``kernel``, of the outgoing weights of ``units [H]``.
+
+    Dense ``[R, n_out]``: the rows ``r`` with ``r % H`` a chosen unit (``R = W``, or ``P * W`` rows of a
+    flattened ``[..., h, w, W]`` map in NHWC order); Conv ``[kh, kw, W, n_out]``: the input channels ``j``
+    with ``j % H`` a chosen unit.
+    """
+    if kernel.ndim == 2:
+        return unit_to_outputs(units, kernel.shape[0])[:, None]
+    return unit_to_outputs(units, kernel.shape[-2])[:, None]
+
+
 def recycle_units(
     params: Params,
     keep: Params,
@@ -203,42 +311,35 @@ def recycle_units(
 ) -> tuple[Params, Params]:
     """Give recycled units fresh incoming weights and zero outgoing weights, for several layers at once.
 
-    For each ``(layer, units [H] bool)``: the units' incoming kernel columns take the fresh initialisation's
-    columns, their bias is zeroed, their LayerNorm scale and bias (if any) take their fresh values; then,
-    after *all* incoming resets, the rows of the next layer's kernel fed by the units are zeroed (so a
-    recycled unit's outgoing weights are 0 even where it feeds another recycled unit). ``keep`` (a tree
-    shaped like ``params``) gets 0 wherever a parameter was rewritten, to zero those entries' Adam moments
-    (``optimizer_state.scale_adam_moments``).
+    For each ``(layer, units [H] bool)``: the units' incoming kernel entries (``kernel[..., i]``: a Dense
+    column or a Conv filter) take the fresh initialisation's, their bias is zeroed, their LayerNorm scale and
+    bias (if any) take their fresh values; then, after *all* incoming resets, the units' outgoing weights in
+    every consumer are zeroed (``outgoing_mask``; so a recycled unit's outgoing weights are 0 even where it
+    feeds another recycled unit). ``keep`` (a tree shaped like ``params``) gets 0 wherever a parameter was
+    rewritten, to zero those entries' Adam moments (``optimizer_state.scale_adam_moments``). This is
+    dopamine's ``NeuronRecycler`` and Dohare et al.'s ``gen_new_features`` (conv filters: ``convGnT``).
     """
     zero = lambda mask, x: jnp.where(mask, jnp.zeros((), x.dtype), x)
     for layer, units in recycled:
-        mlp, mlp_keep = dict(get_path(params, layer.mlp_path)), dict(get_path(keep, layer.mlp_path))
-        mlp_fresh = get_path(fresh, layer.mlp_path)
-        col = units[None, :]
-        dense, dense_keep = mlp[layer.layer], mlp_keep[layer.layer]
-        mlp[layer.layer] = {
-            "kernel": jnp.where(col, mlp_fresh[layer.layer]["kernel"], dense["kernel"]),
-            "bias": zero(units, dense["bias"]),
-        }
-        mlp_keep[layer.layer] = {
-            "kernel": zero(col, dense_keep["kernel"]),
-            "bias": zero(units, dense_keep["bias"]),
-        }
-        if layer.layer_norm in mlp:
-            mlp[layer.layer_norm] = jax.tree.map(
-                lambda old, new, units=units: jnp.where(units, new, old),
-                mlp[layer.layer_norm],
-                mlp_fresh[layer.layer_norm],
-            )
-            mlp_keep[layer.layer_norm] = jax.tree.map(
-                lambda k, units=units: zero(units, k), mlp_keep[layer.layer_norm]
-            )
-        params = set_path(params, layer.mlp_path, mlp)
-        keep = set_path(keep, layer.mlp_path, mlp_keep)
+        layer_params, layer_keep = get_path(params, layer.incoming), get_path(keep, layer.incoming)
+        new = get_path(fresh, layer.incoming)
+        rewritten = {"kernel": jnp.where(units, new["kernel"], layer_params["kernel"])}
+        kept = {"kernel": zero(units, layer_keep["kernel"])}
+        if "bias" in layer_params:
+            rewritten["bias"], kept["bias"] = zero(units, layer_params["bias"]), zero(units, layer_keep["bias"])
+        params = set_path(params, layer.incoming, {**layer_params, **rewritten})
+        keep = set_path(keep, layer.incoming, {**layer_keep, **kept})
+        if has_path(params, layer.norm):
+            norm = jax.tree.map(lambda old, new, units=units: jnp.where(units, new, old),
+                                get_path(params, layer.norm), get_path(fresh, layer.norm))
+            params = set_path(params, layer.norm, norm)
+            keep = set_path(keep, layer.norm, jax.tree.map(lambda k, units=units: zero(units, k),
+                                                          get_path(keep, layer.norm)))
     for layer, units in recycled:
-        path = layer.mlp_path + (layer.next_layer, "kernel")
-        kernel = get_path(params, path)
-        rows = unit_to_outputs(units, kernel.shape[0])[:, None]
-        params = set_path(params, path, zero(rows, kernel))
-        keep = set_path(keep, path, zero(rows, get_path(keep, path)))
+        for consumer in layer.consumers:
+            path = consumer + ("kernel",)
+            kernel = get_path(params, path)
+            mask = outgoing_mask(units, kernel)
+            params = set_path(params, path, zero(mask, kernel))
+            keep = set_path(keep, path, zero(mask, get_path(keep, path)))
     return params, keep

@@ -58,16 +58,38 @@ def options_of(cfg: Any) -> dict[str, Any]:
     return {name: getattr(cfg, name) for name in MITIGATIONS if hasattr(cfg, name)}
 
 
-def check(cfg: Any) -> tuple[str, ...]:
-    """Parse and check ``cfg.mitigations`` against each other and the network; raise ``ValueError``."""
-    names = parse_mitigations(cfg.mitigations)
+def cleanrl_cnn(cfg: Any) -> bool:
+    """Whether ``plastix train`` gives ``cfg`` CleanRL's CNN actor-critic (``--network cleanrl`` on Procgen,
+    Atari or the image gridworld)."""
+    from plastix.envs import shifts
+
+    if getattr(cfg, "network", "cleanrl") != "cleanrl":
+        return False
     try:
-        check_compatible(names, options_of(cfg), activation=cfg.activation, base_weight_decay=cfg.weight_decay)
+        family = shifts.env_family(cfg.env_id)
+    except ValueError:  # an unknown env id is reported by the env check, with its own message
+        return False
+    return family in ("procgen", "atari") or (family == "gridworld" and getattr(cfg, "grid_obs", "") == "image")
+
+
+def check(cfg: Any, image: bool | None = None) -> tuple[str, ...]:
+    """Parse and check ``cfg.mitigations`` against each other and the network; raise ``ValueError``.
+
+    ``image``: the network is CleanRL's CNN actor-critic (None: decided from ``cfg``, ``cleanrl_cnn``). Its
+    torso is a ReLU network whatever ``--activation`` says, so ``crelu`` is checked against ReLU.
+    """
+    names = parse_mitigations(cfg.mitigations)
+    image = cleanrl_cnn(cfg) if image is None else image
+    try:
+        check_compatible(names, options_of(cfg), activation="relu" if image else cfg.activation,
+                         base_weight_decay=cfg.weight_decay)
     except ValueError as err:
         raise ValueError(f"--mitigations: {err}") from None
     if "weight_clip" in names and cfg.weight_clip.bound_method not in BOUND_METHODS:
         raise ValueError(f"--weight-clip.bound-method: unknown method {cfg.weight_clip.bound_method!r}; "
                          f"allowed: {', '.join(BOUND_METHODS)}")
+    if image:
+        _check_cnn(cfg, names)
     for name in names:
         opts = getattr(cfg, name, None)
         if MITIGATIONS[name].kind == SURGERY and opts is not None and hasattr(opts, "every"):
@@ -78,11 +100,29 @@ def check(cfg: Any) -> tuple[str, ...]:
     return names
 
 
+def _check_cnn(cfg: Any, names: tuple[str, ...]) -> None:
+    """What the CNN actor-critic cannot do: injection's two-layer head (``--injection.head-layers 2``) re-runs
+    the torso's final Dense with a plain ReLU and no LayerNorm, so it would not be the torso's layer under
+    ``crelu``, ``layernorm`` or ``--layer-norm``."""
+    if "injection" not in names or cfg.injection.head_layers != 2:
+        return
+    changed = [n for n in ("crelu", "layernorm") if n in names] + (["--layer-norm"] if cfg.layer_norm else [])
+    if changed:
+        raise ValueError(
+            f"--mitigations: 'injection' with --injection.head-layers 2 conflicts with {', '.join(changed)} on the "
+            "CNN actor-critic: the injected head re-runs the torso's final dense layer with a plain ReLU and no "
+            "LayerNorm; use --injection.head-layers 1 (the output layers only)"
+        )
+
+
 def build_optimizer(cfg: Any, names: tuple[str, ...], init_fn: Callable, learning_rate) -> optax.GradientTransformation:
     """Adam chain of ``cfg`` with the per-update mitigations among ``names`` ([l2_init before the clip] ->
     clip -> L2 -> l2_init -> Adam(``--adam-b1``, ``--adam-b2``, ``--adam-eps``) -> lr -> soft S&P -> weight
     clipping -> injection freeze). Every optimizer of the agent comes from here (the trainer rebuilds it
     each update, and at a switch with ``--rebuild-optimizer-at-switch``)."""
+    """Adam chain of ``cfg`` with the per-update mitigations among ``names`` (clip -> L2 -> l2_init ->
+    Adam -> lr -> soft S&P -> weight clipping -> injection freeze); with ``cbp`` and ``--cbp.adam-gnt``
+    Adam keeps a step count per parameter element (``scale_by_adam_gnt``)."""
     weight_decay, mode = cfg.weight_decay, "coupled"
     if "l2" in names:  # added to the trainer's own coupled decay (same mode enforced by check_compatible)
         weight_decay, mode = cfg.weight_decay + cfg.l2.weight_decay, cfg.l2.mode
@@ -111,6 +151,7 @@ def build_optimizer(cfg: Any, names: tuple[str, ...], init_fn: Callable, learnin
         gradient_transforms=gradient_transforms,
         parameter_transforms=parameter_transforms,
         final_transforms=final_transforms,
+        per_element_count="cbp" in names and cfg.cbp.adam_gnt,
     )
 
 
@@ -164,4 +205,6 @@ def build_surgery(cfg: Any, names: tuple[str, ...], init_fn: Callable):
         parts.append(continual_backprop(init_fn, opts.replacement_rate, opts.maturity_threshold, opts.decay))
     if getattr(cfg, "rebuild_optimizer_at_switch", False):  # last: a new optimizer after the other surgeries
         parts.append(scheduled(optimizer_rebuild(), at_switch=True, name="optimizer_rebuild"))
+        parts.append(continual_backprop(init_fn, opts.replacement_rate, opts.maturity_threshold, opts.decay,
+                                        reset_adam_counts=opts.adam_gnt))
     return chain_surgeries(*parts) if parts else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -10,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from plastix.mitigations._layers import (
+    HiddenLayer,
     fresh_params,
     get_path,
     hidden_layers,
@@ -33,7 +35,9 @@ class CBPLayerState:
 
     Attributes:
       utility: ``[H]`` running contribution utility ``u`` (not bias-corrected).
-      mean_activation: ``[W]`` running mean of each output's activation (signed), used for the bias fold.
+      mean_activation: ``[R]`` running mean (signed) of each input feature of the layer's Dense consumers
+        (``R = W``, or ``P * W`` for a flattened conv map), used for the bias fold; ``[0]`` when the layer
+        feeds convolutions (no fold there, as Dohare et al.'s ``convGnT``).
       age: ``[H]`` int32, updates since the unit was (re)initialised.
       to_replace: scalar float32, the fractional number of replacements carried over (``rr * eligible``
         accumulates; its integer part is replaced).
@@ -48,14 +52,41 @@ class CBPLayerState:
 class _UnitStats(NamedTuple):
     """One layer's CBP statistics after this step's update (before any replacement)."""
 
-    utility: jax.Array  # [W] running contribution utility
-    mean_activation: jax.Array  # [outputs] running mean activation
-    age: jax.Array  # [W]
-    correction: jax.Array  # [W] 1 - decay^age (bias correction of the running averages)
-    eligible: jax.Array  # [W] bool: older than the maturity threshold
-    score: jax.Array  # [W] corrected utility, +inf where not eligible
+    utility: jax.Array  # [H] running contribution utility
+    mean_activation: jax.Array  # [R] running mean activation of the Dense consumers' input features
+    age: jax.Array  # [H]
+    correction: jax.Array  # [H] 1 - decay^age (bias correction of the running averages)
+    eligible: jax.Array  # [H] bool: older than the maturity threshold
+    score: jax.Array  # [H] corrected utility, +inf where not eligible
     to_replace: jax.Array  # fractional replacements carried to the next step
     n_replace: jax.Array  # whole units to replace this step
+
+
+def _dense_consumers(params: Params, layer: HiddenLayer) -> list[tuple[str, ...]]:
+    """The consumers of ``layer`` that are Dense layers (2-D kernels): where the bias fold goes."""
+    return [c for c in layer.consumers if get_path(params, c + ("kernel",)).ndim == 2]
+
+
+def _fold_width(params: Params, layer: HiddenLayer) -> int:
+    """Input features ``R`` of the layer's Dense consumers (0 when it feeds only convolutions)."""
+    dense = _dense_consumers(params, layer)
+    return get_path(params, dense[0] + ("kernel",)).shape[0] if dense else 0
+
+
+def outgoing_magnitude(params: Params, layer: HiddenLayer, positions: int, width: int) -> jax.Array:
+    """``mean_out |w_out|`` per position and output, ``[P, W]``: the mean absolute outgoing weight of
+    output ``j`` at position ``p``, over every consumer's output features (and a Conv consumer's kernel
+    window, which reads every position alike: Dohare et al.'s ``convGnT``, ``mean(dim=(0, 2, 3))``)."""
+    total, count = jnp.zeros((positions, width), jnp.float32), 0
+    for consumer in layer.consumers:
+        kernel = jnp.abs(get_path(params, consumer + ("kernel",)).astype(jnp.float32))
+        if kernel.ndim == 2:  # Dense [P * W, n_out] (NHWC flatten order) or [W, n_out]
+            total = total + jnp.sum(kernel, axis=1).reshape(positions, width)
+            count += kernel.shape[1]
+        else:  # Conv [kh, kw, W, n_out]
+            total = total + jnp.sum(kernel, axis=(0, 1, 3))[None, :]
+            count += kernel.shape[0] * kernel.shape[1] * kernel.shape[3]
+    return total / count
 
 
 def continual_backprop(
@@ -63,33 +94,39 @@ def continual_backprop(
     replacement_rate: float = 1e-4,
     maturity_threshold: int = 10_000,
     decay: float = 0.99,
+    reset_adam_counts: bool = True,
 ) -> Surgery:
     """Continual backprop (Dohare et al. 2024; their ``GnT`` generate-and-test), called after *every* update.
 
-    Per hidden layer, with ``h [B, W]`` the batch's post-activations (``batch_info.activations``) and
-    ``w_out [W, n_out]`` the next layer's kernel (after the optimizer step), in this order:
+    Per hidden layer (``plastix.mitigations._layers``: Dense units and conv channels), with ``h [B, P, W]``
+    the batch's post-activations (``batch_info.activations``; ``P`` spatial positions of a conv map, 1 for a
+    Dense layer) and the outgoing weights in the layer's consumers (after the optimizer step), in this order:
 
     1. ``age <- age + 1``;
-    2. contribution utility ``u <- decay * u + (1 - decay) * mean_batch|h| * mean_out|w_out|``
-       (a CReLU unit sums over its two outputs);
-       running mean activation ``m <- decay * m + (1 - decay) * mean_batch(h)``;
+    2. contribution utility ``u <- decay * u + (1 - decay) * mean_p(mean_batch|h[p, j]| * mean_out|w_out[p, j]|)``
+       (``outgoing_magnitude``; a CReLU unit sums over its two outputs ``j``; for a conv channel this is
+       ``convGnT``'s utility, for a Dense unit ``GnT``'s); running mean activation of the Dense consumers'
+       input features ``m <- decay * m + (1 - decay) * mean_batch(h)``;
     3. bias-corrected utility ``u_hat = u / (1 - decay^age)``; eligible units: ``age > maturity_threshold``;
     4. ``to_replace += replacement_rate * n_eligible``; the ``floor(to_replace)`` eligible units with the
        lowest ``u_hat`` are replaced and ``to_replace`` keeps the fraction;
-    5. replaced units: the next layer's bias gets ``sum_j m_j / (1 - decay^age) * w_out[j, :]`` over their
-       outputs ``j`` (their bias-corrected mean contribution, so the next layer's pre-activation is unchanged
-       in expectation), then fresh incoming weights (the columns of a fresh ``init_fn(key)``), zero bias,
-       zero outgoing weights, Adam ``mu``/``nu`` of those incoming and outgoing entries zeroed, and
-       ``u = m = age = 0``.
+    5. replaced units: each Dense consumer's bias gets ``sum_r m_r / (1 - decay^age) * w_out[r, :]`` over
+       the input features ``r`` they feed (their bias-corrected mean contribution, so its pre-activation is
+       unchanged in expectation; ``GnT``); a Conv consumer gets no fold (``convGnT`` has none); then fresh
+       incoming weights (the columns / filters of a fresh ``init_fn(key)``), zero bias, zero outgoing weights,
+       Adam ``mu``/``nu`` of those incoming and outgoing entries zeroed, and ``u = m = age = 0``.
 
-    Dohare et al.'s AdamGnT also resets a *per-weight* Adam step count; optax has one shared count, which
-    is kept, so a replaced weight's first Adam steps are not bias-corrected like a fresh optimizer's.
+    With ``reset_adam_counts`` (and the per-element-count Adam of ``optimizer_state.scale_by_adam_gnt`` in the
+    chain) the Adam step count of every rewritten entry is also reset to 0, as Dohare et al.'s ``AdamGnT``
+    does, so a replaced weight's first update is bias-corrected like a fresh optimizer's first step. With
+    optax's Adam (one shared count) only the moments are zeroed.
 
     Args:
       init_fn: ``key -> params`` of a fresh network.
       replacement_rate: ``rr``, fraction of eligible units replaced per update (RL: 1e-4).
       maturity_threshold: minimum age before a unit can be replaced (RL: 1e4 updates).
       decay: utility decay ``eta`` (0.99).
+      reset_adam_counts: reset per-element Adam step counts of rewritten entries (AdamGnT).
 
     Returns:
       A ``Surgery`` whose state is ``{layer_name: CBPLayerState}``. Metrics:
@@ -100,13 +137,15 @@ def continual_backprop(
     def init(params, key):
         del key
         params = to_dict(params)
+        layers = hidden_layers(params)
+        if not layers:
+            raise ValueError("continual_backprop: no hidden layers in params (see plastix.mitigations._layers)")
         state = {}
-        for layer in hidden_layers(params):
+        for layer in layers:
             width = layer_width(params, layer)
-            outputs = get_path(params, layer.mlp_path + (layer.next_layer, "kernel")).shape[0]
             state[layer.name] = CBPLayerState(
                 utility=jnp.zeros(width, jnp.float32),
-                mean_activation=jnp.zeros(outputs, jnp.float32),
+                mean_activation=jnp.zeros(_fold_width(params, layer), jnp.float32),
                 age=jnp.zeros(width, jnp.int32),
                 to_replace=jnp.zeros((), jnp.float32),
             )
@@ -132,16 +171,17 @@ def continual_backprop(
 
         new_state, metrics, total, recycled, folds = {}, {}, f32(0.0), [], []
         for layer, st, replace in zip(layers, stats, masks):
-            nxt = get_path(params, layer.mlp_path + (layer.next_layer,))
-            # Fold the replaced units' mean contribution into the next layer's bias before zeroing w_out.
-            out_rows = unit_to_outputs(replace, nxt["kernel"].shape[0])
-            mean_corr = st.mean_activation / unit_to_outputs(st.correction, nxt["kernel"].shape[0])
-            fold = jnp.sum(jnp.where(out_rows, mean_corr, 0.0)[:, None] * nxt["kernel"], axis=0)
-            folds.append((layer.mlp_path + (layer.next_layer, "bias"), fold))
+            rows = unit_to_outputs(replace, st.mean_activation.shape[0])
+            # Fold the replaced units' mean contribution into the Dense consumers' biases before zeroing w_out.
+            mean_corr = st.mean_activation / unit_to_outputs(st.correction, st.mean_activation.shape[0])
+            for consumer in _dense_consumers(params, layer):
+                kernel = get_path(params, consumer + ("kernel",))
+                fold = jnp.sum(jnp.where(rows, mean_corr, 0.0)[:, None] * kernel, axis=0)
+                folds.append((consumer + ("bias",), fold))
             recycled.append((layer, replace))
             new_state[layer.name] = CBPLayerState(
                 utility=jnp.where(replace, 0.0, st.utility),
-                mean_activation=jnp.where(out_rows, 0.0, st.mean_activation),
+                mean_activation=jnp.where(rows, 0.0, st.mean_activation),
                 age=jnp.where(replace, 0, st.age).astype(jnp.int32),
                 to_replace=st.to_replace,
             )
@@ -157,7 +197,7 @@ def continual_backprop(
                 bias = get_path(params, path)
                 params = set_path(params, path, (bias + fold).astype(bias.dtype))
             params, keep = recycle_units(params, ones_like_tree(params), fresh_params(init_fn, key, params), recycled)
-            return params, scale_adam_moments(opt_state, keep)
+            return params, scale_adam_moments(opt_state, keep, reset_counts=reset_adam_counts)
 
         # With rr = 1e-4 a replacement happens on a small fraction of steps; the fresh initialisation it
         # needs costs about one gradient step, so draw it only then (when nothing is replaced the rewrite
@@ -172,16 +212,20 @@ def continual_backprop(
         return apply(params, opt_state, state, batch_info, key)
 
     def _unit_statistics(params, layer, st, post) -> _UnitStats:
-        """``u <- decay u + (1 - decay) mean_batch|h| mean_out|w_out|`` and the replacement budget
+        """``u <- decay u + (1 - decay) mean_p(mean_batch|h| mean_out|w_out|)`` and the replacement budget
         ``to_replace += rr * #eligible`` (Dohare et al. 2024), for one hidden layer."""
         width = layer_width(params, layer)
-        post = post.reshape(-1, post.shape[-1]).astype(jnp.float32)
-        nxt = get_path(params, layer.mlp_path + (layer.next_layer,))
-        out_mag = jnp.mean(jnp.abs(nxt["kernel"]), axis=1)  # [W]
-        contribution = outputs_to_units(jnp.mean(jnp.abs(post), axis=0) * out_mag, width).sum(axis=0)
+        conv = get_path(params, layer.incoming + ("kernel",)).ndim == 4
+        positions = math.prod(post.shape[-3:-1]) if conv else 1  # a conv map is [..., h, w, W]
+        post = post.astype(jnp.float32).reshape(-1, positions, post.shape[-1])  # [B, P, W]
+        out_mag = outgoing_magnitude(params, layer, positions, post.shape[-1])
+        per_output = jnp.mean(jnp.mean(jnp.abs(post), axis=0) * out_mag, axis=0)  # [W]
+        contribution = outputs_to_units(per_output, width).sum(axis=0)
         age = st.age + 1
         utility = decay * st.utility + (1.0 - decay) * contribution
-        mean_act = decay * st.mean_activation + (1.0 - decay) * jnp.mean(post, axis=0)
+        mean_act = st.mean_activation
+        if mean_act.shape[0]:
+            mean_act = decay * mean_act + (1.0 - decay) * jnp.mean(post.reshape(post.shape[0], -1), axis=0)
         correction = 1.0 - decay ** age.astype(jnp.float32)
         eligible = age > maturity_threshold
         to_replace = st.to_replace + replacement_rate * jnp.sum(eligible)

@@ -14,6 +14,26 @@ from plastix.mitigations.surgery import Surgery, f32, stateless_init
 Params = Any
 
 
+def hidden_layer_magi(forward_acts: Callable[[Params, jax.Array], dict], params: Params, obs: jax.Array) -> dict:
+    """MAGI with the ``layer`` target (SCIENCE.md Eqs. 16-18) of every hidden layer of ``_layers.hidden_layers``.
+
+    ``G_i = mean_j |dS/dW_ji|`` with ``S`` the sum over batch, positions and outputs of the layer's
+    post-activation on ``obs`` and ``W`` its incoming kernel (a Dense column, or a conv filter's
+    ``kh * kw * c_in`` weights): also the IMPALA torso's ``relu(conv_0)`` layers, whose parameters are not
+    named like their activations. ``forward_acts(params, obs)`` returns ``plastix.nets.hidden_activations``.
+    Returns ``{name: G [H]}``.
+    """
+    out = {}
+    for layer in hidden_layers(to_dict(params)):
+
+        def total_post(p, name=layer.name):
+            return jnp.sum(forward_acts(p, obs)[name][1])
+
+        grad = get_path(jax.grad(total_post)(params), layer.incoming + ("kernel",))
+        out[layer.name] = jnp.mean(jnp.abs(grad.reshape(-1, grad.shape[-1])), axis=0)
+    return out
+
+
 def ocp_perturb(
     init_fn: Callable[[jax.Array], Params],
     threshold: float = 0.0,
@@ -50,11 +70,13 @@ def ocp_perturb(
         fresh = fresh_params(init_fn, init_key, params)
         metrics, total = {}, f32(0.0)
         layers = [layer for layer in hidden_layers(params) if layer.name in magi]
+        if not layers:
+            raise ValueError(f"ocp_perturb: batch_info.magi ({sorted(magi)}) names none of the hidden layers")
         for layer, k in zip(layers, jax.random.split(noise_key, max(len(layers), 1))):
             g = magi[layer.name]
             score = g / (jnp.mean(g) + 1e-12) if relative else g
             trapped = score <= threshold
-            path = layer.mlp_path + (layer.layer, "kernel")
+            path = layer.incoming + ("kernel",)
             kernel = get_path(params, path)
             std = jnp.sqrt(jnp.mean(jnp.square(get_path(fresh, path))))
             noise = noise_scale * std * jax.random.normal(k, kernel.shape, kernel.dtype)

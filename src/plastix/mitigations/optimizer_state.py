@@ -5,13 +5,13 @@ An optax state is a pytree of nested tuples and named tuples (``chain``, ``injec
 holds ``count`` and the moment trees ``mu`` and ``nu``, shaped like the parameters. The helpers here map over
 the whole state and rewrite every such node, so surgeries need not know how the trainer built its chain.
 Other moment-carrying states (e.g. ``ScaleByAmsgradState``, a ``masked`` Adam's ``MaskedNode`` leaves) are
-not touched.
+not touched. ``ScaleByAdamGnTState`` (``scale_by_adam_gnt``, per-element step counts) counts as an Adam node.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +20,43 @@ import optax
 Params = Any
 
 
+class ScaleByAdamGnTState(NamedTuple):
+    """State of ``scale_by_adam_gnt``: Adam's moments and a step count *per parameter element*."""
+
+    count: Params  # int32 tree shaped like the parameters
+    mu: Params
+    nu: Params
+
+
+def scale_by_adam_gnt(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
+    """Adam with a step count per parameter element: Dohare et al.'s ``AdamGnT`` (loss-of-plasticity,
+    ``lop/utils/AdamGnT.py``, ``state['step'] = torch.zeros_like(p.data)``).
+
+    ``m <- b1 m + (1 - b1) g``, ``v <- b2 v + (1 - b2) g^2``, ``t <- t + 1`` (element-wise), update
+    ``(m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)``: ``optax.scale_by_adam`` exactly while every count is
+    the same; continual backprop resets the counts of the entries it rewrites
+    (``scale_adam_moments(..., reset_counts=True)``), so their next update is bias-corrected as a first step.
+    (AdamGnT's own code discards its ``sqrt(1 - b2^t) / (1 - b1^t)`` factor, see the README's differences.)
+    """
+
+    def init(params):
+        zeros = lambda dtype=None: jax.tree.map(lambda p: jnp.zeros(p.shape, dtype or p.dtype), params)
+        return ScaleByAdamGnTState(count=zeros(jnp.int32), mu=zeros(), nu=zeros())
+
+    def update(updates, state, params=None):
+        del params
+        mu = optax.tree.update_moment(updates, state.mu, b1, 1)
+        nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+        count = jax.tree.map(optax.safe_increment, state.count)
+        correct = lambda t, decay, c: t / (1 - decay**c).astype(t.dtype)
+        out = jax.tree.map(lambda m, v, c: correct(m, b1, c) / (jnp.sqrt(correct(v, b2, c)) + eps), mu, nu, count)
+        return out, ScaleByAdamGnTState(count=count, mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init, update)
+
+
 def _is_adam(node: Any) -> bool:
-    return isinstance(node, optax.ScaleByAdamState)
+    return isinstance(node, (optax.ScaleByAdamState, ScaleByAdamGnTState))
 
 
 def map_adam_states(
@@ -50,24 +85,30 @@ def adam_states(opt_state: optax.OptState) -> list[optax.ScaleByAdamState]:
     return [n for n in jax.tree.leaves(opt_state, is_leaf=_is_adam) if _is_adam(n)]
 
 
-def scale_adam_moments(opt_state: optax.OptState, keep: Params) -> optax.OptState:
+def scale_adam_moments(opt_state: optax.OptState, keep: Params, reset_counts: bool = False) -> optax.OptState:
     """Multiply Adam's first and second moments ``mu`` and ``nu`` entry-wise by ``keep``.
 
     ``keep`` is a tree shaped like the parameters (leaves broadcastable to them); a 0 entry zeroes the
     moments of that parameter entry, a 1 keeps them. The step ``count`` is left as is (optax has one count for
-    all parameters, unlike Dohare et al.'s per-weight AdamGnT step).
+    all parameters), except that with ``reset_counts`` the per-element counts of ``scale_by_adam_gnt`` are
+    set to 0 where ``keep`` is 0 (Dohare et al.'s AdamGnT step reset).
 
     Args:
       opt_state: any optax optimizer state.
       keep: per-parameter multiplier, same tree structure as ``mu``.
+      reset_counts: also reset per-element step counts where ``keep == 0``.
 
     Returns:
       The optimizer state with ``mu <- mu * keep`` and ``nu <- nu * keep`` in every Adam node.
     """
 
-    def scale(state: optax.ScaleByAdamState) -> optax.ScaleByAdamState:
+    def scale(state):
         mul = lambda m, k: (m * k).astype(m.dtype)
-        return state._replace(mu=jax.tree.map(mul, state.mu, keep), nu=jax.tree.map(mul, state.nu, keep))
+        state = state._replace(mu=jax.tree.map(mul, state.mu, keep), nu=jax.tree.map(mul, state.nu, keep))
+        if reset_counts and isinstance(state, ScaleByAdamGnTState):
+            restart = lambda c, k: jnp.where(k == 0, jnp.zeros((), c.dtype), c)
+            state = state._replace(count=jax.tree.map(restart, state.count, keep))
+        return state
 
     return map_adam_states(opt_state, scale)
 
@@ -80,7 +121,7 @@ def reset_adam_states(opt_state: optax.OptState, reset_count: bool = True) -> op
     """
 
     def reset(state: optax.ScaleByAdamState) -> optax.ScaleByAdamState:
-        count = jnp.zeros_like(state.count) if reset_count else state.count
+        count = jax.tree.map(jnp.zeros_like, state.count) if reset_count else state.count
         return state._replace(
             count=count,
             mu=optax.tree_utils.tree_zeros_like(state.mu),

@@ -27,15 +27,20 @@ Params = Any
 def redo(init_fn: Callable[[jax.Array], Params], tau: float = 0.1) -> Surgery:
     """ReDo (Sokar et al. 2023): recycle the tau-dormant neurons of every hidden layer.
 
-    Each call (wrap it in ``scheduled(..., every=period)`` for ReDo's "every ``period`` updates"):
+    Hidden layers are those of ``plastix.mitigations._layers.hidden_layers``: MLP units and conv channels (a
+    feature map is a neuron, as in dopamine's ``NeuronRecycler``). Each call (wrap it in
+    ``scheduled(..., every=period)`` for ReDo's "every ``period`` updates"):
 
     1. dormancy index of every hidden output on the batch, ``s_i = E|h_i| / (mean_k E|h_k| + 1e-9)``
-       (Eq. 2), from ``batch_info.activations[name][1]`` (post-activations);
+       (Eq. 2; the expectation over batch and, for a conv map, spatial positions), from
+       ``batch_info.activations[name][1]`` (post-activations);
     2. a unit is dormant when ``s_i <= tau`` for all of its outputs (one output per unit, two for CReLU);
-    3. dormant units get *fresh incoming weights*: the matching columns of a fresh initialisation of the
-       whole network, ``init_fn(key)`` (for plastix's nets an orthogonal kernel with the layer's gain, so
-       a fresh column is distributed as at init), their bias is zeroed, their LayerNorm scale/bias reset;
-    4. their outgoing weights (the next layer's kernel rows they feed) are set to 0;
+    3. dormant units get *fresh incoming weights*: the matching columns (conv filters) of a fresh
+       initialisation of the whole network, ``init_fn(key)`` (for plastix's nets an orthogonal kernel with
+       the layer's gain, so a fresh column is distributed as at init), their bias is zeroed, their LayerNorm
+       scale/bias reset;
+    4. their outgoing weights are set to 0: the rows of a Dense consumer they feed (all spatial positions of
+       a flattened conv map), the input-channel slice of a Conv consumer, both heads of a CNN torso;
     5. Adam's ``mu`` and ``nu`` of those incoming (kernel column, bias, LayerNorm) and outgoing entries are
        zeroed in every Adam node of ``opt_state``; Adam's step count is kept.
 
@@ -59,7 +64,10 @@ def redo(init_fn: Callable[[jax.Array], Params], tau: float = 0.1) -> Surgery:
         fresh = fresh_params(init_fn, key, params)
         keep = ones_like_tree(params)
         metrics, total, recycled = {}, f32(0.0), []
-        for layer in hidden_layers(params):
+        layers = hidden_layers(params)
+        if not layers:
+            raise ValueError("redo: no hidden layers in params (see plastix.mitigations._layers)")
+        for layer in layers:
             post = batch_info.activations[layer.name][1]
             width = layer_width(params, layer)
             scores = outputs_to_units(dormancy_scores(post), width)

@@ -82,6 +82,8 @@ class CBPOptions:
     replacement_rate: float = 1e-4
     maturity_threshold: int = 10_000
     decay: float = 0.99
+    adam_gnt: bool = True
+    """Dohare et al.'s AdamGnT: Adam keeps a step count per weight, reset to 0 for a replaced unit's weights"""
 
 
 @dataclasses.dataclass(frozen=True)

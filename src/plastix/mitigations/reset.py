@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from plastix.mitigations._layers import fresh_params, mlp_paths, to_dict
+from plastix.mitigations._layers import fresh_params, output_layer_paths, to_dict
 from plastix.mitigations.optimizer_state import reset_adam_states, scale_adam_moments
 from plastix.mitigations.surgery import Surgery, f32, stateless_init
 
@@ -22,11 +22,16 @@ def _path_str(path) -> str:
 def reset_prefixes(params: Params, layers: str | Sequence[str]) -> tuple[str, ...]:
     """The parameter-path prefixes that ``reset_layers(layers=...)`` re-initialises.
 
-    ``"final"``: the ``output`` layer of every MLP (``"policy/output"``, ``"value/output"``; not ``log_std``);
-    ``"all"``: every parameter (``""``); otherwise the given name(s), e.g. ``("value/layer_2", "log_std")``.
+    ``"final"``: the layers that make the outputs (``_layers.output_layer_paths``): the ``output`` layer of
+    every MLP (``"policy/output"``, ``"value/output"``; not ``log_std``), the two heads of the CNN actor-critic
+    (``"policy_output"``, ``"value_output"``); ``"all"``: every parameter (``""``); otherwise the given
+    name(s), e.g. ``("value/layer_2", "log_std")``.
     """
     if layers == "final":
-        return tuple("/".join(p + ("output",)) for p in mlp_paths(params))
+        paths = output_layer_paths(params)
+        if not paths:
+            raise ValueError("reset_layers: layers='final' found no output layer in params")
+        return tuple("/".join(p) for p in paths)
     if layers == "all":
         return ("",)
     return (layers,) if isinstance(layers, str) else tuple(layers)
@@ -45,7 +50,7 @@ def reset_layers(init_fn: Callable[[jax.Array], Params], layers: str | Sequence[
 
     Args:
       init_fn: ``key -> params`` of a fresh network.
-      layers: ``"final"`` (every MLP's ``output`` layer), ``"all"`` (every parameter, including
+      layers: ``"final"`` (every MLP's ``output`` layer, the CNN's two heads), ``"all"`` (every parameter, including
         ``log_std`` and LayerNorm), or a sequence of path prefixes such as ``("policy/output", "log_std")``.
 
     Returns:

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from plastix.mitigations._layers import fresh_params
+from plastix.mitigations.optimizer_state import scale_by_adam_gnt
 
 Params = Any
 
@@ -246,6 +247,7 @@ def make_optimizer(
     gradient_transforms: Sequence[optax.GradientTransformation] = (),
     parameter_transforms: Sequence[optax.GradientTransformation] = (),
     final_transforms: Sequence[optax.GradientTransformation] = (),
+    per_element_count: bool = False,
 ) -> optax.GradientTransformation:
     """Adam with the per-update mitigations in their right places.
 
@@ -273,6 +275,8 @@ def make_optimizer(
       parameter_transforms: transforms on the final update that target parameter values; put
         ``weight_clipping`` last among them.
       final_transforms: masks that must see the very last update (``injection_freeze``).
+      per_element_count: Adam with a step count per parameter element (``scale_by_adam_gnt``, Dohare et
+        al.'s AdamGnT, for continual backprop) instead of ``optax.scale_by_adam``.
     """
     if weight_decay_mode not in ("coupled", "decoupled"):
         raise ValueError(f"weight_decay_mode must be 'coupled' or 'decoupled', got {weight_decay_mode!r}")
@@ -282,7 +286,8 @@ def make_optimizer(
     if weight_decay and weight_decay_mode == "coupled":
         parts.append(l2(weight_decay))
     parts.extend(gradient_transforms)
-    parts.append(optax.scale_by_adam(b1=b1, b2=b2, eps=eps))
+    adam = scale_by_adam_gnt if per_element_count else optax.scale_by_adam
+    parts.append(adam(b1=b1, b2=b2, eps=eps))
     if weight_decay and weight_decay_mode == "decoupled":
         parts.append(decoupled_weight_decay(weight_decay))
     parts.append(optax.scale_by_learning_rate(learning_rate))
