@@ -323,14 +323,15 @@ def recycle_units(
     for layer, units in recycled:
         layer_params, layer_keep = get_path(params, layer.incoming), get_path(keep, layer.incoming)
         new = get_path(fresh, layer.incoming)
-        rewritten = {"kernel": jnp.where(units, new["kernel"], layer_params["kernel"])}
+        kernel = layer_params["kernel"]
+        rewritten = {"kernel": jnp.where(units, new["kernel"], kernel).astype(kernel.dtype)}
         kept = {"kernel": zero(units, layer_keep["kernel"])}
         if "bias" in layer_params:
             rewritten["bias"], kept["bias"] = zero(units, layer_params["bias"]), zero(units, layer_keep["bias"])
         params = set_path(params, layer.incoming, {**layer_params, **rewritten})
         keep = set_path(keep, layer.incoming, {**layer_keep, **kept})
         if has_path(params, layer.norm):
-            norm = jax.tree.map(lambda old, new, units=units: jnp.where(units, new, old),
+            norm = jax.tree.map(lambda old, new, units=units: jnp.where(units, new, old).astype(old.dtype),
                                 get_path(params, layer.norm), get_path(fresh, layer.norm))
             params = set_path(params, layer.norm, norm)
             keep = set_path(keep, layer.norm, jax.tree.map(lambda k, units=units: zero(units, k),

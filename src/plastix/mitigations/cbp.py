@@ -36,8 +36,8 @@ class CBPLayerState:
     Attributes:
       utility: ``[H]`` running contribution utility ``u`` (not bias-corrected).
       mean_activation: ``[R]`` running mean (signed) of each input feature of the layer's Dense consumers
-        (``R = W``, or ``P * W`` for a flattened conv map), used for the bias fold; ``[0]`` when the layer
-        feeds convolutions (no fold there, as Dohare et al.'s ``convGnT``).
+        (``R = W``, or ``P * W`` for a flattened conv map), used for the bias fold; for a layer that feeds
+        convolutions (no fold there, as Dohare et al.'s ``convGnT``) the mean of each output channel ``[W]``.
       age: ``[H]`` int32, updates since the unit was (re)initialised.
       to_replace: scalar float32, the fractional number of replacements carried over (``rr * eligible``
         accumulates; its integer part is replaced).
@@ -67,10 +67,12 @@ def _dense_consumers(params: Params, layer: HiddenLayer) -> list[tuple[str, ...]
     return [c for c in layer.consumers if get_path(params, c + ("kernel",)).ndim == 2]
 
 
-def _fold_width(params: Params, layer: HiddenLayer) -> int:
-    """Input features ``R`` of the layer's Dense consumers (0 when it feeds only convolutions)."""
+def _mean_width(params: Params, layer: HiddenLayer) -> int:
+    """Length of ``CBPLayerState.mean_activation``: the input features of the layer's Dense consumers, or its
+    output channels when it feeds only convolutions."""
     dense = _dense_consumers(params, layer)
-    return get_path(params, dense[0] + ("kernel",)).shape[0] if dense else 0
+    path = dense[0] + ("kernel",) if dense else layer.consumers[0] + ("kernel",)
+    return get_path(params, path).shape[0 if dense else -2]
 
 
 def outgoing_magnitude(params: Params, layer: HiddenLayer, positions: int, width: int) -> jax.Array:
@@ -106,7 +108,7 @@ def continual_backprop(
     2. contribution utility ``u <- decay * u + (1 - decay) * mean_p(mean_batch|h[p, j]| * mean_out|w_out[p, j]|)``
        (``outgoing_magnitude``; a CReLU unit sums over its two outputs ``j``; for a conv channel this is
        ``convGnT``'s utility, for a Dense unit ``GnT``'s); running mean activation of the Dense consumers'
-       input features ``m <- decay * m + (1 - decay) * mean_batch(h)``;
+       input features (of its channels if it feeds convolutions) ``m <- decay * m + (1 - decay) * mean_batch(h)``;
     3. bias-corrected utility ``u_hat = u / (1 - decay^age)``; eligible units: ``age > maturity_threshold``;
     4. ``to_replace += replacement_rate * n_eligible``; the ``floor(to_replace)`` eligible units with the
        lowest ``u_hat`` are replaced and ``to_replace`` keeps the fraction;
@@ -145,7 +147,7 @@ def continual_backprop(
             width = layer_width(params, layer)
             state[layer.name] = CBPLayerState(
                 utility=jnp.zeros(width, jnp.float32),
-                mean_activation=jnp.zeros(_fold_width(params, layer), jnp.float32),
+                mean_activation=jnp.zeros(_mean_width(params, layer), jnp.float32),
                 age=jnp.zeros(width, jnp.int32),
                 to_replace=jnp.zeros((), jnp.float32),
             )
@@ -223,9 +225,11 @@ def continual_backprop(
         contribution = outputs_to_units(per_output, width).sum(axis=0)
         age = st.age + 1
         utility = decay * st.utility + (1.0 - decay) * contribution
-        mean_act = st.mean_activation
-        if mean_act.shape[0]:
-            mean_act = decay * mean_act + (1.0 - decay) * jnp.mean(post.reshape(post.shape[0], -1), axis=0)
+        if _dense_consumers(params, layer):  # [B, P * W]: the input features of a (flattening) Dense consumer
+            per_feature = post.reshape(post.shape[0], -1)
+        else:  # feeds convolutions: per channel
+            per_feature = post.reshape(-1, post.shape[-1])
+        mean_act = decay * st.mean_activation + (1.0 - decay) * jnp.mean(per_feature, axis=0)
         correction = 1.0 - decay ** age.astype(jnp.float32)
         eligible = age > maturity_threshold
         to_replace = st.to_replace + replacement_rate * jnp.sum(eligible)
