@@ -32,7 +32,15 @@ from exactly the network's own init (CleanRL's orthogonal init with each layer's
     surgery_state = surgery.init(params, key)                  # carry it in the train state
 
 **Network options**: ``"layernorm"`` -> ``ActorCritic(layer_norm=True)``, ``"crelu"`` ->
-``ActorCritic(activation="crelu")`` (plastix.nets).
+``ActorCritic(activation="crelu")`` (plastix.nets); on the CNN actor-critic both act at every activation
+point of the torso (``plastix.nets.activation_point``).
+
+**Image networks.** The unit surgeries (ReDo, continual backprop, the OCP perturbation) treat a conv channel
+as a neuron: its incoming weights are its filter, its outgoing weights the next conv's input-channel slice
+or the rows of the flattened dense layer it feeds; ``reset --reset.layers final`` resets the CNN's two
+heads. Which layers are hidden layers, and what they feed, is found from parameter names
+(``plastix.mitigations._layers``: MLPs, chain torsos such as the Nature CNN, the IMPALA residual torso,
+whose residual-stream ReLUs are not units).
 
 Where the trainer applies them (one place each, in this order, inside the update step)::
 
@@ -53,7 +61,9 @@ What surgeries do to the optimizer state (every ``optax.ScaleByAdamState`` in it
 ``optimizer_state.scale_adam_moments`` / ``reset_adam_states``):
 
 * ``redo``, ``continual_backprop``: zero ``mu`` and ``nu`` of the rewritten incoming (kernel column, bias,
-  LayerNorm) and outgoing (next kernel rows) entries; keep ``count``.
+  LayerNorm) and outgoing (next kernel rows) entries; keep ``count``, except that ``continual_backprop``
+  resets the per-element counts of ``scale_by_adam_gnt`` (Dohare et al.'s AdamGnT, which ``plastix train``
+  uses under ``cbp`` unless ``--cbp.no-adam-gnt``) of those entries.
 * ``reset_layers``: zero ``mu`` and ``nu`` of the re-initialised parameters; keep ``count``.
 * ``adam_reset``: zero ``mu``, ``nu`` and ``count`` of everything.
 * ``plasticity_injection``: zero ``mu``/``nu`` of the heads (``f``, ``a``, ``b``), set the ``active`` flag of
@@ -86,12 +96,14 @@ from plastix.mitigations.injection import (
     trainable_mask,
     with_injection_heads,
 )
-from plastix.mitigations.ocp import ocp_perturb
+from plastix.mitigations.ocp import hidden_layer_magi, ocp_perturb
 from plastix.mitigations.optimizer_state import (
+    ScaleByAdamGnTState,
     adam_states,
     map_adam_states,
     reset_adam_states,
     scale_adam_moments,
+    scale_by_adam_gnt,
 )
 from plastix.mitigations.redo import redo
 from plastix.mitigations.registry import (
@@ -131,6 +143,7 @@ __all__ = [
     "SURGERY",
     "TRANSFORM",
     "BatchInfo",
+    "ScaleByAdamGnTState",
     "CBPLayerState",
     "EmptyState",
     "InjectionFreezeState",
@@ -148,6 +161,7 @@ __all__ = [
     "continual_backprop",
     "decoupled_weight_decay",
     "dormancy_scores",
+    "hidden_layer_magi",
     "init_bounds",
     "injection_active",
     "injection_freeze",
@@ -162,6 +176,7 @@ __all__ = [
     "reset_adam_states",
     "reset_layers",
     "scale_adam_moments",
+    "scale_by_adam_gnt",
     "scheduled",
     "shrink_perturb",
     "soft_shrink_perturb",
