@@ -443,6 +443,10 @@ def test_the_trainer_gives_the_cnn_its_mitigations():
         assert {f"mitigation/redo/{name}/recycled", f"mitigation/cbp/{name}/replaced",
                 f"mitigation/ocp_perturb/{name}/perturbed"} <= keys
     assert "mitigation/reset/params_reset" in keys
+    # The image gridworld's default 16 x 16 images are too small for the Nature torso: refused, not trained
+    # into a 0-input dense layer.
+    with pytest.raises(ConfigError, match="cnn-torso auto.*16x16"):
+        Agent(dataclasses.replace(_image_grid_config(), cnn_torso="auto"), dataclasses.replace(spec, obs_shape=(16, 16, 3)))
 
 
 @pytest.mark.slow

@@ -288,6 +288,10 @@ class Agent:
         if not spec.is_image:
             return DiscreteActorCritic(spec.action_dim, tuple(cfg.hidden_sizes), activation, layer_norm)
         torso = cfg.cnn_torso if cfg.cnn_torso != "auto" else ("impala" if spec.family == "procgen" else "nature")
+        if torso == "nature" and min(spec.obs_shape[:2]) < 36:  # else its dense layer gets 0 inputs
+            side = f"{spec.obs_shape[0]}x{spec.obs_shape[1]}"
+            raise ConfigError(f"--cnn-torso {cfg.cnn_torso}: images of {side} are too small for the Nature CNN's "
+                              "convolutions (at least 36x36); use --cnn-torso impala, or a larger --grid-size (18)")
         return CNNActorCritic(spec.action_dim, torso, activation, layer_norm)
 
     def _juliani_ash_network(self, activation: str, layer_norm: bool) -> JulianiAshActorCritic:

@@ -202,9 +202,8 @@ def build_surgery(cfg: Any, names: tuple[str, ...], init_fn: Callable):
                                every=inj.every, name="injection"))
     if "cbp" in names:  # every gradient step, by definition
         opts = cfg.cbp
-        parts.append(continual_backprop(init_fn, opts.replacement_rate, opts.maturity_threshold, opts.decay))
-    if getattr(cfg, "rebuild_optimizer_at_switch", False):  # last: a new optimizer after the other surgeries
-        parts.append(scheduled(optimizer_rebuild(), at_switch=True, name="optimizer_rebuild"))
         parts.append(continual_backprop(init_fn, opts.replacement_rate, opts.maturity_threshold, opts.decay,
                                         reset_adam_counts=opts.adam_gnt))
+    if getattr(cfg, "rebuild_optimizer_at_switch", False):  # last: a new optimizer after the other surgeries
+        parts.append(scheduled(optimizer_rebuild(), at_switch=True, name="optimizer_rebuild"))
     return chain_surgeries(*parts) if parts else None
