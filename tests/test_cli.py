@@ -54,7 +54,7 @@ def test_presets_and_overrides():
     ocp = parse_train_args(["--preset", "ocp"])
     assert (ocp.learning_rate, ocp.weight_decay, ocp.activation, ocp.total_timesteps) == (1e-4, 1e-4, "relu", 20_000_000)
     assert (ocp.gamma, ocp.gae_lambda, ocp.num_minibatches, ocp.update_epochs) == (0.99, 0.95, 32, 10)
-    assert (ocp.clip_coef, ocp.vf_coef, ocp.max_grad_norm, ocp.anneal_lr) == (0.2, 0.5, 0.5, True)
+    assert (ocp.clip_coef, ocp.vf_coef, ocp.max_grad_norm, ocp.lr_schedule) == (0.2, 0.5, 0.5, "whole")
     override = parse_train_args(["--preset", "ocp", "--activation", "none", "--learning-rate", "3e-4"])
     assert (override.activation, override.learning_rate, override.weight_decay) == ("none", 3e-4, 1e-4)
     cleanrl = parse_train_args([])

@@ -130,7 +130,7 @@ def test_config_flags_round_trip_through_the_train_cli(tmp_path):
 
     exp = ex.load(write(tmp_path, GOOD), "quick")
     for v in exp.variants:
-        cfg = ex.config_for(v.overrides, exp.seeds, run_dir="x", quiet=True, anneal_lr=False, hidden_sizes=(32, 16))
+        cfg = ex.config_for(v.overrides, exp.seeds, run_dir="x", quiet=True, lr_schedule="off", hidden_sizes=(32, 16))
         assert parse_train_args(config_flags(cfg)) == cfg
 
 

@@ -49,7 +49,7 @@ def test_preset_is_their_hyperparameters():
     # clip_grad_norm_ 0.5, advantages normalised per minibatch; model.py:
     # optim.AdamW(lr, weight_decay=l2_norm) with torch's eps 1e-8, rebuilt by adapt() at every shift.
     cfg = preset_config("juliani-ash")
-    their = dict(network="juliani-ash", hidden_sizes=(256, 256), learning_rate=0.0005, anneal_lr=False,
+    their = dict(network="juliani-ash", hidden_sizes=(256, 256), learning_rate=0.0005, lr_schedule="off",
                  weight_decay=0.0, activation="relu", ent_coef=0.02, gamma=0.99, gae_lambda=0.95, clip_coef=0.2,
                  update_epochs=3, vf_coef=1.0, clip_vloss=False, max_grad_norm=0.5, norm_adv=True, adam_eps=1e-8,
                  normalize_obs="off", normalize_reward="off", rebuild_optimizer_at_switch=True)

@@ -20,21 +20,49 @@ commands:
 """
 
 
-def _preset_from_argv(argv: list[str]) -> str:
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    """The value of ``flag`` in ``argv`` (``--flag VALUE`` or ``--flag=VALUE``), or None."""
     for i, arg in enumerate(argv):
-        if arg == "--preset" and i + 1 < len(argv):
+        if arg == flag and i + 1 < len(argv):
             return argv[i + 1]
-        if arg.startswith("--preset="):
+        if arg.startswith(flag + "="):
             return arg.split("=", 1)[1]
-    return "cleanrl"
+    return None
+
+
+def _preset_from_argv(argv: list[str]) -> str:
+    """``--preset``, or the CleanRL preset of ``--env-id``'s family (``plastix.config.default_preset``)."""
+    from plastix.config import TrainConfig, default_preset
+
+    preset = _flag_value(argv, "--preset")
+    return preset if preset is not None else default_preset(_flag_value(argv, "--env-id") or TrainConfig.env_id)
+
+
+def _map_anneal_lr(argv: list[str]) -> list[str]:
+    """CleanRL's ``--anneal-lr`` / ``--no-anneal-lr`` as ``--lr-schedule whole`` / ``off``; beside a
+    contradicting ``--lr-schedule`` it is a ``ConfigError``."""
+    from plastix.config import ConfigError, apply_aliases
+
+    given = [a for a in argv if a in ("--anneal-lr", "--no-anneal-lr")]
+    if not given:
+        return argv
+    if len(given) > 1:
+        raise ConfigError(f"--anneal-lr: given {len(given)} times ({' '.join(given)}); give --lr-schedule only")
+    schedule = _flag_value(argv, "--lr-schedule")
+    data = {"anneal_lr": given[0] == "--anneal-lr", **({"lr_schedule": schedule} if schedule else {})}
+    mapped = apply_aliases(data, "--anneal-lr")["lr_schedule"]
+    rest = [a for a in argv if a not in given]
+    return rest if schedule else rest + ["--lr-schedule", mapped]
 
 
 def parse_train_args(argv: list[str]):
-    """Parse ``plastix train`` flags into a ``TrainConfig`` (defaults from ``--preset``)."""
+    """Parse ``plastix train`` flags into a ``TrainConfig`` (defaults from ``--preset``, or the CleanRL preset
+    of ``--env-id``'s family when no preset is given)."""
     import tyro
 
     from plastix.config import preset_config
 
+    argv = _map_anneal_lr(list(argv))
     default = preset_config(_preset_from_argv(argv))
     return tyro.cli(type(default), default=default, args=argv, prog="plastix train")
 

@@ -4,13 +4,23 @@ Field names follow CleanRL's ``ppo_continuous_action.py`` ``Args`` where it has 
 ``--total-timesteps``, ``--learning-rate``, ``--num-envs``, ``--num-steps``... mean what they mean there.
 Derived sizes are properties, never written back. ``PRESETS`` holds the named defaults:
 
-- ``cleanrl``: CleanRL's defaults (tanh, lr 3e-4 annealed, 1M steps, no weight decay).
+- ``cleanrl``: CleanRL's ``ppo_continuous_action.py`` (tanh, lr 3e-4 annealed, 1M steps, no weight decay).
 - ``ocp``: the OCP paper's Appendix B (SCIENCE.md section 1): lr 1e-4 annealed to 0, coupled weight
   decay 1e-4, 20M steps, ReLU hidden units (the paper's "PPO-ReLU"; ``--activation none`` is "No-Act").
 - ``juliani-ash``: Juliani & Ash 2024's PPO (awjuliani/deep-rl-plasticity ``hyperparams.yaml``,
   ``algos/ppo``): their networks (``--network juliani-ash``), lr 5e-4 constant, AdamW eps 1e-8, 3 epochs of
   minibatches of 64 over 1024-step batches, entropy 0.02, no value clipping, no reward or observation
   normalisation, the optimizer rebuilt at every shift (the comments in ``PRESETS`` say where each value is).
+- ``cleanrl-atari``: CleanRL's ``ppo_atari_envpool.py`` ``Args`` (8 envs x 128 steps, lr 2.5e-4 annealed,
+  clip 0.1, entropy 0.01, 4 epochs of 4 minibatches, 10M steps).
+- ``cleanrl-procgen``: CleanRL's ``ppo_procgen.py`` ``Args`` (64 envs x 256 steps, lr 5e-4 constant,
+  gamma 0.999, entropy 0.01, 3 epochs of 8 minibatches, 25M steps).
+- ``cleanrl-discrete``: CleanRL's ``ppo.py`` ``Args`` (4 envs x 128 steps, lr 2.5e-4 annealed, entropy 0.01,
+  4 epochs of 4 minibatches, 500k steps), the discrete-action MLP PPO, for the gridworld.
+
+Each preset declares the env families it fits (``PRESET_FAMILIES``); ``validate`` refuses a preset on an env
+it does not fit, naming the presets that do. ``default_preset(env_id)`` is the CleanRL preset of the env's
+family: what ``plastix train`` and experiment files use when no preset is given.
 """
 
 from __future__ import annotations
@@ -22,6 +32,9 @@ from typing import Literal
 
 from plastix.mitigations import registry as mit
 from plastix.nets import ACTIVATIONS
+
+
+LR_SCHEDULES = ("whole", "per-round", "off")
 
 
 class ConfigError(ValueError):
@@ -50,9 +63,12 @@ class ESOptions:
 class TrainConfig:
     """PPO for continuous control (CleanRL semantics), trained for one or many seeds at once."""
 
-    preset: Literal["cleanrl", "ocp", "juliani-ash"] = "cleanrl"
-    """named defaults: `cleanrl` (CleanRL's), `ocp` (the OCP paper's Appendix B) or `juliani-ash` (Juliani &
-    Ash 2024's code: their networks and PPO); other flags override"""
+    preset: Literal["cleanrl", "ocp", "juliani-ash", "cleanrl-atari", "cleanrl-procgen", "cleanrl-discrete"] = "cleanrl"
+    """named defaults, other flags override them: cleanrl (CleanRL's ppo_continuous_action.py), ocp (the OCP
+    paper's Appendix B) for MuJoCo; cleanrl-atari (ppo_atari_envpool.py) for Atari; cleanrl-procgen
+    (ppo_procgen.py) for Procgen; cleanrl-discrete (ppo.py) for GridWorld-v0; juliani-ash (Juliani & Ash
+    2024's code: their networks and PPO) for GridWorld-v0, Procgen and Atari. Without --preset: the CleanRL
+    preset of --env-id's family"""
     optimizer: Literal["ppo", "es"] = "ppo"
     """ppo (gradient-based), or es: OpenAI evolution strategies for the same actor (the OCP paper's claim)"""
     es: ESOptions = ESOptions()
@@ -68,8 +84,11 @@ class TrainConfig:
     """total env steps per seed"""
     learning_rate: float = 3e-4
     """Adam learning rate (start value when annealed)"""
-    anneal_lr: bool = True
-    """anneal the learning rate linearly to 0 over training"""
+    lr_schedule: Literal["whole", "per-round", "off"] = "whole"
+    """learning rate: whole (CleanRL's linear anneal to 0 over the whole run), per-round (from
+    --learning-rate to 0 within each round: every round starts like a fresh run), off (constant). The
+    --baseline fresh copies always anneal per round unless off (a fresh run's schedule). CleanRL's
+    --anneal-lr / --no-anneal-lr are accepted as whole / off"""
     weight_decay: float = 0.0
     """coupled L2 weight decay added to the gradient before Adam (PyTorch `Adam(weight_decay=...)`)"""
     adam_eps: float = 1e-5
@@ -198,6 +217,10 @@ class TrainConfig:
     """running observation normalisation (auto: on for MuJoCo vector observations, as CleanRL)"""
     normalize_reward: Literal["auto", "on", "off"] = "auto"
     """running return-based reward normalisation (auto: on for MuJoCo and Procgen, as CleanRL)"""
+    reward_norm_stats: Literal["auto", "per-env", "shared"] = "auto"
+    """reward normalisation statistics: per-env (gymnasium 0.29's NormalizeReward on each env, as CleanRL's
+    ppo_continuous_action), shared (gym 0.23.1's NormalizeReward on the vector env: one running statistic of
+    all of a seed's envs, as CleanRL's ppo_procgen); auto: shared on Procgen, per-env elsewhere"""
     obs_clip: float = 10.0
     """clip normalised observations to [-obs_clip, obs_clip]"""
     reward_clip: float = 10.0
@@ -251,12 +274,13 @@ class TrainConfig:
         return max(1, math.ceil(self.checkpoint_every / self.chunk_updates))
 
 
+# Each preset's values are its reference's (the CleanRL presets: that file's ``Args``, field by field).
 PRESETS: dict[str, dict] = {
-    "cleanrl": {},
+    "cleanrl": {},  # the TrainConfig defaults are ppo_continuous_action.py's
     "ocp": dict(
         total_timesteps=20_000_000,
         learning_rate=1e-4,
-        anneal_lr=True,
+        lr_schedule="whole",
         weight_decay=1e-4,
         gamma=0.99,
         gae_lambda=0.95,
@@ -273,7 +297,7 @@ PRESETS: dict[str, dict] = {
         activation="relu",  # model.activation
         hidden_sizes=(256, 256),  # model.h_size = 256; LinearEncoder has two layers of it
         learning_rate=5e-4,  # model.lr, constant (no scheduler)
-        anneal_lr=False,
+        lr_schedule="off",
         weight_decay=0.0,  # AdamW(weight_decay=model.l2_norm = 0.0); their `l2` arm is --l2.mode decoupled
         adam_eps=1e-8,  # torch AdamW's default eps
         num_envs=32,  # buffer_size = 1024 steps per update (32 envs x 32 steps)
@@ -292,20 +316,140 @@ PRESETS: dict[str, dict] = {
         normalize_reward="off",
         rebuild_optimizer_at_switch=True,  # shift_dist() -> model.adapt() -> a new AdamW
     ),
+    "cleanrl-atari": dict(  # ppo_atari_envpool.py
+        env_id="Breakout-v5",
+        total_timesteps=10_000_000,
+        learning_rate=2.5e-4,
+        num_envs=8,
+        num_steps=128,
+        lr_schedule="whole",
+        gamma=0.99,
+        gae_lambda=0.95,
+        num_minibatches=4,
+        update_epochs=4,
+        norm_adv=True,
+        clip_coef=0.1,
+        clip_vloss=True,
+        ent_coef=0.01,
+        vf_coef=0.5,
+        max_grad_norm=0.5,
+        target_kl=None,
+        activation="relu",
+    ),
+    "cleanrl-procgen": dict(  # ppo_procgen.py (its env_id "starpilot" with distribution_mode "easy")
+        env_id="StarpilotEasy-v0",
+        total_timesteps=25_000_000,
+        learning_rate=5e-4,
+        num_envs=64,
+        num_steps=256,
+        lr_schedule="off",
+        gamma=0.999,
+        gae_lambda=0.95,
+        num_minibatches=8,
+        update_epochs=3,
+        norm_adv=True,
+        clip_coef=0.2,
+        clip_vloss=True,
+        ent_coef=0.01,
+        vf_coef=0.5,
+        max_grad_norm=0.5,
+        target_kl=None,
+        activation="relu",
+        reward_norm_stats="shared",
+    ),
+    "cleanrl-discrete": dict(  # ppo.py (CartPole-v1 there; plastix's discrete vector env is the gridworld)
+        env_id="GridWorld-v0",
+        total_timesteps=500_000,
+        learning_rate=2.5e-4,
+        num_envs=4,
+        num_steps=128,
+        lr_schedule="whole",
+        gamma=0.99,
+        gae_lambda=0.95,
+        num_minibatches=4,
+        update_epochs=4,
+        norm_adv=True,
+        clip_coef=0.2,
+        clip_vloss=True,
+        ent_coef=0.01,
+        vf_coef=0.5,
+        max_grad_norm=0.5,
+        target_kl=None,
+        activation="tanh",
+    ),
 }
+
+# The env families (``plastix.envs.shifts.env_family``) each preset fits: its action space and the scale of
+# its hyperparameters. A preset added to PRESETS must be declared here (a test checks).
+PRESET_FAMILIES: dict[str, tuple[str, ...]] = {
+    "cleanrl": ("mujoco",),
+    "ocp": ("mujoco",),
+    "cleanrl-atari": ("atari",),
+    "cleanrl-procgen": ("procgen",),
+    "cleanrl-discrete": ("gridworld",),
+    "juliani-ash": ("gridworld", "procgen", "atari"),  # their gridworld and CoinRun (Montezuma in the paper)
+}
+
+# What a run uses when no preset is given: the CleanRL preset of the env's family.
+FAMILY_DEFAULT_PRESET = {"mujoco": "cleanrl", "atari": "cleanrl-atari", "procgen": "cleanrl-procgen",
+                         "gridworld": "cleanrl-discrete"}
 
 
 def preset_config(name: str) -> TrainConfig:
-    """The ``TrainConfig`` of preset ``name`` (``cleanrl``, ``ocp`` or ``juliani-ash``)."""
+    """The ``TrainConfig`` of preset ``name`` (a key of ``PRESETS``)."""
     if name not in PRESETS:
         raise ConfigError(f"--preset: unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
     return dataclasses.replace(TrainConfig(), preset=name, **PRESETS[name])
 
 
+def presets_fitting(family: str) -> list[str]:
+    """The presets whose declaration (``PRESET_FAMILIES``) includes env family ``family``."""
+    return [name for name, families in PRESET_FAMILIES.items() if family in families]
+
+
+def default_preset(env_id: str) -> str:
+    """The CleanRL preset of ``env_id``'s family (``cleanrl`` when the env is unknown: validation names it)."""
+    from plastix.envs.shifts import env_family
+
+    try:
+        return FAMILY_DEFAULT_PRESET[env_family(env_id)]
+    except ValueError:
+        return "cleanrl"
+
+
+def check_preset_fits(cfg: TrainConfig, family: str) -> None:
+    """``ConfigError`` unless ``cfg.preset`` declares ``family`` (a continuous-control preset on CoinRun would
+    train it with entropy 0, 1 env and 2048-step rollouts), naming the presets that fit."""
+    if cfg.preset not in PRESET_FAMILIES:
+        raise ConfigError(f"--preset: {cfg.preset!r} declares no env families; allowed presets: {', '.join(PRESETS)}")
+    if family in PRESET_FAMILIES[cfg.preset]:
+        return
+    fitting = presets_fitting(family)
+    raise ConfigError(
+        f"--preset {cfg.preset} does not fit --env-id {cfg.env_id} ({family}): it is made for "
+        f"{', '.join(PRESET_FAMILIES[cfg.preset])}. Presets that fit {cfg.env_id}: {', '.join(fitting) or 'none'}"
+    )
+
+
+def apply_aliases(data: dict, where: str) -> dict:
+    """``data`` (a config dict) with CleanRL's ``anneal_lr`` (older plastix versions kept it) mapped to
+    ``lr_schedule``: true -> ``whole``, false -> ``off``. Given beside a contradicting ``lr_schedule`` it is a
+    ``ConfigError`` (``anneal_lr = true`` agrees with ``whole`` and ``per-round``)."""
+    data = dict(data)
+    if "anneal_lr" in data:
+        anneal = bool(data.pop("anneal_lr"))
+        schedule = data.setdefault("lr_schedule", "whole" if anneal else "off")
+        if anneal != (schedule != "off"):
+            raise ConfigError(f"{where}: anneal_lr = {str(anneal).lower()} contradicts lr_schedule = {schedule!r}; "
+                              "give lr_schedule only (whole, per-round or off)")
+    return data
+
+
 def config_from_dict(data: dict) -> TrainConfig:
     """Inverse of ``dataclasses.asdict`` for ``TrainConfig``: nested option groups rebuilt, JSON lists
-    back to tuples. Unknown keys raise ``ConfigError`` naming them."""
-    return _dataclass_from_dict(TrainConfig(), data, "config.json")
+    back to tuples; ``anneal_lr`` of older versions becomes ``lr_schedule``. Unknown keys raise ``ConfigError``
+    naming them."""
+    return _dataclass_from_dict(TrainConfig(), apply_aliases(data, "config.json"), "config.json")
 
 
 def _dataclass_from_dict(default, data: dict, where: str):
@@ -399,6 +543,10 @@ def validate(cfg: TrainConfig, check_env: bool = True) -> None:
     for name in ("diagnostics_batch", "curvature_batch", "curvature_iters", "curvature_samples"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(cfg, name)}")
+    for name, allowed in (("lr_schedule", LR_SCHEDULES), ("reward_norm_stats", ("auto", "per-env", "shared")),
+                          ("preset", tuple(PRESETS))):
+        if getattr(cfg, name) not in allowed:
+            raise ConfigError(f"--{name.replace('_', '-')}: unknown value {getattr(cfg, name)!r}; allowed: {', '.join(allowed)}")
     if cfg.target_kl is not None and cfg.target_kl <= 0:
         raise ConfigError(f"--target-kl: must be positive when given, got {cfg.target_kl}")
     from plastix.mitigations.build import check as check_mitigations
@@ -428,6 +576,11 @@ def check_env_and_shift(cfg: TrainConfig) -> None:
     except ValueError as err:
         message = str(err)
         raise ConfigError(message if message.startswith("--") else f"--env-id/--shift: {message}") from None
+    check_preset_fits(cfg, family)
+    reward_norm_on = cfg.normalize_reward == "on" or (cfg.normalize_reward == "auto" and family in ("mujoco", "procgen"))
+    if cfg.reward_norm_stats != "auto" and not reward_norm_on:
+        raise ConfigError(f"--reward-norm-stats {cfg.reward_norm_stats}: rewards of {cfg.env_id} are not normalised "
+                          f"(--normalize-reward {cfg.normalize_reward}); give --normalize-reward on, or drop the option")
     if cfg.network == "juliani-ash":
         _check_juliani_ash_network(cfg, family)
     if "injection" in cfg.mitigations:

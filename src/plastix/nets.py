@@ -164,6 +164,29 @@ def activation_point(module: nn.Module, z: jax.Array, index: int, activation: st
     return h
 
 
+def torch_default_uniform(fan_in: int) -> Callable:
+    """PyTorch's default init of ``nn.Linear`` / ``nn.Conv2d`` (``reset_parameters``): weights
+    ``kaiming_uniform_(a=sqrt(5))`` and biases alike are ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, with
+    ``fan_in = in_features`` (dense) or ``in_channels * kh * kw`` (conv). An initializer for any shape."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def torch_default_conv(features: int, kernel: int, in_features: int, name: str, padding: str = "SAME") -> nn.Conv:
+    """A stride-1 ``kernel x kernel`` conv with PyTorch's default init (``torch_default_uniform`` with
+    ``fan_in = in_features * kernel^2``), float32: ``nn.Conv2d`` without CleanRL's ``layer_init``."""
+    init = torch_default_uniform(in_features * kernel * kernel)
+    return nn.Conv(features, (kernel, kernel), padding=padding, kernel_init=init, bias_init=init,
+                   param_dtype=jnp.float32, dtype=jnp.float32, name=name)
+
+
+def torch_default_dense(features: int, in_features: int, name: str) -> nn.Dense:
+    """A dense layer with PyTorch's default init (``fan_in = in_features``): ``nn.Linear`` without ``layer_init``."""
+    init = torch_default_uniform(in_features)
+    return nn.Dense(features, kernel_init=init, bias_init=init, param_dtype=jnp.float32, dtype=jnp.float32,
+                    name=name)
+
+
 def _image_input(x: jax.Array) -> jax.Array:
     """uint8 images -> float32 in [0, 1]; float inputs are only cast."""
     return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
@@ -199,8 +222,9 @@ class ImpalaCNN(nn.Module):
     a conv 3x3 (SAME) + max-pool 3x3/2 + two residual blocks ``x + conv(relu(conv(relu(x))))``; then ReLU,
     flatten, dense ``hidden`` + ReLU. Input ``[B, H, W, C]``, output ``[B, hidden]``.
 
-    CleanRL leaves the torso at PyTorch's default init (orthogonal only on the two heads); here every conv
-    and the dense use orthogonal gain sqrt(2), as ``NatureCNN`` does (a deliberate difference). Every ReLU is a sown layer, numbered in depth order: per stack
+    Init as CleanRL's: the torso (every conv and the dense) keeps PyTorch's default init, ``U(+-1/sqrt(fan_in))``
+    for weights and biases (``torch_default_uniform``); only ``CNNActorCritic``'s two heads are orthogonal.
+    Every ReLU is a sown layer, numbered in depth order: per stack
     ``relu(block input)``, ``relu(conv_0)`` for each of the 2 blocks (4 per stack), then the final
     ``relu(stream)`` and ``relu(dense)`` (14 layers for 3 stacks). The ``pre`` of a block-input ReLU is the
     residual stream, not one conv's output; conv parameters are named ``stack_s_conv``,
@@ -224,16 +248,18 @@ class ImpalaCNN(nn.Module):
             layer += 1
             return activation_point(self, z, layer, self.activation, self.layer_norm, conv)
 
-        gain = math.sqrt(2.0)
+        def torch_conv(features, name, inputs):  # fan_in from what the conv reads (CReLU doubles it)
+            return torch_default_conv(features, 3, inputs.shape[-1], name)(inputs)
+
         for s, features in enumerate(self.channels, start=1):
-            x = orthogonal_conv(features, 3, 1, gain, f"stack_{s}_conv", "SAME")(x)
+            x = torch_conv(features, f"stack_{s}_conv", x)
             x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
             for b in (1, 2):
-                h = orthogonal_conv(features, 3, 1, gain, f"stack_{s}_block_{b}_conv_0", "SAME")(relu(x))
-                x = x + orthogonal_conv(features, 3, 1, gain, f"stack_{s}_block_{b}_conv_1", "SAME")(relu(h))
+                h = torch_conv(features, f"stack_{s}_block_{b}_conv_0", relu(x))
+                x = x + torch_conv(features, f"stack_{s}_block_{b}_conv_1", relu(h))
         x = relu(x)
         x = x.reshape(x.shape[:-3] + (-1,))
-        return relu(orthogonal_dense(self.hidden, gain, "dense")(x), conv=False)
+        return relu(torch_default_dense(self.hidden, x.shape[-1], "dense")(x), conv=False)
 
 
 class CNNActorCritic(nn.Module):

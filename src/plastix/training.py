@@ -246,8 +246,12 @@ def _run_chunks(cfg: TrainConfig, run_dir: Path, bridge, agent: Agent, states: T
 def _start_round(cfg: TrainConfig, agent: Agent, states: TrainState, round_idx: int) -> TrainState:
     """At a shift: flag the task switch (the next update's at-switch mitigations fire: batch-free ones before
     its rollout, batch-reading ones on its first gradient step; ``BatchInfo.phase``) and, with
-    ``--baseline fresh``, re-initialise the fresh copies (which take no at-switch mitigation: they are new)."""
+    ``--baseline fresh``, re-initialise the fresh copies (which take no at-switch mitigation: they are new).
+    Under ``permute``, the running observation statistics move with the observation (``Agent.follow_permutation``)."""
     switch = jnp.ones_like(states.task_switch)
+    if cfg.shift == "permute":  # every member's observation statistics follow the new permutation
+        old, new = agent.observation_permutation(round_idx - 1), agent.observation_permutation(round_idx)
+        states = states.replace(env=jax.vmap(agent.follow_permutation, in_axes=(0, None, None))(states.env, old, new))
     if cfg.baseline == "fresh":
         states = reinit_fresh_members(agent, states, round_idx)
         switch = switch.at[len(cfg.seed_list):].set(False)
@@ -255,12 +259,14 @@ def _start_round(cfg: TrainConfig, agent: Agent, states: TrainState, round_idx: 
 
 
 def _split_members(cfg: TrainConfig, metrics: dict) -> dict:
-    """The seeds' metrics ``[K, S]``; with ``--baseline fresh`` plus the fresh copies' episodic returns as
-    ``baseline/return/episodic`` (their other metrics are not written)."""
+    """The seeds' metrics ``[K, S]``; with ``--baseline fresh`` plus the fresh copies' episodic returns and
+    learning rates as ``baseline/return/episodic`` and ``baseline/optim/lr`` (their other metrics are not
+    written)."""
     n = len(cfg.seed_list)
     out = {key: np.asarray(v)[:, :n] for key, v in metrics.items()}
     if cfg.baseline == "fresh":
-        out["baseline/return/episodic"] = np.asarray(metrics["return/episodic"])[:, n:]
+        for key in ("return/episodic", "optim/lr"):
+            out[f"baseline/{key}"] = np.asarray(metrics[key])[:, n:]
     return out
 
 

@@ -59,7 +59,7 @@ class EnvState:
     """
 
     obs_rms: nz.RunningMeanStd  # [n, D] float64
-    reward_norm: nz.RewardNormState  # [n]
+    reward_norm: nz.RewardNormState  # per env [n]; shared: returns [n], one statistic (``Agent.shared_reward_norm``)
     obs: jax.Array  # [n, D] float32: the normalised observation the policy acts on next
     done: jax.Array  # [n] bool: the last step ended an episode (so the next step is an envpool reset step)
     episode_return: jax.Array  # [n] float64, raw reward (CleanRL's RecordEpisodeStatistics)
@@ -231,11 +231,21 @@ def ppo_loss(params, apply_fn: Callable, mb: Minibatch, cfg: TrainConfig, policy
 # Adam(weight_decay), the OCP paper's 1e-4) -> [l2_init] -> Adam(eps) -> learning rate -> [soft S&P,
 # weight clipping, injection freeze]. It is rebuilt with each update's annealed rate (its state does not
 # depend on the rate), which keeps CleanRL's per-iteration anneal exact even when target_kl skips steps.
-def learning_rate(cfg: TrainConfig, update: jax.Array) -> jax.Array:
-    """CleanRL's anneal: ``lr * (1 - update / num_updates)`` with ``update`` counted from 0."""
-    if not cfg.anneal_lr:
+def learning_rate(cfg: TrainConfig, update: jax.Array, fresh_copy: jax.Array | bool = False) -> jax.Array:
+    """The learning rate of the update that starts with ``update`` updates done (counted from 0).
+
+    ``cfg.lr_schedule``: ``whole`` is CleanRL's anneal ``lr * (1 - update / num_updates)``; ``per-round``
+    restarts it in every round, ``lr * (1 - (update mod U) / U)`` with ``U = updates_per_round``; ``off`` is
+    ``lr``. A ``--baseline fresh`` copy (``fresh_copy``) is a new run at every round start, so it anneals per
+    round under ``whole`` too: its rate is what a fresh run of one round would use.
+    """
+    if cfg.lr_schedule == "off":
         return jnp.asarray(cfg.learning_rate, jnp.float32)
-    frac = 1.0 - update.astype(jnp.float32) / cfg.num_updates
+    update = update.astype(jnp.float32)
+    per_round = cfg.updates_per_round
+    round_frac = 1.0 - jnp.mod(update, per_round) / per_round
+    frac = round_frac if cfg.lr_schedule == "per-round" else 1.0 - update / cfg.num_updates
+    frac = jnp.where(fresh_copy, round_frac, frac)
     return (frac * cfg.learning_rate).astype(jnp.float32)
 
 
@@ -253,6 +263,9 @@ class Agent:
         self.policy = Categorical if spec.discrete else Gaussian
         self.normalize_obs = _auto(cfg.normalize_obs, spec.family == "mujoco")
         self.normalize_reward = _auto(cfg.normalize_reward, spec.family in ("mujoco", "procgen"))
+        # CleanRL's ppo_procgen normalises rewards over the vector env (gym 0.23.1): one statistic per seed.
+        self.shared_reward_norm = (cfg.reward_norm_stats == "shared"
+                                   or (cfg.reward_norm_stats == "auto" and spec.family == "procgen"))
         self.mitigations = mitigation_build.check(cfg, image=spec.is_image and cfg.network == "cleanrl")
         self.net = self._network()
         self.injection = "injection" in self.mitigations
@@ -349,7 +362,8 @@ class Agent:
         replay = self.spec.resume == "replay"
         env = EnvState(
             obs_rms=obs_rms,
-            reward_norm=jax.vmap(lambda _: nz.reward_norm_init())(jnp.arange(n)),
+            reward_norm=(nz.shared_reward_norm_init(n) if self.shared_reward_norm
+                         else jax.vmap(lambda _: nz.reward_norm_init())(jnp.arange(n))),
             obs=self._normalize(obs_rms, raw_obs),
             done=jnp.zeros((n,), bool),
             episode_return=jnp.zeros((n,), jnp.float64),
@@ -366,6 +380,32 @@ class Agent:
         if not self.normalize_obs:
             return raw_obs.astype(self.spec.obs_dtype if self.spec.is_image else jnp.float32)
         return jax.vmap(nz.normalize_obs, in_axes=(0, 0, None))(obs_rms, raw_obs, self.cfg.obs_clip)
+
+    def observation_permutation(self, round_idx: int | None) -> jax.Array:
+        """The ``permute`` shift's permutation of round ``round_idx`` (``None``: the held-out one) over this
+        env's observation dimensions, or its image's ``patch_grid x patch_grid`` patches (as the bridges do)."""
+        from plastix.envs import shifts
+
+        key = jax.random.PRNGKey(self.cfg.shift_seed)
+        size = self.cfg.patch_grid**2 if self.spec.is_image else self.spec.obs_shape[0]
+        if round_idx is None:
+            return shifts.heldout_permutation(key, size)
+        return shifts.observation_permutation(key, round_idx, size)
+
+    def follow_permutation(self, env: EnvState, old_perm: jax.Array, new_perm: jax.Array) -> EnvState:
+        """The env-side state of envs whose observations were permuted by ``old_perm`` and now are by
+        ``new_perm`` (a ``permute`` shift): the running observation statistics and the current normalised
+        observation move with the dimensions (image patches) they describe. Normalising then commutes with
+        the permutation: a permuted env's normalised observations are the unshifted ones, permuted (without
+        this, a shift would also rescale every dimension by another dimension's statistics)."""
+        if not self.normalize_obs:
+            return env
+        from plastix.envs import shifts
+
+        rel = shifts.relative_permutation(old_perm, new_perm)
+        move = lambda x: shifts.permute_observation(x, rel, self.spec.is_image, self.cfg.patch_grid)
+        rms = env.obs_rms.replace(mean=move(env.obs_rms.mean), var=move(env.obs_rms.var))
+        return env.replace(obs_rms=rms, obs=move(env.obs))
 
     def layer_shapes(self, params) -> dict[str, tuple[int, int]]:
         """``{"policy/layer_1": (output units, kernel columns)}`` of every hidden layer."""
@@ -397,13 +437,16 @@ class Agent:
         if self.normalize_obs:
             obs_rms = jax.vmap(nz.rms_update_masked, in_axes=(0, 0, None))(env.obs_rms, raw_obs, True)
         obs = self._normalize(obs_rms, raw_obs)
-        if self.normalize_reward:
+        done = (terminated | truncated) & valid
+        if self.normalize_reward and self.shared_reward_norm:
+            reward_norm, learn_reward = nz.normalize_reward_shared(
+                env.reward_norm, reward, done, cfg.gamma, cfg.reward_clip, valid)
+        elif self.normalize_reward:
             reward_norm, learn_reward = jax.vmap(nz.normalize_reward, in_axes=(0, 0, 0, None, None, 0))(
                 env.reward_norm, reward, terminated, cfg.gamma, cfg.reward_clip, valid
             )
         else:
             reward_norm, learn_reward = env.reward_norm, jnp.where(valid, reward, 0.0).astype(jnp.float32)
-        done = (terminated | truncated) & valid
         episode_over = extras.get("game_over", terminated | truncated) & valid
         score = extras.get("raw_reward", reward)
         ep_return = env.episode_return + jnp.where(valid, score.astype(jnp.float64), 0.0)
@@ -427,13 +470,14 @@ class Agent:
         )
         return env, learn_reward, valid, finished
 
-    def learn(self, state: TrainState, traj: Transition, perms: jax.Array | None = None
+    def learn(self, state: TrainState, traj: Transition, perms: jax.Array | None = None, fresh_copy=False
               ) -> tuple[TrainState, dict, Minibatch]:
         """GAE then ``update_epochs`` x ``num_minibatches`` PPO steps on one seed's rollout ``[T, n]``.
 
         ``perms`` (int ``[update_epochs, num_minibatches, minibatch_size]``, indices into the flattened
         ``[T * n]`` batch) fixes the minibatch order, e.g. to replay CleanRL's ``np.random.shuffle`` order in
-        the parity test; by default each epoch draws ``jax.random.permutation`` from the state's key."""
+        the parity test; by default each epoch draws ``jax.random.permutation`` from the state's key.
+        ``fresh_copy``: the state is a ``--baseline fresh`` copy (its learning-rate schedule restarts each round)."""
         cfg = self.cfg
         _, next_value = self.forward(state.params, state.opt_state, state.env.obs)
         advantages, returns = gae(traj.reward, traj.value, traj.done, next_value, cfg.gamma, cfg.gae_lambda)
@@ -441,7 +485,7 @@ class Agent:
         batch = Minibatch(
             flat(traj.obs), flat(traj.action), flat(traj.logprob), flat(traj.value), flat(advantages), flat(returns), flat(traj.valid)
         )
-        lr = learning_rate(cfg, state.update)
+        lr = learning_rate(cfg, state.update, fresh_copy)
         tx = self.optimizer(lr)
 
         def minibatch_step(carry, idx):
@@ -640,11 +684,11 @@ def make_update_fn(agent: Agent, env_step: Callable) -> Callable:
         # so a seed trained in a group is bit-identical to the seed trained alone (vmap changes the XLA
         # kernels with the batch size). The rollout (env-bound) stays vmapped.
         def learn_and_measure(x):
-            state, metrics, batch = agent.learn(*x)
+            state, metrics, batch = agent.learn(x[0], x[1], fresh_copy=x[2])
             state, diag_metrics, scores = agent.measure(state, batch, prev_params=x[0].params)
             return state, {**metrics, **diag_metrics}, scores
 
-        states, metrics, scores = jax.lax.map(learn_and_measure, (states, traj))
+        states, metrics, scores = jax.lax.map(learn_and_measure, (states, traj, fresh_members(agent.cfg, traj.done)))
         for k, v in start_metrics.items():  # counts of the round_start call add to the update's
             if summed_metric(k):
                 metrics[k] = metrics[k] + v
@@ -652,6 +696,13 @@ def make_update_fn(agent: Agent, env_step: Callable) -> Callable:
         return states, handle, (metrics, scores)
 
     return update
+
+
+def fresh_members(cfg: TrainConfig, like: jax.Array) -> jax.Array:
+    """``[M]`` bool: which stacked members are ``--baseline fresh`` copies (the second half, see
+    ``plastix.training.member_seeds``); ``like`` has the members on its leading axis."""
+    members = like.shape[0]
+    return jnp.arange(members) >= (members // 2 if cfg.baseline == "fresh" else members)
 
 
 def make_chunk_fn(agent: Agent, env_step: Callable, num_updates: int) -> Callable:

@@ -12,7 +12,8 @@ The JAX gridworld evaluates inside its bridge (``GridworldBridge.evaluate``). en
 second pool, built once per run at the first evaluation: ``--heldout-episodes`` envs per seed with env
 seeds ``1_000_000 + s + j`` (disjoint from training's ``s + j``), each playing one episode (at most
 ``MAX_EVAL_STEPS`` steps) with actions sampled from the policy. MuJoCo observations are normalised with the
-seed's frozen running statistics of its first training env.
+seed's frozen running statistics of its first training env (under ``permute``, moved to the held-out
+permutation's dimensions).
 """
 
 from __future__ import annotations
@@ -59,8 +60,11 @@ class HeldoutEvaluation:
             self._bridge = self._make_pool()
             self._run = jax.jit(self._episodes)
         raw_obs = jnp.asarray(self._bridge.reset())
-        returns = self._run(states.params, states.opt_state, states.env.obs_rms, self._bridge.handle(), raw_obs,
-                            keys)
+        env = states.env
+        if self.cfg.shift == "permute":  # the statistics follow the held-out permutation (Agent.follow_permutation)
+            old, new = self.agent.observation_permutation(round_idx), self.agent.observation_permutation(None)
+            env = jax.vmap(self.agent.follow_permutation, in_axes=(0, None, None))(env, old, new)
+        returns = self._run(states.params, states.opt_state, env.obs_rms, self._bridge.handle(), raw_obs, keys)
         return np.asarray(returns)
 
     def close(self) -> None:

@@ -142,6 +142,18 @@ def permute_vector(obs: jax.Array, perm: jax.Array) -> jax.Array:
     return jnp.take(obs, perm, axis=-1)
 
 
+def relative_permutation(old: jax.Array, new: jax.Array) -> jax.Array:
+    """``rel`` such that ``permute(x_old, rel) = x_new`` for any ``x_old = permute(x, old)``,
+    ``x_new = permute(x, new)``: ``rel = argsort(old)[new]`` (position ``j`` of the new view holds item
+    ``new[j]``, which the old view holds at ``argsort(old)[new[j]]``)."""
+    return jnp.argsort(old)[new].astype(jnp.int32)
+
+
+def permute_observation(x: jax.Array, perm: jax.Array, image: bool, grid: int = 16) -> jax.Array:
+    """``permute_patches(x, perm, grid)`` for images ``[..., H, W, C]``, else ``permute_vector(x, perm)``."""
+    return permute_patches(x, perm, grid) if image else permute_vector(x, perm)
+
+
 def check_patch_grid(height: int, width: int, grid: int) -> None:
     """``ValueError`` unless a ``grid x grid`` patch grid tiles a ``height x width`` image exactly."""
     if height % grid or width % grid:
@@ -310,7 +322,9 @@ __all__ = [
     "move_goals",
     "observation_permutation",
     "patch_permutation",
+    "permute_observation",
     "permute_patches",
+    "relative_permutation",
     "permute_vector",
     "slip_probability",
     "target_velocity",

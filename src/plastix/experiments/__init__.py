@@ -499,11 +499,12 @@ def load(name_or_path: str | Path, scale: str = "quick") -> Experiment:
 
 
 def config_for(overrides: dict[str, Any], seeds: list[int], **extra):
-    """The ``TrainConfig`` of a variant: its preset's defaults, then ``overrides`` (dotted paths for nested
-    option groups, e.g. ``redo.tau``), seeds and ``extra``."""
-    from plastix.config import TrainConfig, preset_config
+    """The ``TrainConfig`` of a variant: its preset's defaults (without ``preset``: the CleanRL preset of its
+    ``env_id``'s family), then ``overrides`` (dotted paths for nested option groups, e.g. ``redo.tau``), seeds
+    and ``extra``."""
+    from plastix.config import TrainConfig, default_preset, preset_config
 
-    cfg = preset_config(overrides.get("preset", TrainConfig.preset))
+    cfg = preset_config(overrides.get("preset") or default_preset(overrides.get("env_id", TrainConfig.env_id)))
     for path, value in {**overrides, "seeds": ",".join(map(str, seeds)), **extra}.items():
         cfg = _replace_path(cfg, path.split("."), value)
     return cfg
@@ -512,11 +513,11 @@ def config_for(overrides: dict[str, Any], seeds: list[int], **extra):
 def config_from_json(data: dict[str, Any]):
     """The ``TrainConfig`` of a run folder's ``config.json`` ``config`` part (nested option groups as
     nested objects, JSON lists back to tuples)."""
-    from plastix.config import TrainConfig
+    from plastix.config import TrainConfig, apply_aliases
 
     fields = train_fields()
     cfg = TrainConfig()
-    for path, value in _flatten(data, fields).items():
+    for path, value in _flatten(apply_aliases(data, "config.json"), fields).items():
         if path not in fields:
             raise ExperimentError(f"config.json: unknown option {path!r}")
         if value is not None:
