@@ -104,3 +104,51 @@ def test_check_shift_supported():
         sh.check_shift_supported(GRIDWORLD_ID, "rotate")
     with pytest.raises(ValueError, match="--env-id: unknown environment"):
         sh.check_shift_supported("NoSuchEnv-v9", "none")
+
+
+def test_relative_permutation_maps_one_view_onto_another():
+    x = np.arange(10.0) * 3
+    old, new = np.random.default_rng(0).permutation(10), np.random.default_rng(1).permutation(10)
+    rel = sh.relative_permutation(jnp.asarray(old), jnp.asarray(new))
+    np.testing.assert_array_equal(np.asarray(sh.permute_vector(jnp.asarray(x[old]), rel)), x[new])
+
+
+def test_permuted_mujoco_envs_normalise_like_the_unshifted_envs_permuted():
+    """HalfCheetah with and without --shift permute, same seeds and actions, through the trainer's pieces
+    (bridge step, Agent.observe, the round switch): after the switch the permuted env's normalised
+    observations are the unshifted env's, permuted (before the fix, dimension i was normalised with the
+    running statistics of the dimension that sat at i in round 0)."""
+    import dataclasses
+
+    from plastix.cli import parse_train_args
+    from plastix.training import _start_round, build
+
+    base = parse_train_args(["--env-id", "HalfCheetah-v4", "--num-envs", "2", "--num-steps", "8", "--num-minibatches",
+                             "1", "--rounds", "2", "--steps-per-round", "16", "--quiet"])
+    runs = []
+    for cfg in (base, dataclasses.replace(base, shift="permute")):
+        bridge, agent, states = build(cfg)
+
+        def step(states, handle, action, bridge=bridge, agent=agent):
+            handle, (raw_obs, reward, terminated, truncated, extras) = bridge.step(handle, action)
+            env, *_ = jax.vmap(agent.observe)(states.env, action, raw_obs, reward, terminated, truncated, extras)
+            return states.replace(env=env), handle
+
+        runs.append([cfg, bridge, agent, states, bridge.handle(), jax.jit(step)])
+    actions = np.clip(np.random.default_rng(0).normal(size=(20, 1, 2, 6)), -1, 1).astype(np.float32)
+    perm = np.asarray(runs[1][2].observation_permutation(1))
+    assert not np.array_equal(perm, np.arange(17))
+    for t, action in enumerate(actions):
+        if t == 10:  # the shift
+            for run in runs:
+                cfg, bridge, agent, states, handle, _ = run
+                run[4] = bridge.set_round(1, handle)
+                run[3] = _start_round(cfg, agent, states, 1)
+        for run in runs:
+            run[3], run[4] = run[5](run[3], run[4], jnp.asarray(action))
+        plain, permuted = (np.asarray(run[3].env.obs) for run in runs)
+        np.testing.assert_allclose(permuted, plain[..., perm] if t >= 10 else plain, rtol=1e-6, atol=1e-6)
+    plain_rms, permuted_rms = (run[3].env.obs_rms for run in runs)
+    np.testing.assert_allclose(np.asarray(permuted_rms.var), np.asarray(plain_rms.var)[..., perm], rtol=1e-12)
+    for run in runs:
+        run[1].close()
