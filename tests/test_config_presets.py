@@ -95,8 +95,10 @@ def test_lr_schedules_over_rounds():
     np.testing.assert_allclose(_lrs(whole), [1.0, 0.75, 0.5, 0.25])  # round 2 at half the rate
     np.testing.assert_allclose(_lrs(per_round), [1.0, 0.5, 1.0, 0.5])  # every round starts like a fresh run
     np.testing.assert_allclose(_lrs(off), [1.0] * 4)
-    # The --baseline fresh copy is a fresh run at each round start: it anneals per round unless off.
-    np.testing.assert_allclose(_lrs(whole, fresh=True), [1.0, 0.5, 1.0, 0.5])
+    # The --baseline fresh copy is a fresh run at each round start from round 1 (in round 0 it is the seed):
+    # it anneals per round unless off.
+    np.testing.assert_allclose(_lrs(whole, fresh=True), [1.0, 0.75, 1.0, 0.5])
+    np.testing.assert_allclose(_lrs(per_round, fresh=True), [1.0, 0.5, 1.0, 0.5])
     np.testing.assert_allclose(_lrs(off, fresh=True), [1.0] * 4)
 
 
@@ -108,7 +110,7 @@ def test_fresh_members_are_the_second_half_with_a_fresh_baseline():
 
 def test_fresh_copy_trains_with_a_fresh_runs_schedule(tmp_path):
     """End to end on the gridworld: 2 rounds x 2 updates under `whole`: the seed anneals over the run, its
-    fresh copy (written as baseline/optim/lr) over each round, as a fresh one-round run would."""
+    fresh copy (written as baseline/optim/lr) over each round from round 1, as a fresh one-round run would."""
     from plastix.store import read_metrics
     from plastix.training import train
 
@@ -120,5 +122,5 @@ def test_fresh_copy_trains_with_a_fresh_runs_schedule(tmp_path):
         "--curvature-every", "0", "--heldout-episodes", "1", "--quiet", "--run-dir", str(tmp_path / "r")])
     df = read_metrics(train(cfg)).set_index(["key", "update"]).value
     np.testing.assert_allclose(df["optim/lr"].sort_index().to_numpy(), [1e-3, 0.75e-3, 0.5e-3, 0.25e-3], rtol=1e-6)
-    np.testing.assert_allclose(df["baseline/optim/lr"].sort_index().to_numpy(), [1e-3, 0.5e-3, 1e-3, 0.5e-3],
+    np.testing.assert_allclose(df["baseline/optim/lr"].sort_index().to_numpy(), [1e-3, 0.75e-3, 1e-3, 0.5e-3],
                                rtol=1e-6)

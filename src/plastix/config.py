@@ -87,7 +87,7 @@ class TrainConfig:
     lr_schedule: Literal["whole", "per-round", "off"] = "whole"
     """learning rate: whole (CleanRL's linear anneal to 0 over the whole run), per-round (from
     --learning-rate to 0 within each round: every round starts like a fresh run), off (constant). The
-    --baseline fresh copies always anneal per round unless off (a fresh run's schedule). CleanRL's
+    --baseline fresh copies anneal per round from round 1 unless off (a fresh run's schedule). CleanRL's
     --anneal-lr / --no-anneal-lr are accepted as whole / off"""
     weight_decay: float = 0.0
     """coupled L2 weight decay added to the gradient before Adam (PyTorch `Adam(weight_decay=...)`)"""
@@ -199,8 +199,9 @@ class TrainConfig:
     heldout_levels: int = 100
     """held-out test levels (never trained on) for the generalisation gap"""
     baseline: Literal["none", "fresh"] = "none"
-    """fresh: also train, beside each seed, a copy re-initialised at every round start (same config and
-    schedule), and write `round/return_fresh` and `round/normalized_return` = warm / fresh"""
+    """fresh: also train, beside each seed, a copy re-initialised at every round start (same config; the
+    learning-rate schedule of a fresh one-round run, see --lr-schedule), and write `round/return_fresh` and
+    `round/normalized_return` = warm / fresh"""
     heldout_episodes: int = 16
     """episodes per seed of the held-out evaluation at each round end (test levels / an unseen permutation)"""
     patch_grid: int = 16

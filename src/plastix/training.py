@@ -152,8 +152,8 @@ def reinit_fresh_members(agent: Agent, states: TrainState, round_idx: int) -> Tr
 
     Copy ``i`` gets the network, optimizer, surgery and diagnostics state of a new agent drawn with
     ``fold_in(PRNGKey(seed_i), 1_000 + round_idx)``; its envs (and their running normalisation statistics),
-    its PRNG stream and its update counter (hence the learning-rate schedule) carry on, so the only
-    difference from the warm seed in this round is the starting network.
+    its PRNG stream and its update counter carry on; its learning rate restarts with the round (``ppo.learning_rate``
+    with ``fresh_copy``), as a fresh run of one round would.
     """
     cfg = agent.cfg
     seeds = jnp.asarray(cfg.seed_list)

@@ -236,8 +236,9 @@ def learning_rate(cfg: TrainConfig, update: jax.Array, fresh_copy: jax.Array | b
 
     ``cfg.lr_schedule``: ``whole`` is CleanRL's anneal ``lr * (1 - update / num_updates)``; ``per-round``
     restarts it in every round, ``lr * (1 - (update mod U) / U)`` with ``U = updates_per_round``; ``off`` is
-    ``lr``. A ``--baseline fresh`` copy (``fresh_copy``) is a new run at every round start, so it anneals per
-    round under ``whole`` too: its rate is what a fresh run of one round would use.
+    ``lr``. A ``--baseline fresh`` copy (``fresh_copy``) is a new run at every round start from round 1 on, so
+    there it anneals per round under ``whole`` too (the rate a fresh run of one round would use); in round 0
+    the copy is the seed itself, schedule included (its normalised return is 1 there).
     """
     if cfg.lr_schedule == "off":
         return jnp.asarray(cfg.learning_rate, jnp.float32)
@@ -245,7 +246,7 @@ def learning_rate(cfg: TrainConfig, update: jax.Array, fresh_copy: jax.Array | b
     per_round = cfg.updates_per_round
     round_frac = 1.0 - jnp.mod(update, per_round) / per_round
     frac = round_frac if cfg.lr_schedule == "per-round" else 1.0 - update / cfg.num_updates
-    frac = jnp.where(fresh_copy, round_frac, frac)
+    frac = jnp.where(fresh_copy & (update >= per_round), round_frac, frac)
     return (frac * cfg.learning_rate).astype(jnp.float32)
 
 
