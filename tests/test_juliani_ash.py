@@ -103,7 +103,7 @@ def test_network_options_that_do_not_fit_fail_before_compute(overrides, message)
 def test_two_layer_injection_heads_cannot_fire_twice():
     import dataclasses
 
-    cfg = dataclasses.replace(preset_config("cleanrl"), env_id="GridWorld-v0", mitigations="injection", rounds=3,
+    cfg = dataclasses.replace(preset_config("cleanrl-discrete"), mitigations="injection", rounds=3, num_envs=1,
                               num_steps=64, total_timesteps=3 * 64)
     with pytest.raises(ConfigError, match="injected only once"):
         validate(cfg, check_env=True)

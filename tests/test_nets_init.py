@@ -57,8 +57,8 @@ def test_impala_starts_near_a_uniform_policy_and_zero_value(impala):
     """The issue's claim, measured on random frames (orthogonal sqrt(2) convs gave torso features of RMS ~14,
     |V| ~18 and per-frame logit std ~0.13 over 5 init seeds; PyTorch's init ~0.06, ~0.06 and ~0.0005)."""
     model, params, frames = impala
-    feats, (logits, value) = jax.jit(lambda p, o: (
-        model.apply({"params": p}, o, method=lambda m, x: m.torso_net(x)), model.apply({"params": p}, o)))(params, frames)
+    torso = lambda p, o: model.apply({"params": p}, o, method=lambda m, x: m.torso_net(x))
+    feats, (logits, value) = jax.jit(lambda p, o: (torso(p, o), model.apply({"params": p}, o)))(params, frames)
     assert float(jnp.sqrt(jnp.mean(feats**2))) < 0.5
     assert float(jnp.mean(jnp.abs(value))) < 0.5
     assert float(jnp.mean(jnp.std(logits, axis=-1))) < 0.005

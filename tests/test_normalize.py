@@ -89,10 +89,12 @@ def test_shared_reward_normalisation_matches_gym_0_23_on_a_vector_env():
     expected, ref = _gym_0_23_normalize_reward(rewards, dones, gamma)
     state, got = nz.shared_reward_norm_init(n), []
     for r, d in zip(rewards, dones):
-        state, normed = nz.normalize_reward_shared(state, jnp.asarray(r), jnp.asarray(d), gamma, 10.0, jnp.ones(n, bool))
+        state, normed = nz.normalize_reward_shared(state, jnp.asarray(r), jnp.asarray(d), gamma, 10.0,
+                                                   jnp.ones(n, bool))
         got.append(np.asarray(normed))
     np.testing.assert_allclose(np.array(got), expected, rtol=1e-5)
-    assert float(state.rms.var) == pytest.approx(ref.var, rel=1e-10) and float(state.rms.count) == pytest.approx(ref.count)
+    assert float(state.rms.var) == pytest.approx(ref.var, rel=1e-10)
+    assert float(state.rms.count) == pytest.approx(ref.count)
     # Per-env statistics (gymnasium's per-env wrappers, the other mode) give other numbers on this stream.
     per_env = [nz.reward_norm_init() for _ in range(n)]
     first = [float(nz.normalize_reward(per_env[i], jnp.asarray(rewards[0, i]), jnp.asarray(False), gamma, 10.0,

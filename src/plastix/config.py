@@ -547,7 +547,8 @@ def validate(cfg: TrainConfig, check_env: bool = True) -> None:
     for name, allowed in (("lr_schedule", LR_SCHEDULES), ("reward_norm_stats", ("auto", "per-env", "shared")),
                           ("preset", tuple(PRESETS))):
         if getattr(cfg, name) not in allowed:
-            raise ConfigError(f"--{name.replace('_', '-')}: unknown value {getattr(cfg, name)!r}; allowed: {', '.join(allowed)}")
+            raise ConfigError(f"--{name.replace('_', '-')}: unknown value {getattr(cfg, name)!r}; "
+                              f"allowed: {', '.join(allowed)}")
     if cfg.target_kl is not None and cfg.target_kl <= 0:
         raise ConfigError(f"--target-kl: must be positive when given, got {cfg.target_kl}")
     from plastix.mitigations.build import check as check_mitigations
@@ -577,13 +578,15 @@ def check_env_and_shift(cfg: TrainConfig) -> None:
     except ValueError as err:
         message = str(err)
         raise ConfigError(message if message.startswith("--") else f"--env-id/--shift: {message}") from None
-    check_preset_fits(cfg, family)
-    reward_norm_on = cfg.normalize_reward == "on" or (cfg.normalize_reward == "auto" and family in ("mujoco", "procgen"))
-    if cfg.reward_norm_stats != "auto" and not reward_norm_on:
-        raise ConfigError(f"--reward-norm-stats {cfg.reward_norm_stats}: rewards of {cfg.env_id} are not normalised "
-                          f"(--normalize-reward {cfg.normalize_reward}); give --normalize-reward on, or drop the option")
     if cfg.network == "juliani-ash":
         _check_juliani_ash_network(cfg, family)
+    check_preset_fits(cfg, family)
+    reward_norm_on = cfg.normalize_reward == "on" or (cfg.normalize_reward == "auto"
+                                                      and family in ("mujoco", "procgen"))
+    if cfg.reward_norm_stats != "auto" and not reward_norm_on:
+        raise ConfigError(f"--reward-norm-stats {cfg.reward_norm_stats}: rewards of {cfg.env_id} are not "
+                          f"normalised (--normalize-reward {cfg.normalize_reward}); give --normalize-reward on, "
+                          "or drop the option")
     if "injection" in cfg.mitigations:
         _check_injection_head(cfg, family)
 
