@@ -108,6 +108,7 @@ def test_fresh_members_are_the_second_half_with_a_fresh_baseline():
     np.testing.assert_array_equal(fresh_members(TrainConfig(), jnp.zeros((2, 3))), [False, False])
 
 
+@pytest.mark.slow  # ~30 s on 2 busy cores; learning_rate and fresh_members are tested above in the default suite
 def test_fresh_copy_trains_with_a_fresh_runs_schedule(tmp_path):
     """End to end on the gridworld: 2 rounds x 2 updates under `whole`: the seed anneals over the run, its
     fresh copy (written as baseline/optim/lr) over each round from round 1, as a fresh one-round run would."""
