@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from plastix import nets
-from plastix.config import ConfigError, TrainConfig, validate
+from plastix.config import ConfigError, preset_config, validate
 from plastix.mitigations import BatchInfo, adam_states, continual_backprop, ocp_perturb, redo, reset_layers
 from plastix.mitigations._layers import hidden_layers, ones_like_tree, recycle_units
 from plastix.mitigations.ocp import hidden_layer_magi
@@ -392,7 +392,7 @@ def test_cbp_resets_adam_gnt_counts_so_a_replaced_units_next_update_is_a_first_s
 def test_cbp_uses_adam_gnt_by_default_and_cnn_options_are_checked():
     from plastix.mitigations.build import build_optimizer, check
 
-    grid = dataclasses.replace(TrainConfig(), env_id="GridWorld-v0", grid_obs="image", grid_size=18, patch_grid=2)
+    grid = dataclasses.replace(preset_config("cleanrl-discrete"), grid_obs="image", grid_size=18, patch_grid=2)
     for adam_gnt in (True, False):
         cfg = dataclasses.replace(grid, mitigations="cbp", cbp=CBPOptions(adam_gnt=adam_gnt))
         state = jax.eval_shape(build_optimizer(cfg, check(cfg), None, 1e-3).init, {"w": jnp.zeros(2)})
@@ -411,7 +411,7 @@ def _image_grid_config(**kw):
     from plastix.mitigations.registry import OCPPerturbOptions, ReDoOptions, ResetOptions
 
     return dataclasses.replace(
-        TrainConfig(), env_id="GridWorld-v0", grid_obs="image", grid_size=4, patch_grid=2, cnn_torso="impala",
+        preset_config("cleanrl-discrete"), grid_obs="image", grid_size=4, patch_grid=2, cnn_torso="impala",
         num_envs=2, num_steps=8, num_minibatches=2, update_epochs=1, total_timesteps=32, log_every=1,
         diagnostics_every=0, curvature_every=0, quiet=True, mitigations="redo,cbp,ocp_perturb,reset,crelu,layernorm",
         redo=ReDoOptions(tau=1.0, every=1), cbp=CBPOptions(replacement_rate=0.5, maturity_threshold=0),
