@@ -158,3 +158,52 @@ def test_nested_option_groups_are_dotted_paths(tmp_path):
     assert parse_train_args(config_flags(cfg)) == cfg
     with pytest.raises(ex.ExperimentError, match=rf"base.{table}.nope: unknown TrainConfig option"):
         ex.load(write(tmp_path, GOOD.replace("[grid]", f"[base.{table}]\nnope = 1\n[grid]")), "quick")
+
+
+# ------------------------------------------------------------------------------------- evidence scale
+def test_every_shipped_experiment_has_an_evidence_scale_between_quick_and_paper():
+    """``--scale evidence``: >= 5 seeds (issue 12), at least quick's steps and at most the paper's."""
+    for name in ex.names():
+        quick, evidence, paper = (ex.load(name, s) for s in ("quick", "evidence", "paper"))
+        assert evidence.scale == "evidence" and len(evidence.seeds) >= 5, name
+        src = [ex.load(e.source, e.scale) if e.kind == "task-switch" else e for e in (quick, evidence, paper)]
+        steps = [ex.config_for(e.variants[0].overrides, e.seeds).num_updates for e in src]
+        assert steps[0] <= steps[1] <= steps[2], (name, steps)
+
+
+def test_evidence_runs_are_shared_by_the_experiments_that_share_arms():
+    """ocp-fig1, ocp-weights, ocp-ranks and ocp-dormancy-vs-gradient train the same two runs at evidence
+    scale, and the task-switch experiments probe ocp-fig1's (one sweep trains them once)."""
+    from plastix.runner import plan
+
+    names = ["ocp-fig1", "ocp-weights", "ocp-ranks", "ocp-dormancy-vs-gradient", "ocp-task-switch",
+             "ocp-task-relevance"]
+    runs = plan([ex.load(n, "evidence") for n in names])
+    assert [r.name for r in runs] == ["activation=relu", "activation=none"]
+
+
+@pytest.mark.parametrize(
+    "table, expected",
+    [
+        ("[evidence]\nseedz = [0, 1, 2, 3, 4]\n", "evidence.seedz: unknown key"),
+        ("[evidence]\nseeds = [0, 0]\n", r"evidence.seeds: bad value \[0, 0\]"),
+        ("evidence = 3\n", r"\[evidence\]: must be a table"),
+        ("[evidence]\nseeds = [0]\nbase = { total_timestepz = 1 }\n", "evidence.base.total_timestepz: unknown"),
+    ],
+)
+def test_a_malformed_evidence_table_fails_naming_the_key(tmp_path, table, expected):
+    # A top-level key must come before the first table (TOML), a table after the others.
+    path = write(tmp_path, table + GOOD if table.startswith("evidence =") else GOOD + table)
+    for scale in ex.SCALES:  # checked whichever scale is asked for (a typo never waits for its scale)
+        with pytest.raises(ex.ExperimentError, match=expected):
+            ex.load(path, scale)
+
+
+def test_evidence_is_optional_in_a_users_file_and_its_absence_is_named(tmp_path):
+    path = write(tmp_path, GOOD)
+    assert ex.load(path, "quick").seeds == [0, 1]
+    with pytest.raises(ex.ExperimentError, match=r"\[evidence\]: no such table .* scales it defines: quick, paper"):
+        ex.load(path, "evidence")
+    exp = ex.load(write(tmp_path, GOOD + "[evidence]\nseeds = [0, 1, 2, 3, 4]\nbase = { total_timesteps = 6144 }\n"),
+                  "evidence")
+    assert exp.seeds == [0, 1, 2, 3, 4] and exp.base["total_timesteps"] == 6144

@@ -13,7 +13,7 @@ USAGE = """usage: plastix COMMAND [options]
 commands:
   train        train PPO (CleanRL semantics) for one or many seeds; `plastix train --help` lists every flag
   experiments  `plastix experiments list`: the named experiments (TOML files) shipped with plastix
-  run          `plastix run EXPERIMENT|FILE.toml [...] [--scale quick|paper] [--out SWEEP_DIR]
+  run          `plastix run EXPERIMENT|FILE.toml [...] [--scale quick|evidence|paper] [--out SWEEP_DIR]
                [--backend local|ray] [--address ADDR] [--jobs N] [--retries N]`: train a sweep
   query        `plastix query SWEEP_DIR ["SQL"]`: DuckDB SQL over a sweep (views metrics, runs, task_switch)
   report       `plastix report SWEEP_DIR [--out DIR]`: HTML page + PNG figures of a sweep
@@ -106,7 +106,9 @@ def run_main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="plastix run", description="Train the runs of named experiments (a sweep).")
     parser.add_argument("experiments", nargs="+", metavar="EXPERIMENT", help="a shipped name or a path to a .toml file")
-    parser.add_argument("--scale", default="quick", choices=experiments.SCALES, help="quick (minutes) or paper")
+    parser.add_argument("--scale", default="quick", choices=experiments.SCALES,
+                        help="quick (minutes, a smoke run), evidence (>= 5 seeds, about an hour per experiment on "
+                        "2 CPU cores) or paper (the paper's protocol)")
     parser.add_argument("--out", default=None, help="sweep folder (default: sweeps/<experiment>__<scale>)")
     parser.add_argument("--backend", default="local", choices=("local", "ray"), help="where runs execute")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray instance)")

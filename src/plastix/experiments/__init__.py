@@ -30,7 +30,8 @@ it (``plastix run my-experiment.toml``). Schema (every key is validated, see ``l
     a = { activation = "none" }            # the variant (or task-switch source) on the left ...
     b = { activation = "relu" }            # ... and on the right (less, greater, similar)
 
-    [quick]                                # one table per scale: "quick" and "paper" are required
+    [quick]                                # one table per scale: "quick" and "paper" are required,
+                                           # "evidence" optional (every shipped file has it)
     seeds = [0, 1]
     base = { total_timesteps = 65536 }     # overrides [base] at this scale
     grid = { ... }                         # optional: replaces [grid] at this scale
@@ -41,6 +42,9 @@ Claims may also set ``compare = "not_less"`` (``a >= b - tolerance * |b|``: "at 
 ``combine = "mean"`` (compare the mean over the matching keys instead of requiring every key to hold).
 A task-switch experiment with ``task_switch = { alphas = [...] }`` runs the task-relevance probe instead of
 the plain Eq. 15 switch (``plastix.experiments.task_switch``, ``plastix.probes.interpolated_targets``).
+
+Scales: ``quick`` (minutes, a smoke run: never evidence), ``evidence`` (at least 5 seeds, sized to run in
+about an hour on 2 CPU cores; each shipped file says what it costs) and ``paper`` (the paper's protocol).
 
 ``load(name_or_path, scale)`` returns an ``Experiment`` whose ``variants`` are ready-to-train
 ``TrainConfig`` override dicts, or raises ``ExperimentError`` naming the file, the key and what is allowed.
@@ -60,7 +64,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-SCALES = ("quick", "paper")
+SCALES = ("quick", "evidence", "paper")
+REQUIRED_SCALES = ("quick", "paper")  # a user's copy without [evidence] still loads at the other two
 KINDS = ("train", "task-switch")
 ANALYSES = {
     "return": "episodic return over env steps (bootstrap 95% bands) and IQM of final return",
@@ -419,8 +424,11 @@ def load(name_or_path: str | Path, scale: str = "quick") -> Experiment:
     if unknown:
         raise ExperimentError(f"{path}: {sorted(unknown)[0]}: unknown key; allowed: {', '.join(sorted(TOP_KEYS))}")
     for s in SCALES:
+        if s not in raw and s not in REQUIRED_SCALES:
+            continue
         if not isinstance(raw.get(s), dict):
-            raise ExperimentError(f"{path}: [{s}]: required table (with at least `seeds = [...]`)")
+            need = "required table" if s in REQUIRED_SCALES else "must be a table"
+            raise ExperimentError(f"{path}: [{s}]: {need} (with at least `seeds = [...]`)")
         bad = set(raw[s]) - SCALE_KEYS
         if bad:
             raise ExperimentError(f"{path}: {s}.{sorted(bad)[0]}: unknown key; allowed: {', '.join(sorted(SCALE_KEYS))}")
@@ -428,6 +436,10 @@ def load(name_or_path: str | Path, scale: str = "quick") -> Experiment:
         if not (isinstance(seeds, list) and seeds and all(isinstance(x, int) and x >= 0 for x in seeds)
                 and len(set(seeds)) == len(seeds)):
             raise ExperimentError(f"{path}: {s}.seeds: bad value {seeds!r}; expected a list of distinct integers >= 0")
+    if scale not in raw:
+        defined = ", ".join(s for s in SCALES if s in raw)
+        raise ExperimentError(f"{path}: [{scale}]: no such table in this file, so --scale {scale} cannot run it; "
+                              f"scales it defines: {defined}")
     kind = raw.get("kind", "train")
     if kind not in KINDS:
         raise ExperimentError(f"{path}: kind: bad value {kind!r}; allowed: {', '.join(KINDS)}")
@@ -445,6 +457,10 @@ def load(name_or_path: str | Path, scale: str = "quick") -> Experiment:
             raise ExperimentError(f"{path}: analyses: unknown analysis {a!r}; allowed: {', '.join(ANALYSES)}")
 
     fields = train_fields()
+    for other in SCALES:  # the other scales' option names and types too: a typo never waits for its scale
+        if other != scale and other in raw:
+            _check_overrides(path, f"{other}.base", raw[other].get("base", {}), fields)
+            _check_overrides(path, f"{other}.grid", raw[other].get("grid", {}), fields, grid=True)
     sc = raw[scale]
     base = _check_overrides(path, "base", raw.get("base", {}), fields)
     base.update(_check_overrides(path, f"{scale}.base", sc.get("base", {}), fields))
