@@ -21,12 +21,21 @@ from plastix.mitigations.optimizer_state import ScaleByAdamGnTState, scale_by_ad
 from plastix.mitigations.registry import CBPOptions, InjectionOptions
 from plastix.mitigations.transforms import make_optimizer
 
-NATURE = [("torso/layer_1", ("torso", "layer_1"), [("torso", "layer_2")]),
-          ("torso/layer_2", ("torso", "layer_2"), [("torso", "layer_3")]),
-          ("torso/layer_3", ("torso", "layer_3"), [("torso", "layer_4")]),
-          ("torso/layer_4", ("torso", "layer_4"), [("policy_output",), ("value_output",)])]
-IMPALA = [(f"torso/layer_{4 * (s - 1) + 2 * b}", ("torso", f"stack_{s}_block_{b}_conv_0"),
-           [("torso", f"stack_{s}_block_{b}_conv_1")]) for s in (1, 2, 3) for b in (1, 2)]
+NATURE = [
+    ("torso/layer_1", ("torso", "layer_1"), [("torso", "layer_2")]),
+    ("torso/layer_2", ("torso", "layer_2"), [("torso", "layer_3")]),
+    ("torso/layer_3", ("torso", "layer_3"), [("torso", "layer_4")]),
+    ("torso/layer_4", ("torso", "layer_4"), [("policy_output",), ("value_output",)]),
+]
+IMPALA = [
+    (
+        f"torso/layer_{4 * (s - 1) + 2 * b}",
+        ("torso", f"stack_{s}_block_{b}_conv_0"),
+        [("torso", f"stack_{s}_block_{b}_conv_1")],
+    )
+    for s in (1, 2, 3)
+    for b in (1, 2)
+]
 IMPALA += [("torso/layer_14", ("torso", "dense"), [("policy_output",), ("value_output",)])]
 X = np.random.default_rng(0).uniform(size=(6, 8, 8, 3)).astype(np.float32)
 # Test arrays are numpy: an eager jax op compiles once per shape, which costs more than the tests themselves.
@@ -64,10 +73,12 @@ class TinyActorCritic(nn.Module):
         else:
             torso = nets.ImpalaCNN((3, 3), 5, self.activation, self.layer_norm, name="torso")
         h = torso(x)
-        return nets.orthogonal_dense(3, 0.01, "policy_output")(h), nets.orthogonal_dense(1, 1.0, "value_output")(h)[..., 0]
+        return nets.orthogonal_dense(3, 0.01, "policy_output")(h), nets.orthogonal_dense(
+            1, 1.0, "value_output"
+        )(h)[..., 0]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _net(torso, activation="relu", layer_norm=False):
     """Jitted ``init_fn(key) -> params`` and ``run(params) -> ((logits, value), activations)`` on ``X``."""
     model = TinyActorCritic(torso, activation, layer_norm)
@@ -93,9 +104,12 @@ def _params(init_fn, seed):
     return jax.tree.map(np.asarray, init_fn(jax.random.PRNGKey(seed)))
 
 
-def _adam_state(params, tx=optax.adam(1e-3)):
-    """``tx``'s state after one update with gradient 0.1 everywhere (non-zero moments), compiled once."""
-    return jax.jit(lambda p: tx.update(jax.tree.map(lambda x: jnp.full_like(x, 0.1), p), tx.init(p), p)[1])(params)
+def _adam_state(params):
+    """Adam's state after one update with gradient 0.1 everywhere (non-zero moments), compiled once."""
+    tx = optax.adam(1e-3)
+    return jax.jit(lambda p: tx.update(jax.tree.map(lambda x: jnp.full_like(x, 0.1), p), tx.init(p), p)[1])(
+        params
+    )
 
 
 def _set(params, path, name, value):
@@ -107,12 +121,23 @@ def _set(params, path, name, value):
     return params
 
 
-TINY = {"chain": [("torso/layer_1", ("torso", "layer_1"), [("torso", "layer_2")]),
-                  ("torso/layer_2", ("torso", "layer_2"), [("torso", "layer_3")]),
-                  ("torso/layer_3", ("torso", "layer_3"), [("policy_output",), ("value_output",)])],
-        "impala": [(f"torso/layer_{4 * (s - 1) + 2 * b}", ("torso", f"stack_{s}_block_{b}_conv_0"),
-                    [("torso", f"stack_{s}_block_{b}_conv_1")]) for s in (1, 2) for b in (1, 2)]
-        + [("torso/layer_10", ("torso", "dense"), [("policy_output",), ("value_output",)])]}
+TINY = {
+    "chain": [
+        ("torso/layer_1", ("torso", "layer_1"), [("torso", "layer_2")]),
+        ("torso/layer_2", ("torso", "layer_2"), [("torso", "layer_3")]),
+        ("torso/layer_3", ("torso", "layer_3"), [("policy_output",), ("value_output",)]),
+    ],
+    "impala": [
+        (
+            f"torso/layer_{4 * (s - 1) + 2 * b}",
+            ("torso", f"stack_{s}_block_{b}_conv_0"),
+            [("torso", f"stack_{s}_block_{b}_conv_1")],
+        )
+        for s in (1, 2)
+        for b in (1, 2)
+    ]
+    + [("torso/layer_10", ("torso", "dense"), [("policy_output",), ("value_output",)])],
+}
 
 
 def _wiring(params):
@@ -121,7 +146,9 @@ def _wiring(params):
 
 def test_hidden_layers_of_the_nature_and_impala_torsos():
     for torso, expected, shape in (("nature", NATURE, (1, 84, 84, 4)), ("impala", IMPALA, (1, 64, 64, 3))):
-        params = jax.eval_shape(nets.CNNActorCritic(3, torso).init, jax.random.PRNGKey(0), jnp.zeros(shape))["params"]
+        params = jax.eval_shape(nets.CNNActorCritic(3, torso).init, jax.random.PRNGKey(0), jnp.zeros(shape))[
+            "params"
+        ]
         assert _wiring(params) == expected
 
 
@@ -151,7 +178,9 @@ def test_recycling_silent_channels_leaves_the_outputs_unchanged(torso, activatio
     init_fn, run = _net(torso, activation)
     params, fresh = _params(init_fn, 1), _params(init_fn, 2)
     layers = hidden_layers(params)
-    masks = [np.arange(_get(params, h.incoming + ("kernel",)).shape[-1]) % 2 == i % 2 for i, h in enumerate(layers)]
+    masks = [
+        np.arange(_get(params, h.incoming + ("kernel",)).shape[-1]) % 2 == i % 2 for i, h in enumerate(layers)
+    ]
     for h, mask in zip(layers, masks):
         params = _silence(params, h.incoming, np.flatnonzero(mask))
     recycle = jax.jit(lambda p, f: recycle_units(p, ones_like_tree(p), f, list(zip(layers, masks)))[0])
@@ -160,9 +189,16 @@ def test_recycling_silent_channels_leaves_the_outputs_unchanged(torso, activatio
     (new_logits, new_value), _ = run(new)
     np.testing.assert_allclose(new_logits, logits, atol=1e-6)
     np.testing.assert_allclose(new_value, value, atol=1e-6)
-    for h, mask in zip(layers, masks):  # the silenced filters are fresh again (0 where they read a recycled unit)
-        kernel, fresh_kernel = _get(new, h.incoming + ("kernel",))[..., mask], _get(fresh, h.incoming + ("kernel",))[..., mask]
-        assert np.all((kernel == fresh_kernel) | (kernel == 0)) and np.all(np.any(kernel != 0, axis=(0, 1, 2)[: kernel.ndim - 1]))
+    for h, mask in zip(
+        layers, masks
+    ):  # the silenced filters are fresh again (0 where they read a recycled unit)
+        kernel, fresh_kernel = (
+            _get(new, h.incoming + ("kernel",))[..., mask],
+            _get(fresh, h.incoming + ("kernel",))[..., mask],
+        )
+        assert np.all((kernel == fresh_kernel) | (kernel == 0)) and np.all(
+            np.any(kernel != 0, axis=(0, 1, 2)[: kernel.ndim - 1])
+        )
 
 
 def _kill(params, path, channels):
@@ -177,23 +213,31 @@ def test_redo_recycles_dead_cnn_channels(torso):
     params = _params(init_fn, 1)
     conv_path = ("torso", "layer_2") if torso == "chain" else ("torso", "stack_1_block_1_conv_0")
     dense_path = ("torso", "layer_3") if torso == "chain" else ("torso", "dense")
-    conv_name, dense_name = ("torso/layer_2", "torso/layer_3") if torso == "chain" else ("torso/layer_2", "torso/layer_10")
+    conv_name, dense_name = (
+        ("torso/layer_2", "torso/layer_3") if torso == "chain" else ("torso/layer_2", "torso/layer_10")
+    )
     params = _kill(_kill(params, conv_path, [0, 2]), dense_path, [3])
     opt_state = _adam_state(params)
     (logits, value), acts = run(params)
     key = jax.random.PRNGKey(7)
-    new, new_opt, _, metrics = jax.jit(redo(init_fn, tau=0.0).apply)(params, opt_state, (), BatchInfo(activations=acts), key)
+    new, new_opt, _, metrics = jax.jit(redo(init_fn, tau=0.0).apply)(
+        params, opt_state, (), BatchInfo(activations=acts), key
+    )
     fresh = init_fn(key)
     # tau = 0: a unit is recycled when its activation is 0 on every sample and position.
-    dead = {h.name: np.all(np.asarray(acts[h.name][1]) == 0, axis=tuple(range(acts[h.name][1].ndim - 1)))
-            for h in hidden_layers(params)}
+    dead = {
+        h.name: np.all(np.asarray(acts[h.name][1]) == 0, axis=tuple(range(acts[h.name][1].ndim - 1)))
+        for h in hidden_layers(params)
+    }
     assert float(metrics["mitigation/redo/recycled"]) == sum(int(m.sum()) for m in dead.values())
     assert dead[conv_name][[0, 2]].all() and dead[dense_name][3]
     mu, nu = adam_states(new_opt)[0].mu, adam_states(new_opt)[0].nu
     d = dead[conv_name]
     live_in = ~dead["torso/layer_1"] if torso == "chain" else slice(None)  # inputs from recycled units stay 0
-    np.testing.assert_array_equal(_get(new, conv_path + ("kernel",))[:, :, live_in][..., d],
-                                  _get(fresh, conv_path + ("kernel",))[:, :, live_in][..., d])
+    np.testing.assert_array_equal(
+        _get(new, conv_path + ("kernel",))[:, :, live_in][..., d],
+        _get(fresh, conv_path + ("kernel",))[:, :, live_in][..., d],
+    )
     np.testing.assert_array_equal(_get(new, conv_path + ("bias",))[d], 0.0)
     if torso == "chain":  # layer_2's 2 x 2 x 5 map is flattened into layer_3: rows (y, x, c) in NHWC order
         outgoing = lambda tree: _get(tree, dense_path + ("kernel",)).reshape(4, 5, -1)[:, d]
@@ -215,13 +259,17 @@ def test_reset_final_resets_the_cnn_heads():
     params = _params(init_fn, 1)
     opt_state = _adam_state(params)
     key = jax.random.PRNGKey(4)
-    new, new_opt, _, metrics = jax.jit(reset_layers(init_fn, "final").apply)(params, opt_state, (), BatchInfo(), key)
+    new, new_opt, _, metrics = jax.jit(reset_layers(init_fn, "final").apply)(
+        params, opt_state, (), BatchInfo(), key
+    )
     fresh = init_fn(key)
     for head in ("policy_output", "value_output"):
         for leaf in ("kernel", "bias"):
             np.testing.assert_array_equal(_get(new, (head, leaf)), _get(fresh, (head, leaf)))
             np.testing.assert_array_equal(_get(adam_states(new_opt)[0].mu, (head, leaf)), 0.0)
-    np.testing.assert_array_equal(_get(new, ("torso", "layer_3", "kernel")), _get(params, ("torso", "layer_3", "kernel")))
+    np.testing.assert_array_equal(
+        _get(new, ("torso", "layer_3", "kernel")), _get(params, ("torso", "layer_3", "kernel"))
+    )
     assert float(metrics["mitigation/reset/params_reset"]) == 6 * 3 + 3 + 6 + 1
 
 
@@ -235,7 +283,7 @@ def _conv_magi_by_hand(x, kernel_shape, z):
     grad = np.zeros(kernel_shape)
     for a in range(kh):
         for b in range(kw):
-            grad[a, b] = np.einsum("nyxj,nyxi->ji", xp[:, a:a + h, b:b + w], active)
+            grad[a, b] = np.einsum("nyxj,nyxi->ji", xp[:, a : a + h, b : b + w], active)
     return np.abs(grad).reshape(-1, kernel_shape[-1]).mean(0)
 
 
@@ -247,8 +295,11 @@ def test_ocp_perturbation_finds_and_perturbs_trapped_impala_channels():
     assert sorted(magi) == sorted(name for name, _, _ in TINY["impala"])
     # relu(conv_0) of stack 1 block 1 reads relu(stream) (sown layer_1) through a SAME 3x3 conv.
     kernel = _get(params, ("torso", "stack_1_block_1_conv_0", "kernel"))
-    expected = _conv_magi_by_hand(np.asarray(acts["torso/layer_1"][1], np.float64), kernel.shape,
-                                  np.asarray(acts["torso/layer_2"][0], np.float64))
+    expected = _conv_magi_by_hand(
+        np.asarray(acts["torso/layer_1"][1], np.float64),
+        kernel.shape,
+        np.asarray(acts["torso/layer_2"][0], np.float64),
+    )
     np.testing.assert_allclose(magi["torso/layer_2"], expected, rtol=1e-4, atol=1e-6)
     # The dense layer: dS/dW_ji = sum_n relu'(z_ni) x_nj with x the flattened relu(stream).
     x = np.asarray(acts["torso/layer_9"][1], np.float64).reshape(X.shape[0], -1)
@@ -257,8 +308,12 @@ def test_ocp_perturbation_finds_and_perturbs_trapped_impala_channels():
     trapped = np.asarray(magi["torso/layer_2"]) == 0
     assert trapped[[0, 2]].all()
     surgery = ocp_perturb(init_fn, threshold=0.0)
-    new, _, _, metrics = jax.jit(surgery.apply)(params, _adam_state(params), (), BatchInfo(magi=magi), jax.random.PRNGKey(5))
-    assert float(metrics["mitigation/ocp_perturb/perturbed"]) == sum(int((np.asarray(g) == 0).sum()) for g in magi.values())
+    new, _, _, metrics = jax.jit(surgery.apply)(
+        params, _adam_state(params), (), BatchInfo(magi=magi), jax.random.PRNGKey(5)
+    )
+    assert float(metrics["mitigation/ocp_perturb/perturbed"]) == sum(
+        int((np.asarray(g) == 0).sum()) for g in magi.values()
+    )
     path = ("torso", "stack_1_block_1_conv_0", "kernel")
     np.testing.assert_array_equal(np.any(_get(new, path) != _get(params, path), axis=(0, 1, 2)), trapped)
 
@@ -280,7 +335,9 @@ def test_layernorm_and_crelu_sit_in_the_cnn_torsos():
         per_sample = pre.reshape(pre.shape[0], -1)
         np.testing.assert_allclose(per_sample.mean(1), 0.0, atol=1e-4)
         np.testing.assert_allclose(per_sample.var(1), 1.0, atol=1e-2)
-        np.testing.assert_array_equal(post, np.concatenate([np.maximum(pre, 0), np.maximum(-pre, 0)], -1).astype(np.float32))
+        np.testing.assert_array_equal(
+            post, np.concatenate([np.maximum(pre, 0), np.maximum(-pre, 0)], -1).astype(np.float32)
+        )
 
 
 def _conv_cbp_case():
@@ -289,9 +346,16 @@ def _conv_cbp_case():
     rng = np.random.default_rng(0)
     normal = lambda *shape: rng.normal(size=shape).astype(np.float32)
     layer = lambda *shape: {"kernel": normal(*shape), "bias": normal(shape[-1])}
-    params = {"torso": {"layer_1": layer(2, 2, 1, 2), "layer_2": layer(1, 1, 2, 3), "layer_3": layer(12, 4)},
-              "policy_output": layer(4, 2), "value_output": layer(4, 1)}
-    posts = {"torso/layer_1": normal(5, 3, 3, 2), "torso/layer_2": normal(5, 2, 2, 3), "torso/layer_3": normal(5, 4)}
+    params = {
+        "torso": {"layer_1": layer(2, 2, 1, 2), "layer_2": layer(1, 1, 2, 3), "layer_3": layer(12, 4)},
+        "policy_output": layer(4, 2),
+        "value_output": layer(4, 1),
+    }
+    posts = {
+        "torso/layer_1": normal(5, 3, 3, 2),
+        "torso/layer_2": normal(5, 2, 2, 3),
+        "torso/layer_3": normal(5, 4),
+    }
     init_fn = lambda k: jax.tree.map(lambda p: jax.random.normal(k, p.shape, p.dtype), params)
     return params, {k: (v, v) for k, v in posts.items()}, init_fn
 
@@ -308,16 +372,26 @@ def test_cbp_conv_utility_and_replacement_match_convgnt_by_hand():
     # rr 0.34 of 2, 3, 4 eligible units (maturity 0): none of layer_1, one of layer_2 and one of layer_3 replaced.
     cbp = continual_backprop(init_fn, replacement_rate=0.34, maturity_threshold=0)
     state = cbp.init(p, None)
-    assert state["torso/layer_1"].mean_activation.shape == (2,)  # feeds a conv: per channel, no fold (convGnT)
+    assert state["torso/layer_1"].mean_activation.shape == (
+        2,
+    )  # feeds a conv: per channel, no fold (convGnT)
     key = jax.random.PRNGKey(2)
     new, _, s1, metrics = jax.jit(cbp.apply)(p, _adam_state(p), state, BatchInfo(activations=acts), key)
     new, s1 = jax.tree.map(np.asarray, new), jax.tree.map(np.asarray, s1)
     assert [float(metrics[f"mitigation/cbp/torso/layer_{i}/replaced"]) for i in (1, 2, 3)] == [0.0, 1.0, 1.0]
     c, j = int(np.argmin(u2)), int(np.argmin(u3))
-    for name, u, replaced in (("torso/layer_1", u1, []), ("torso/layer_2", u2, [c]), ("torso/layer_3", u3, [j])):
-        np.testing.assert_allclose(s1[name].utility, np.where(np.isin(np.arange(len(u)), replaced), 0.0, 0.01 * u), rtol=1e-5)
+    for name, u, replaced in (
+        ("torso/layer_1", u1, []),
+        ("torso/layer_2", u2, [c]),
+        ("torso/layer_3", u3, [j]),
+    ):
+        np.testing.assert_allclose(
+            s1[name].utility, np.where(np.isin(np.arange(len(u)), replaced), 0.0, 0.01 * u), rtol=1e-5
+        )
     fresh = jax.tree.map(np.asarray, init_fn(key))
-    np.testing.assert_array_equal(new["torso"]["layer_2"]["kernel"][..., c], fresh["torso"]["layer_2"]["kernel"][..., c])
+    np.testing.assert_array_equal(
+        new["torso"]["layer_2"]["kernel"][..., c], fresh["torso"]["layer_2"]["kernel"][..., c]
+    )
     assert new["torso"]["layer_2"]["bias"][c] == 0.0 and s1["torso/layer_2"].age[c] == 0
     rows = np.arange(12) % 3 == c  # the flattened (y, x, c) rows channel c feeds
     np.testing.assert_array_equal(new["torso"]["layer_3"]["kernel"][rows], 0.0)
@@ -326,9 +400,13 @@ def test_cbp_conv_utility_and_replacement_match_convgnt_by_hand():
     mean = acts["torso/layer_2"][1].mean(0).reshape(12)
     fold = (mean[rows, None] * p["torso"]["layer_3"]["kernel"][rows]).sum(0)
     others = np.arange(4) != j
-    np.testing.assert_allclose(new["torso"]["layer_3"]["bias"][others], (p["torso"]["layer_3"]["bias"] + fold)[others], rtol=1e-5)
+    np.testing.assert_allclose(
+        new["torso"]["layer_3"]["bias"][others], (p["torso"]["layer_3"]["bias"] + fold)[others], rtol=1e-5
+    )
     # No fold into a conv consumer: layer_2's other biases are untouched.
-    np.testing.assert_array_equal(new["torso"]["layer_2"]["bias"][np.arange(3) != c], p["torso"]["layer_2"]["bias"][np.arange(3) != c])
+    np.testing.assert_array_equal(
+        new["torso"]["layer_2"]["bias"][np.arange(3) != c], p["torso"]["layer_2"]["bias"][np.arange(3) != c]
+    )
     for head in ("policy_output", "value_output"):
         np.testing.assert_array_equal(new[head]["kernel"][j], 0.0)
 
@@ -352,8 +430,10 @@ def test_cbp_resets_adam_gnt_counts_so_a_replaced_units_next_update_is_a_first_s
     outgoing weights (``gnt.py`` / ``convGnT.py`` ``update_optim_params``): the next update of those weights is
     Adam's first step, ``-lr * g / (|g| + eps)``; every other weight continues its own bias correction."""
     f32 = lambda x: np.array(x, np.float32)
-    params = {"layer_1": {"kernel": f32([[1.0, -2.0, 0.5], [0.0, 1.0, -1.0]]), "bias": f32([0.1, 0.2, 0.3])},
-              "output": {"kernel": f32([[1.0, -3.0], [0.5, 0.5], [-2.0, 0.0]]), "bias": f32([0.0, 1.0])}}
+    params = {
+        "layer_1": {"kernel": f32([[1.0, -2.0, 0.5], [0.0, 1.0, -1.0]]), "bias": f32([0.1, 0.2, 0.3])},
+        "output": {"kernel": f32([[1.0, -3.0], [0.5, 0.5], [-2.0, 0.0]]), "bias": f32([0.0, 1.0])},
+    }
     init_fn = lambda k: jax.tree.map(lambda p: jax.random.normal(k, p.shape, p.dtype), params)
     post = f32([[1.0, -2.0, 0.0], [3.0, 0.0, -1.0]])  # unit 1 has the lowest contribution (hand case)
     lr, b1, b2, eps = 0.1, 0.9, 0.999, 1e-8
@@ -366,12 +446,16 @@ def test_cbp_resets_adam_gnt_counts_so_a_replaced_units_next_update_is_a_first_s
         _, opt_state = update(g, opt_state, params)
     cbp = continual_backprop(init_fn, replacement_rate=1.0 / 3.0 + 1e-6, maturity_threshold=0)
     info = BatchInfo(activations={"layer_1": (post, post)})
-    _, opt_state, _, metrics = jax.jit(cbp.apply)(params, opt_state, cbp.init(params, None), info, jax.random.PRNGKey(3))
+    _, opt_state, _, metrics = jax.jit(cbp.apply)(
+        params, opt_state, cbp.init(params, None), info, jax.random.PRNGKey(3)
+    )
     assert float(metrics["mitigation/cbp/replaced"]) == 1
-    gnt = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda n: isinstance(n, ScaleByAdamGnTState))
-           if isinstance(s, ScaleByAdamGnTState)][0]
-    replaced = {"layer_1": {"kernel": np.array([[0, 1, 0]] * 2, bool), "bias": np.array([0, 1, 0], bool)},
-                "output": {"kernel": np.array([[0, 0], [1, 1], [0, 0]], bool), "bias": np.zeros(2, bool)}}
+    is_gnt = lambda n: isinstance(n, ScaleByAdamGnTState)
+    gnt = next(s for s in jax.tree.leaves(opt_state, is_leaf=is_gnt) if is_gnt(s))
+    replaced = {
+        "layer_1": {"kernel": np.array([[0, 1, 0]] * 2, bool), "bias": np.array([0, 1, 0], bool)},
+        "output": {"kernel": np.array([[0, 0], [1, 1], [0, 0]], bool), "bias": np.zeros(2, bool)},
+    }
     jax.tree.map(lambda c, r: np.testing.assert_array_equal(c, np.where(r, 0, 4)), gnt.count, replaced)
     updates, _ = update(grads[4], opt_state, params)
 
@@ -386,37 +470,61 @@ def test_cbp_resets_adam_gnt_counts_so_a_replaced_units_next_update_is_a_first_s
         r = replaced[path[0]][path[1]]
         expected = np.where(r, adam_by_hand(history, 4), adam_by_hand(history, 0))
         np.testing.assert_allclose(updates[path[0]][path[1]], expected, rtol=1e-4)
-        np.testing.assert_allclose(np.asarray(updates[path[0]][path[1]])[r], -lr * np.sign(history[4][r]), rtol=1e-4)
+        np.testing.assert_allclose(
+            np.asarray(updates[path[0]][path[1]])[r], -lr * np.sign(history[4][r]), rtol=1e-4
+        )
 
 
 def test_cbp_uses_adam_gnt_by_default_and_cnn_options_are_checked():
     from plastix.mitigations.build import build_optimizer, check
 
-    grid = dataclasses.replace(preset_config("cleanrl-discrete"), grid_obs="image", grid_size=18, patch_grid=2)
+    grid = dataclasses.replace(
+        preset_config("cleanrl-discrete"), grid_obs="image", grid_size=18, patch_grid=2
+    )
     for adam_gnt in (True, False):
         cfg = dataclasses.replace(grid, mitigations="cbp", cbp=CBPOptions(adam_gnt=adam_gnt))
         state = jax.eval_shape(build_optimizer(cfg, check(cfg), None, 1e-3).init, {"w": jnp.zeros(2)})
-        found = [n for n in jax.tree.leaves(state, is_leaf=lambda n: isinstance(n, ScaleByAdamGnTState))
-                 if isinstance(n, ScaleByAdamGnTState)]
+        found = [
+            n
+            for n in jax.tree.leaves(state, is_leaf=lambda n: isinstance(n, ScaleByAdamGnTState))
+            if isinstance(n, ScaleByAdamGnTState)
+        ]
         assert bool(found) == adam_gnt
     # The CNN is a ReLU network whatever --activation says: CReLU and LayerNorm are accepted on it...
     validate(dataclasses.replace(grid, mitigations="crelu,layernorm,redo,cbp,ocp_perturb,reset"))
     # ... but not with injection's two-layer head, which re-runs the torso's dense with a plain ReLU.
     with pytest.raises(ConfigError, match="injection.*crelu"):
         validate(dataclasses.replace(grid, mitigations="crelu,injection"))
-    validate(dataclasses.replace(grid, mitigations="crelu,injection", injection=InjectionOptions(head_layers=1)))
+    validate(
+        dataclasses.replace(grid, mitigations="crelu,injection", injection=InjectionOptions(head_layers=1))
+    )
 
 
 def _image_grid_config(**kw):
     from plastix.mitigations.registry import OCPPerturbOptions, ReDoOptions, ResetOptions
 
     return dataclasses.replace(
-        preset_config("cleanrl-discrete"), grid_obs="image", grid_size=4, patch_grid=2, cnn_torso="impala",
-        num_envs=2, num_steps=8, num_minibatches=2, update_epochs=1, total_timesteps=32, log_every=1,
-        diagnostics_every=0, curvature_every=0, quiet=True, mitigations="redo,cbp,ocp_perturb,reset,crelu,layernorm",
-        redo=ReDoOptions(tau=1.0, every=1), cbp=CBPOptions(replacement_rate=0.5, maturity_threshold=0),
+        preset_config("cleanrl-discrete"),
+        grid_obs="image",
+        grid_size=4,
+        patch_grid=2,
+        cnn_torso="impala",
+        num_envs=2,
+        num_steps=8,
+        num_minibatches=2,
+        update_epochs=1,
+        total_timesteps=32,
+        log_every=1,
+        diagnostics_every=0,
+        curvature_every=0,
+        quiet=True,
+        mitigations="redo,cbp,ocp_perturb,reset,crelu,layernorm",
+        redo=ReDoOptions(tau=1.0, every=1),
+        cbp=CBPOptions(replacement_rate=0.5, maturity_threshold=0),
         ocp_perturb=OCPPerturbOptions(threshold=1.0, relative=True, every=2, at_switch=False),
-        reset=ResetOptions(layers="final", every=2, at_switch=False), **kw)
+        reset=ResetOptions(layers="final", every=2, at_switch=False),
+        **kw,
+    )
 
 
 def test_the_trainer_gives_the_cnn_its_mitigations():
@@ -427,7 +535,11 @@ def test_the_trainer_gives_the_cnn_its_mitigations():
 
     spec = EnvSpec("gridworld", (8, 8, 3), np.uint8, True, 4, None, None, 20, "same_step", "state")
     agent = Agent(_image_grid_config(), spec)
-    assert isinstance(agent.net, nets.CNNActorCritic) and agent.net.activation == "crelu" and agent.net.layer_norm
+    assert (
+        isinstance(agent.net, nets.CNNActorCritic)
+        and agent.net.activation == "crelu"
+        and agent.net.layer_norm
+    )
     key = jax.random.PRNGKey(0)
     params = jax.eval_shape(agent.init_params, key)
     assert {"layer_norm_1", "layer_norm_14"} <= set(params["torso"])
@@ -440,13 +552,19 @@ def test_the_trainer_gives_the_cnn_its_mitigations():
 
     keys = set(jax.eval_shape(surgery_metrics, params, obs, key))
     for name, _, _ in IMPALA:  # (the OCP perturbation names a layer only when the trainer's MAGI covers it)
-        assert {f"mitigation/redo/{name}/recycled", f"mitigation/cbp/{name}/replaced",
-                f"mitigation/ocp_perturb/{name}/perturbed"} <= keys
+        assert {
+            f"mitigation/redo/{name}/recycled",
+            f"mitigation/cbp/{name}/replaced",
+            f"mitigation/ocp_perturb/{name}/perturbed",
+        } <= keys
     assert "mitigation/reset/params_reset" in keys
     # The image gridworld's default 16 x 16 images are too small for the Nature torso: refused, not trained
     # into a 0-input dense layer.
     with pytest.raises(ConfigError, match="cnn-torso auto.*16x16"):
-        Agent(dataclasses.replace(_image_grid_config(), cnn_torso="auto"), dataclasses.replace(spec, obs_shape=(16, 16, 3)))
+        Agent(
+            dataclasses.replace(_image_grid_config(), cnn_torso="auto"),
+            dataclasses.replace(spec, obs_shape=(16, 16, 3)),
+        )
 
 
 @pytest.mark.slow

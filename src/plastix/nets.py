@@ -157,7 +157,8 @@ def activation_point(module: nn.Module, z: jax.Array, index: int, activation: st
     """
     if layer_norm:
         axes = (-3, -2, -1) if conv else -1
-        z = nn.LayerNorm(reduction_axes=axes, feature_axes=-1, param_dtype=jnp.float32, name=f"layer_norm_{index}")(z)
+        name = f"layer_norm_{index}"
+        z = nn.LayerNorm(reduction_axes=axes, feature_axes=-1, param_dtype=jnp.float32, name=name)(z)
     h = activation_fn(activation)(z)
     module.sow("intermediates", f"layer_{index}/pre", z)
     module.sow("intermediates", f"layer_{index}/post", h)

@@ -85,8 +85,9 @@ def _is_residual_torso(tree: Any) -> bool:
 
 
 def _networks(params: Params) -> list[tuple[str, Path]]:
-    """``(kind, path)`` of every MLP (``"mlp"``), residual torso (``"residual"``) and chain torso (``"chain"``)
-    in ``params``, in key order; the injection heads are skipped and a network is not looked into."""
+    """``(kind, path)`` of every MLP (``"mlp"``), residual torso (``"residual"``) and chain torso
+    (``"chain"``) in ``params``, in key order; the injection heads are skipped and a network is not looked
+    into."""
     found: list[tuple[str, Path]] = []
 
     def walk(tree: Any, path: Path):
@@ -120,7 +121,8 @@ def torso_heads(params: Params, torso_path: Path) -> tuple[Path, ...]:
     if not torso_path:
         return ()
     parent = get_path(params, torso_path[:-1])
-    return tuple(torso_path[:-1] + (k,) for k in sorted(parent) if k != torso_path[-1] and _is_dense(parent[k]))
+    beside = [k for k in sorted(parent) if k != torso_path[-1] and _is_dense(parent[k])]
+    return tuple(torso_path[:-1] + (k,) for k in beside)
 
 
 def _chain_layers(params: Params, path: Path, last_consumers: tuple[Path, ...]) -> list[HiddenLayer]:
@@ -327,7 +329,8 @@ def recycle_units(
         rewritten = {"kernel": jnp.where(units, new["kernel"], kernel).astype(kernel.dtype)}
         kept = {"kernel": zero(units, layer_keep["kernel"])}
         if "bias" in layer_params:
-            rewritten["bias"], kept["bias"] = zero(units, layer_params["bias"]), zero(units, layer_keep["bias"])
+            rewritten["bias"] = zero(units, layer_params["bias"])
+            kept["bias"] = zero(units, layer_keep["bias"])
         params = set_path(params, layer.incoming, {**layer_params, **rewritten})
         keep = set_path(keep, layer.incoming, {**layer_keep, **kept})
         if has_path(params, layer.norm):

@@ -69,7 +69,8 @@ def cleanrl_cnn(cfg: Any) -> bool:
         family = shifts.env_family(cfg.env_id)
     except ValueError:  # an unknown env id is reported by the env check, with its own message
         return False
-    return family in ("procgen", "atari") or (family == "gridworld" and getattr(cfg, "grid_obs", "") == "image")
+    image_grid = family == "gridworld" and getattr(cfg, "grid_obs", "") == "image"
+    return family in ("procgen", "atari") or image_grid
 
 
 def check(cfg: Any, image: bool | None = None) -> tuple[str, ...]:
@@ -109,9 +110,9 @@ def _check_cnn(cfg: Any, names: tuple[str, ...]) -> None:
     changed = [n for n in ("crelu", "layernorm") if n in names] + (["--layer-norm"] if cfg.layer_norm else [])
     if changed:
         raise ValueError(
-            f"--mitigations: 'injection' with --injection.head-layers 2 conflicts with {', '.join(changed)} on the "
-            "CNN actor-critic: the injected head re-runs the torso's final dense layer with a plain ReLU and no "
-            "LayerNorm; use --injection.head-layers 1 (the output layers only)"
+            f"--mitigations: 'injection' with --injection.head-layers 2 conflicts with {', '.join(changed)} "
+            "on the CNN actor-critic: the injected head re-runs the torso's final dense layer with a plain ReLU "
+            "and no LayerNorm; use --injection.head-layers 1 (the output layers only)"
         )
 
 

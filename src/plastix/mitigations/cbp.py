@@ -105,10 +105,12 @@ def continual_backprop(
     Dense layer) and the outgoing weights in the layer's consumers (after the optimizer step), in this order:
 
     1. ``age <- age + 1``;
-    2. contribution utility ``u <- decay * u + (1 - decay) * mean_p(mean_batch|h[p, j]| * mean_out|w_out[p, j]|)``
+    2. contribution utility
+       ``u <- decay * u + (1 - decay) * mean_p(mean_batch|h[p, j]| * mean_out|w_out[p, j]|)``
        (``outgoing_magnitude``; a CReLU unit sums over its two outputs ``j``; for a conv channel this is
        ``convGnT``'s utility, for a Dense unit ``GnT``'s); running mean activation of the Dense consumers'
-       input features (of its channels if it feeds convolutions) ``m <- decay * m + (1 - decay) * mean_batch(h)``;
+       input features (of its channels if it feeds convolutions)
+       ``m <- decay * m + (1 - decay) * mean_batch(h)``;
     3. bias-corrected utility ``u_hat = u / (1 - decay^age)``; eligible units: ``age > maturity_threshold``;
     4. ``to_replace += replacement_rate * n_eligible``; the ``floor(to_replace)`` eligible units with the
        lowest ``u_hat`` are replaced and ``to_replace`` keeps the fraction;
@@ -141,7 +143,8 @@ def continual_backprop(
         params = to_dict(params)
         layers = hidden_layers(params)
         if not layers:
-            raise ValueError("continual_backprop: no hidden layers in params (see plastix.mitigations._layers)")
+            raise ValueError("continual_backprop: no hidden layers in params "
+                             "(see plastix.mitigations._layers)")
         state = {}
         for layer in layers:
             width = layer_width(params, layer)
@@ -174,7 +177,7 @@ def continual_backprop(
         new_state, metrics, total, recycled, folds = {}, {}, f32(0.0), [], []
         for layer, st, replace in zip(layers, stats, masks):
             rows = unit_to_outputs(replace, st.mean_activation.shape[0])
-            # Fold the replaced units' mean contribution into the Dense consumers' biases before zeroing w_out.
+            # Fold the replaced units' mean contribution into the Dense consumers' biases, before w_out is 0.
             mean_corr = st.mean_activation / unit_to_outputs(st.correction, st.mean_activation.shape[0])
             for consumer in _dense_consumers(params, layer):
                 kernel = get_path(params, consumer + ("kernel",))
@@ -198,7 +201,8 @@ def continual_backprop(
             for path, fold in folds:
                 bias = get_path(params, path)
                 params = set_path(params, path, (bias + fold).astype(bias.dtype))
-            params, keep = recycle_units(params, ones_like_tree(params), fresh_params(init_fn, key, params), recycled)
+            fresh = fresh_params(init_fn, key, params)
+            params, keep = recycle_units(params, ones_like_tree(params), fresh, recycled)
             return params, scale_adam_moments(opt_state, keep, reset_counts=reset_adam_counts)
 
         # With rr = 1e-4 a replacement happens on a small fraction of steps; the fresh initialisation it
@@ -235,6 +239,7 @@ def continual_backprop(
         to_replace = st.to_replace + replacement_rate * jnp.sum(eligible)
         n_replace = jnp.floor(to_replace)
         score = jnp.where(eligible, utility / correction, jnp.inf)
-        return _UnitStats(utility, mean_act, age, correction, eligible, score, to_replace - n_replace, n_replace)
+        return _UnitStats(utility, mean_act, age, correction, eligible, score, to_replace - n_replace,
+                          n_replace)
 
     return Surgery(init, apply_outside_round_start, reads_batch=True)

@@ -14,8 +14,10 @@ from plastix.mitigations.surgery import Surgery, f32, stateless_init
 Params = Any
 
 
-def hidden_layer_magi(forward_acts: Callable[[Params, jax.Array], dict], params: Params, obs: jax.Array) -> dict:
-    """MAGI with the ``layer`` target (SCIENCE.md Eqs. 16-18) of every hidden layer of ``_layers.hidden_layers``.
+def hidden_layer_magi(forward_acts: Callable[[Params, jax.Array], dict], params: Params,
+                      obs: jax.Array) -> dict:
+    """MAGI with the ``layer`` target (SCIENCE.md Eqs. 16-18) of every hidden layer
+    (``_layers.hidden_layers``).
 
     ``G_i = mean_j |dS/dW_ji|`` with ``S`` the sum over batch, positions and outputs of the layer's
     post-activation on ``obs`` and ``W`` its incoming kernel (a Dense column, or a conv filter's

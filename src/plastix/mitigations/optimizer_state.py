@@ -49,7 +49,8 @@ def scale_by_adam_gnt(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> 
         nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
         count = jax.tree.map(optax.safe_increment, state.count)
         correct = lambda t, decay, c: t / (1 - decay**c).astype(t.dtype)
-        out = jax.tree.map(lambda m, v, c: correct(m, b1, c) / (jnp.sqrt(correct(v, b2, c)) + eps), mu, nu, count)
+        step = lambda m, v, c: correct(m, b1, c) / (jnp.sqrt(correct(v, b2, c)) + eps)
+        out = jax.tree.map(step, mu, nu, count)
         return out, ScaleByAdamGnTState(count=count, mu=mu, nu=nu)
 
     return optax.GradientTransformation(init, update)

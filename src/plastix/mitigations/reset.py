@@ -23,9 +23,9 @@ def reset_prefixes(params: Params, layers: str | Sequence[str]) -> tuple[str, ..
     """The parameter-path prefixes that ``reset_layers(layers=...)`` re-initialises.
 
     ``"final"``: the layers that make the outputs (``_layers.output_layer_paths``): the ``output`` layer of
-    every MLP (``"policy/output"``, ``"value/output"``; not ``log_std``), the two heads of the CNN actor-critic
-    (``"policy_output"``, ``"value_output"``); ``"all"``: every parameter (``""``); otherwise the given
-    name(s), e.g. ``("value/layer_2", "log_std")``.
+    every MLP (``"policy/output"``, ``"value/output"``; not ``log_std``), the two heads of the CNN
+    actor-critic (``"policy_output"``, ``"value_output"``); ``"all"``: every parameter (``""``); otherwise
+    the given name(s), e.g. ``("value/layer_2", "log_std")``.
     """
     if layers == "final":
         paths = output_layer_paths(params)
@@ -50,8 +50,9 @@ def reset_layers(init_fn: Callable[[jax.Array], Params], layers: str | Sequence[
 
     Args:
       init_fn: ``key -> params`` of a fresh network.
-      layers: ``"final"`` (every MLP's ``output`` layer, the CNN's two heads), ``"all"`` (every parameter, including
-        ``log_std`` and LayerNorm), or a sequence of path prefixes such as ``("policy/output", "log_std")``.
+      layers: ``"final"`` (every MLP's ``output`` layer, the CNN's two heads), ``"all"`` (every parameter,
+        including ``log_std`` and LayerNorm), or a sequence of path prefixes such as
+        ``("policy/output", "log_std")``.
 
     Returns:
       A stateless ``Surgery``; metric ``mitigation/reset/params_reset`` (number of scalars re-initialised).
