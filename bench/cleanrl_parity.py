@@ -41,7 +41,9 @@ TAIL = 0.1  # the statistic: mean return of the episodes ending in the last 10% 
 
 
 # ------------------------------------------------------------------------------------------- statistic
-def tail_mean(steps: np.ndarray, returns: np.ndarray, total_steps: int, weights: np.ndarray | None = None) -> float:
+def tail_mean(
+    steps: np.ndarray, returns: np.ndarray, total_steps: int, weights: np.ndarray | None = None
+) -> float:
     """Mean episodic return of the episodes that end after ``(1 - TAIL) * total_steps`` env steps
     (``weights``: episodes per row, when a row is a mean over episodes)."""
     steps, returns = np.asarray(steps, float), np.asarray(returns, float)
@@ -65,8 +67,12 @@ def plastix_returns(run_dir: str) -> dict[int, float]:
         table = rows.pivot_table(index="env_step", columns="key", values="value")
         if table.index.max() < total - 2048 * int(config.get("config", config).get("num_envs", 1)):
             continue  # unfinished seed
-        out[int(seed)] = tail_mean(table.index.to_numpy(), table["return/episodic"].to_numpy(), total,
-                                   table["return/episodes"].to_numpy())
+        out[int(seed)] = tail_mean(
+            table.index.to_numpy(),
+            table["return/episodic"].to_numpy(),
+            total,
+            table["return/episodes"].to_numpy(),
+        )
     return out
 
 
@@ -100,8 +106,13 @@ def two_sample_tests(a: list[float], b: list[float]) -> dict:
 
         t = stats.ttest_ind(a, b, equal_var=False)
         u = stats.mannwhitneyu(a, b, alternative="two-sided")
-        return {"welch_t": float(t.statistic), "welch_p": float(t.pvalue), "mwu_U": float(u.statistic),
-                "mwu_p": float(u.pvalue), "method": "scipy"}
+        return {
+            "welch_t": float(t.statistic),
+            "welch_p": float(t.pvalue),
+            "mwu_U": float(u.statistic),
+            "mwu_p": float(u.pvalue),
+            "method": "scipy",
+        }
     except ImportError:
         from math import erfc, sqrt
 
@@ -110,30 +121,55 @@ def two_sample_tests(a: list[float], b: list[float]) -> dict:
         ranks = np.argsort(np.argsort(np.concatenate([a, b]))) + 1.0
         u = ranks[: len(a)].sum() - len(a) * (len(a) + 1) / 2
         mu, sd = len(a) * len(b) / 2, sqrt(len(a) * len(b) * (len(a) + len(b) + 1) / 12)
-        return {"welch_t": float(t), "welch_p": erfc(abs(t) / sqrt(2)), "mwu_U": float(u),
-                "mwu_p": erfc(abs(u - mu) / sd / sqrt(2)), "method": "numpy (normal approximations)"}
+        return {
+            "welch_t": float(t),
+            "welch_p": erfc(abs(t) / sqrt(2)),
+            "mwu_U": float(u),
+            "mwu_p": erfc(abs(u - mu) / sd / sqrt(2)),
+            "method": "numpy (normal approximations)",
+        }
 
 
 def table(plastix: dict[int, float], cleanrl: dict[int, float], tests: dict) -> str:
     """The side-by-side table (mean +- std over seeds, ddof=1, like CleanRL's docs) and the tests."""
+
     def row(name, values):
         v = np.asarray(list(values), float)
         spread = v.std(ddof=1) if len(v) > 1 else float("nan")
-        return f"| {name} | {len(v)} | {v.mean():,.2f} +- {spread:,.2f} | {np.median(v):,.2f} | {v.min():,.0f} .. {v.max():,.0f} |"
+        stats = f"{v.mean():,.2f} +- {spread:,.2f} | {np.median(v):,.2f} | {v.min():,.0f} .. {v.max():,.0f}"
+        return f"| {name} | {len(v)} | {stats} |"
 
-    lines = ["| | seeds | mean +- std | median | range |", "|---|---|---|---|---|",
-             row("plastix --preset cleanrl", plastix.values()), row("CleanRL ppo_continuous_action.py (here)", cleanrl.values()),
-             f"| CleanRL published | {PUBLISHED[2]} | {PUBLISHED[0]:,.2f} +- {PUBLISHED[1]:,.2f} | | |", "",
-             f"Welch t = {tests['welch_t']:.3f} (p = {tests['welch_p']:.3f}); Mann-Whitney U = {tests['mwu_U']:.1f} "
-             f"(p = {tests['mwu_p']:.3f}); {tests['method']}"]
+    lines = [
+        "| | seeds | mean +- std | median | range |",
+        "|---|---|---|---|---|",
+        row("plastix --preset cleanrl", plastix.values()),
+        row("CleanRL ppo_continuous_action.py (here)", cleanrl.values()),
+        f"| CleanRL published | {PUBLISHED[2]} | {PUBLISHED[0]:,.2f} +- {PUBLISHED[1]:,.2f} | | |",
+        "",
+        f"Welch t = {tests['welch_t']:.3f} (p = {tests['welch_p']:.3f}); "
+        f"Mann-Whitney U = {tests['mwu_U']:.1f} (p = {tests['mwu_p']:.3f}); {tests['method']}",
+    ]
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------- running
 def run_plastix(seeds: str, total: int, run_dir: str) -> str:
     """``plastix train --preset cleanrl`` for all ``seeds`` in one (vmapped) process."""
-    cmd = [sys.executable, "-m", "plastix.cli", "train", "--preset", "cleanrl", "--seeds", seeds,
-           "--total-timesteps", str(total), "--run-dir", run_dir, "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "plastix.cli",
+        "train",
+        "--preset",
+        "cleanrl",
+        "--seeds",
+        seeds,
+        "--total-timesteps",
+        str(total),
+        "--run-dir",
+        run_dir,
+        "--quiet",
+    ]
     subprocess.run(cmd, check=True)
     return run_dir
 
@@ -147,9 +183,19 @@ def run_cleanrl(script: str, python: str, seeds: list[int], total: int, workdir:
         while pending and len(running) < parallel:
             seed = pending.pop(0)
             log = open(os.path.join(workdir, f"cleanrl_seed{seed}.log"), "w")
-            cmd = [python, os.path.abspath(script), "--seed", str(seed), "--total-timesteps", str(total),
-                   "--no-track", "--no-cuda"]
-            running.append((subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT), seed))
+            cmd = [
+                python,
+                os.path.abspath(script),
+                "--seed",
+                str(seed),
+                "--total-timesteps",
+                str(total),
+                "--no-track",
+                "--no-cuda",
+            ]
+            running.append(
+                (subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT), seed)
+            )
         time.sleep(5)
         for proc, seed in list(running):
             if proc.poll() is not None:
@@ -162,21 +208,39 @@ def run_cleanrl(script: str, python: str, seeds: list[int], total: int, workdir:
 def learning(args) -> dict:
     """Gather (run or read) both sides, test and print."""
     if args.plastix_run is None:
-        args.plastix_run = run_plastix(args.plastix_seeds, args.total_timesteps, tempfile.mkdtemp() + "/plastix")
+        args.plastix_run = run_plastix(
+            args.plastix_seeds, args.total_timesteps, tempfile.mkdtemp() + "/plastix"
+        )
     if args.cleanrl_runs is None:
         if not (args.cleanrl_script and args.cleanrl_python):
             sys.exit("learning: give --cleanrl-runs DIR, or --cleanrl-script PATH and --cleanrl-python PATH")
         seeds = [int(s) for s in args.cleanrl_seeds.split(",")]
-        args.cleanrl_runs = run_cleanrl(args.cleanrl_script, args.cleanrl_python, seeds, args.total_timesteps,
-                                        tempfile.mkdtemp(), args.parallel)
-    plastix, cleanrl = plastix_returns(args.plastix_run), cleanrl_returns(args.cleanrl_runs, args.total_timesteps)
+        args.cleanrl_runs = run_cleanrl(
+            args.cleanrl_script,
+            args.cleanrl_python,
+            seeds,
+            args.total_timesteps,
+            tempfile.mkdtemp(),
+            args.parallel,
+        )
+    plastix, cleanrl = (
+        plastix_returns(args.plastix_run),
+        cleanrl_returns(args.cleanrl_runs, args.total_timesteps),
+    )
     if len(plastix) < 2 or len(cleanrl) < 2:
-        sys.exit(f"need >= 2 finished seeds per side; have plastix {sorted(plastix)}, CleanRL {sorted(cleanrl)}")
+        sys.exit(
+            f"need >= 2 finished seeds per side; have plastix {sorted(plastix)}, CleanRL {sorted(cleanrl)}"
+        )
     tests = two_sample_tests(list(plastix.values()), list(cleanrl.values()))
     print(table(plastix, cleanrl, tests))
-    return {"statistic": "mean episodic return of the episodes ending in the last 10% of env steps",
-            "total_timesteps": args.total_timesteps, "plastix": plastix, "cleanrl": cleanrl, "tests": tests,
-            "published": {"mean": PUBLISHED[0], "std": PUBLISHED[1], "seeds": PUBLISHED[2]}}
+    return {
+        "statistic": "mean episodic return of the episodes ending in the last 10% of env steps",
+        "total_timesteps": args.total_timesteps,
+        "plastix": plastix,
+        "cleanrl": cleanrl,
+        "tests": tests,
+        "published": {"mean": PUBLISHED[0], "std": PUBLISHED[1], "seeds": PUBLISHED[2]},
+    }
 
 
 # ----------------------------------------------------------------------------------------- environment
@@ -221,11 +285,13 @@ def gymnasium_replay(trace: dict) -> dict:
             if first_over is None and obs_diff[-1] > 1e-6:
                 first_over = t
         obs_diff, rewards = np.array(obs_diff), np.array(rewards)
-        out[mode] = {"max_obs_diff": float(obs_diff.max()),
-                     "max_reward_diff": float(np.abs(rewards - trace["reward"]).max()),
-                     "max_obs_diff_first_100": float(obs_diff[:100].max()),
-                     "first_step_obs_diff_over_1e-6": first_over,
-                     "episode_return": [float(rewards.sum()), float(trace["reward"].sum())]}
+        out[mode] = {
+            "max_obs_diff": float(obs_diff.max()),
+            "max_reward_diff": float(np.abs(rewards - trace["reward"]).max()),
+            "max_obs_diff_first_100": float(obs_diff[:100].max()),
+            "first_step_obs_diff_over_1e-6": first_over,
+            "episode_return": [float(rewards.sum()), float(trace["reward"].sum())],
+        }
     out["chaos_control"] = chaos_control(env, trace, set_state)
     out["versions"] = {"gymnasium": gym.__version__, "mujoco": __import__("mujoco").__version__}
     return out
@@ -241,7 +307,11 @@ def chaos_control(env, trace: dict, set_state, kick: float = 1e-12) -> dict:
         runs.append(np.array([env.step(action)[0] for action in trace["action"]]))
     diff = np.abs(runs[0] - runs[1]).max(axis=1)
     over = np.flatnonzero(diff > 1e-6)
-    return {"kick": kick, "max_obs_diff": float(diff.max()), "first_step_obs_diff_over_1e-6": int(over[0]) if len(over) else None}
+    return {
+        "kick": kick,
+        "max_obs_diff": float(diff.max()),
+        "first_step_obs_diff_over_1e-6": int(over[0]) if len(over) else None,
+    }
 
 
 def environment(args) -> dict:
@@ -250,8 +320,15 @@ def environment(args) -> dict:
     if args.gymnasium_python:
         with tempfile.TemporaryDirectory() as tmp:
             np.savez(os.path.join(tmp, "trace.npz"), **trace)
-            cmd = [args.gymnasium_python, os.path.abspath(__file__), "env-replay", os.path.join(tmp, "trace.npz")]
-            result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+            cmd = [
+                args.gymnasium_python,
+                os.path.abspath(__file__),
+                "env-replay",
+                os.path.join(tmp, "trace.npz"),
+            ]
+            result = json.loads(
+                subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
+            )
     else:
         result = gymnasium_replay(trace)
     result["envpool"] = __import__("envpool").__version__
@@ -260,12 +337,16 @@ def environment(args) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command")
     learn = sub.add_parser("learning", help="learning curves of both at 1M steps, tested")
     learn.add_argument("--plastix-run", help="a finished plastix run folder (else plastix is run here)")
     learn.add_argument("--plastix-seeds", default="0,1,2,3,4,5,6,7,8,9")
-    learn.add_argument("--cleanrl-runs", help="CleanRL's runs/ folder of finished runs (else CleanRL is run here)")
+    learn.add_argument(
+        "--cleanrl-runs", help="CleanRL's runs/ folder of finished runs (else CleanRL is run here)"
+    )
     learn.add_argument("--cleanrl-script", help="path of CleanRL's ppo_continuous_action.py")
     learn.add_argument("--cleanrl-python", help="python of a venv with CleanRL's dependencies")
     learn.add_argument("--cleanrl-seeds", default="1,2,3,4,5")
@@ -289,5 +370,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] if len(sys.argv) > 1 and sys.argv[1] in ("learning", "env", "env-replay", "-h", "--help")
-         else ["learning", *sys.argv[1:]])
+    main(
+        sys.argv[1:]
+        if len(sys.argv) > 1 and sys.argv[1] in ("learning", "env", "env-replay", "-h", "--help")
+        else ["learning", *sys.argv[1:]]
+    )

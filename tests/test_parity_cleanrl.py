@@ -29,15 +29,31 @@ DONE_AT = {(9, 0), (20, 1), (31, 0)}  # (step, env) where an episode ends (the l
 
 def _cfg(**overrides):
     """The ``cleanrl`` preset on a tiny batch: 64 samples, 4 minibatches of 16, 3 epochs, 10 updates."""
-    base = dict(num_envs=NUM_ENVS, num_steps=NUM_STEPS, num_minibatches=4, update_epochs=3,
-                total_timesteps=10 * NUM_ENVS * NUM_STEPS, diagnostics_every=0, curvature_every=0)
+    base = dict(
+        num_envs=NUM_ENVS,
+        num_steps=NUM_STEPS,
+        num_minibatches=4,
+        update_epochs=3,
+        total_timesteps=10 * NUM_ENVS * NUM_STEPS,
+        diagnostics_every=0,
+        curvature_every=0,
+    )
     return dataclasses.replace(preset_config("cleanrl"), **{**base, **overrides})
 
 
 def _spec():
-    return EnvSpec(family="mujoco", obs_shape=(OBS_DIM,), obs_dtype=jnp.float64, discrete=False, action_dim=ACT_DIM,
-                   action_low=-np.ones(ACT_DIM), action_high=np.ones(ACT_DIM), max_episode_steps=1000,
-                   autoreset="next_step", resume="replay")
+    return EnvSpec(
+        family="mujoco",
+        obs_shape=(OBS_DIM,),
+        obs_dtype=jnp.float64,
+        discrete=False,
+        action_dim=ACT_DIM,
+        action_low=-np.ones(ACT_DIM),
+        action_high=np.ones(ACT_DIM),
+        max_episode_steps=1000,
+        autoreset="next_step",
+        resume="replay",
+    )
 
 
 def _rollout(rng):
@@ -57,7 +73,8 @@ def _rollout(rng):
 
 
 def _minibatch_order(cfg, seed):
-    """CleanRL's order: ``b_inds = arange``; each epoch ``np.random.shuffle(b_inds)``, then consecutive slices."""
+    """CleanRL's order: ``b_inds = arange``; each epoch ``np.random.shuffle(b_inds)``, then consecutive
+    slices."""
     np.random.seed(seed)
     b_inds = np.arange(cfg.batch_size)
     order = []
@@ -69,12 +86,17 @@ def _minibatch_order(cfg, seed):
 
 # ------------------------------------------------------------------------ CleanRL, transcribed to torch
 class TorchAgent(torch.nn.Module):
-    """CleanRL's continuous ``Agent`` (critic / actor_mean ``Sequential`` of Linear-Tanh, ``actor_logstd``)."""
+    """CleanRL's continuous ``Agent`` (critic / actor_mean: Linear-Tanh ``Sequential``; ``actor_logstd``)."""
 
     def __init__(self):
         super().__init__()
-        mlp = lambda out: torch.nn.Sequential(torch.nn.Linear(OBS_DIM, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64),
-                                              torch.nn.Tanh(), torch.nn.Linear(64, out))
+        mlp = lambda out: torch.nn.Sequential(
+            torch.nn.Linear(OBS_DIM, 64),
+            torch.nn.Tanh(),
+            torch.nn.Linear(64, 64),
+            torch.nn.Tanh(),
+            torch.nn.Linear(64, out),
+        )
         self.critic, self.actor_mean = mlp(1), mlp(ACT_DIM)
         self.actor_logstd = torch.nn.Parameter(torch.zeros(1, ACT_DIM))
 
@@ -112,7 +134,11 @@ def cleanrl_update(agent, args, iteration, ro, order, adam_eps=1e-5, unbiased_st
     frac = 1.0 - (iteration - 1.0) / args.num_updates
     optimizer.param_groups[0]["lr"] = frac * args.learning_rate
     obs, actions = torch.tensor(ro["obs"]), torch.tensor(ro["action"])
-    logprobs, values, rewards = torch.tensor(ro["logprob"]), torch.tensor(ro["value"]), torch.tensor(ro["reward"])
+    logprobs, values, rewards = (
+        torch.tensor(ro["logprob"]),
+        torch.tensor(ro["value"]),
+        torch.tensor(ro["reward"]),
+    )
     dones = torch.zeros((args.num_steps, args.num_envs))
     dones[1:] = torch.tensor(ro["done"][:-1], dtype=torch.float32)
     next_done = torch.tensor(ro["done"][-1], dtype=torch.float32)
@@ -144,13 +170,17 @@ def cleanrl_update(agent, args, iteration, ro, order, adam_eps=1e-5, unbiased_st
                 clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
             mb_advantages = b_advantages[mb_inds]
             if args.norm_adv:
-                mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std(unbiased=unbiased_std) + 1e-8)
+                mb_advantages = (mb_advantages - mb_advantages.mean()) / (
+                    mb_advantages.std(unbiased=unbiased_std) + 1e-8
+                )
             pg_loss1 = -mb_advantages * ratio
             pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
             pg_loss = torch.max(pg_loss1, pg_loss2).mean()
             newvalue = newvalue.view(-1)
             v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
-            v_clipped = b_values[mb_inds] + torch.clamp(newvalue - b_values[mb_inds], -args.clip_coef, args.clip_coef)
+            v_clipped = b_values[mb_inds] + torch.clamp(
+                newvalue - b_values[mb_inds], -args.clip_coef, args.clip_coef
+            )
             v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
             v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
             entropy_loss = entropy.mean()
@@ -159,7 +189,9 @@ def cleanrl_update(agent, args, iteration, ro, order, adam_eps=1e-5, unbiased_st
             loss.backward()
             torch.nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
             optimizer.step()
-            losses.append([pg_loss.item(), v_loss.item(), entropy_loss.item(), approx_kl.item(), clipfrac.item()])
+            losses.append(
+                [pg_loss.item(), v_loss.item(), entropy_loss.item(), approx_kl.item(), clipfrac.item()]
+            )
     return np.array(losses)
 
 
@@ -168,7 +200,7 @@ _LEARN = {}
 
 
 def _learn(cfg):
-    """``jit(agent.learn)`` and the agent for ``cfg``, built once per config (compiling costs most of the test)."""
+    """The agent for ``cfg`` and ``jit(agent.learn)``, built once per config (compiling is the main cost)."""
     name = repr(cfg)
     if name not in _LEARN:
         agent = Agent(cfg, _spec())
@@ -181,25 +213,37 @@ def _plastix_inputs(cfg, ro, update_index, key):
     rollout's, and the rollout as a ``Transition`` (every step valid, as in CleanRL)."""
     agent, _ = _learn(cfg)
     state = agent.init_state(jax.random.PRNGKey(key), jnp.zeros((NUM_ENVS, OBS_DIM), jnp.float64))
-    state = state.replace(update=jnp.asarray(update_index, jnp.int32),
-                          env=state.env.replace(obs=jnp.asarray(ro["next_obs"])))
+    state = state.replace(
+        update=jnp.asarray(update_index, jnp.int32), env=state.env.replace(obs=jnp.asarray(ro["next_obs"]))
+    )
     nan = jnp.full((NUM_STEPS, NUM_ENVS), jnp.nan)
-    traj = Transition(obs=jnp.asarray(ro["obs"]), action=jnp.asarray(ro["action"]), logprob=jnp.asarray(ro["logprob"]),
-                      value=jnp.asarray(ro["value"]), reward=jnp.asarray(ro["reward"]), done=jnp.asarray(ro["done"]),
-                      valid=jnp.ones((NUM_STEPS, NUM_ENVS), bool), finished_return=nan,
-                      finished_length=jnp.zeros((NUM_STEPS, NUM_ENVS), jnp.int32))
+    traj = Transition(
+        obs=jnp.asarray(ro["obs"]),
+        action=jnp.asarray(ro["action"]),
+        logprob=jnp.asarray(ro["logprob"]),
+        value=jnp.asarray(ro["value"]),
+        reward=jnp.asarray(ro["reward"]),
+        done=jnp.asarray(ro["done"]),
+        valid=jnp.ones((NUM_STEPS, NUM_ENVS), bool),
+        finished_return=nan,
+        finished_length=jnp.zeros((NUM_STEPS, NUM_ENVS), jnp.int32),
+    )
     return agent, state, traj
 
 
 def plastix_update(cfg, ro, order, update_index, key=0):
-    """plastix's ``Agent.learn`` on the rollout in minibatch ``order``; returns (params before, after, metrics)."""
+    """plastix's ``Agent.learn`` on the rollout in minibatch ``order``; returns (params before, after,
+    metrics)."""
     agent, state, traj = _plastix_inputs(cfg, ro, update_index, key)
     new_state, metrics, _ = _learn(cfg)[1](state, traj, jnp.asarray(order, jnp.int32))
     return state.params, new_state.params, metrics
 
 
 def _flat(params):
-    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+    return {
+        jax.tree_util.keystr(path): np.asarray(leaf)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+    }
 
 
 def _torch_params(agent):
@@ -255,7 +299,9 @@ def test_learn_default_order_is_unchanged_by_the_seam():
     cfg = _cfg()
     agent, state, traj = _plastix_inputs(cfg, _rollout(np.random.default_rng(0)), 3, 0)
     epoch_keys = jax.random.split(state.key, cfg.update_epochs + 1)[1:]
-    order = jnp.stack([jax.random.permutation(k, cfg.batch_size).reshape(cfg.num_minibatches, -1) for k in epoch_keys])
+    order = jnp.stack(
+        [jax.random.permutation(k, cfg.batch_size).reshape(cfg.num_minibatches, -1) for k in epoch_keys]
+    )
     learn = _learn(cfg)[1]
     drawn, given = learn(state, traj)[0], learn(state, traj, order)[0]
     for a, b in zip(jax.tree.leaves(drawn.params), jax.tree.leaves(given.params)):

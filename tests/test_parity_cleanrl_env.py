@@ -1,4 +1,4 @@
-"""envpool's HalfCheetah-v4 (plastix's simulator) against gymnasium's (CleanRL's) from the same states and actions.
+"""envpool's HalfCheetah-v4 (plastix's simulator) against gymnasium's (CleanRL's): same states and actions.
 
 Both load the same ``half_cheetah.xml`` (frame skip 5, forward weight 1, control cost 0.1). gymnasium's env
 is put in envpool's state before every step (qpos = [x_position, obs[:8]], qvel = obs[8:]), both take the

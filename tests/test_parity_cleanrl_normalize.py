@@ -1,11 +1,11 @@
 """plastix's observation/reward normalisation against gymnasium's own wrappers, as CleanRL chains them.
 
-CleanRL's ``make_env`` wraps each env in ``NormalizeObservation`` -> clip [-10, 10] -> ``NormalizeReward(gamma)``
--> clip [-10, 10], and ``SyncVectorEnv`` resets an env inside the step that ends its episode (the reset
-observation passes through ``NormalizeObservation`` and updates its statistics). envpool instead returns
-the reset observation on the *next* step (reward 0, action ignored), which plastix's ``Agent.observe``
-masks out of the reward statistics. Both see the same stream of observations, rewards and episode ends
-here; the normalised observations and rewards must agree.
+CleanRL's ``make_env`` wraps each env in ``NormalizeObservation`` -> clip [-10, 10] ->
+``NormalizeReward(gamma)`` -> clip [-10, 10], and ``SyncVectorEnv`` resets an env inside the step that ends
+its episode (the reset observation passes through ``NormalizeObservation`` and updates its statistics).
+envpool instead returns the reset observation on the *next* step (reward 0, action ignored), which plastix's
+``Agent.observe`` masks out of the reward statistics. Both see the same stream of observations, rewards and
+episode ends here; the normalised observations and rewards must agree.
 """
 
 import dataclasses
@@ -20,8 +20,8 @@ from plastix.config import preset_config
 from plastix.envs import EnvSpec
 
 gym = pytest.importorskip("gymnasium")
-from gymnasium.wrappers import NormalizeObservation, NormalizeReward  # noqa: E402
-from gymnasium.wrappers.utils import RunningMeanStd  # noqa: E402
+from gymnasium.wrappers import NormalizeObservation, NormalizeReward
+from gymnasium.wrappers.utils import RunningMeanStd
 
 OBS_DIM, NUM_ENVS, GAMMA = 5, 2, 0.99
 # Per env: steps of each episode and whether it ends by termination (True) or truncation (False).
@@ -29,7 +29,8 @@ EPISODES = [[(12, False), (30, True), (90, False)], [(7, True), (25, False), (10
 
 
 def _env_stream(rng, episodes, outlier_at):
-    """One env's scripted stream: a list of episodes, each ``(reset_obs, [(obs, reward, terminated, truncated)])``."""
+    """One env's scripted stream: a list of episodes, each
+    ``(reset_obs, [(obs, reward, terminated, truncated)])``."""
     scale = np.array([1.0, 10.0, 0.1, 3.0, 50.0])
     stream = []
     for k, (length, by_termination) in enumerate(episodes):
@@ -101,18 +102,30 @@ def _envpool_events(stream):
 def plastix_outputs(streams):
     """``Agent.observe`` over every env's envpool-ordered stream; returns per env the normalised
     observations (initial reset, then every step) and the rewards of the valid steps."""
-    cfg = dataclasses.replace(preset_config("cleanrl"), num_envs=NUM_ENVS, gamma=GAMMA, diagnostics_every=0,
-                              curvature_every=0)
-    spec = EnvSpec(family="mujoco", obs_shape=(OBS_DIM,), obs_dtype=jnp.float64, discrete=False, action_dim=1,
-                   action_low=-np.ones(1), action_high=np.ones(1), max_episode_steps=1000,
-                   autoreset="next_step", resume="state")
+    cfg = dataclasses.replace(
+        preset_config("cleanrl"), num_envs=NUM_ENVS, gamma=GAMMA, diagnostics_every=0, curvature_every=0
+    )
+    spec = EnvSpec(
+        family="mujoco",
+        obs_shape=(OBS_DIM,),
+        obs_dtype=jnp.float64,
+        discrete=False,
+        action_dim=1,
+        action_low=-np.ones(1),
+        action_high=np.ones(1),
+        max_episode_steps=1000,
+        autoreset="next_step",
+        resume="state",
+    )
     agent = Agent(cfg, spec)
     first = jnp.asarray(np.stack([s[0][0] for s in streams]))
     env = agent.init_state(jax.random.PRNGKey(0), first).env
     events = [_envpool_events(s) for s in streams]
     length = len(events[0])
     assert all(len(e) == length for e in events)
-    column = lambda i, dtype: jnp.asarray(np.array([[ev[t][i] for ev in events] for t in range(length)], dtype))
+    column = lambda i, dtype: jnp.asarray(
+        np.array([[ev[t][i] for ev in events] for t in range(length)], dtype)
+    )
     xs = (column(0, np.float64), column(1, np.float64), column(2, bool), column(3, bool))
     action = jnp.zeros((NUM_ENVS, 1), jnp.float32)
 
@@ -129,7 +142,10 @@ def test_normalisation_matches_gymnasium_wrappers():
     rng = np.random.default_rng(0)
     # Both envs: 132 steps and 2 reset steps, at different times. An outlier after ~125 samples normalises
     # to about sqrt(124) > 10 standard deviations, so the observation clip acts.
-    streams = [_env_stream(rng, EPISODES[0], outlier_at=(2, 80)), _env_stream(rng, EPISODES[1], outlier_at=(2, 95))]
+    streams = [
+        _env_stream(rng, EPISODES[0], outlier_at=(2, 80)),
+        _env_stream(rng, EPISODES[1], outlier_at=(2, 95)),
+    ]
     for stream, (obs, reward) in zip(streams, plastix_outputs(streams)):
         want_obs, want_reward = gymnasium_outputs(stream)
         np.testing.assert_allclose(obs, want_obs, rtol=1e-6, atol=1e-6)
