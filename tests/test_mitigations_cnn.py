@@ -479,7 +479,7 @@ def test_cbp_uses_adam_gnt_by_default_and_cnn_options_are_checked():
     from plastix.mitigations.build import build_optimizer, check
 
     grid = dataclasses.replace(
-        preset_config("cleanrl-discrete"), grid_obs="image", grid_size=18, patch_grid=2
+        preset_config("cleanrl-discrete"), grid_obs="image", grid_size=18, patch_grid=2, activation="relu"
     )
     for adam_gnt in (True, False):
         cfg = dataclasses.replace(grid, mitigations="cbp", cbp=CBPOptions(adam_gnt=adam_gnt))
@@ -490,7 +490,7 @@ def test_cbp_uses_adam_gnt_by_default_and_cnn_options_are_checked():
             if isinstance(n, ScaleByAdamGnTState)
         ]
         assert bool(found) == adam_gnt
-    # The CNN is a ReLU network whatever --activation says: CReLU and LayerNorm are accepted on it...
+    # CReLU and LayerNorm are accepted on the CNN...
     validate(dataclasses.replace(grid, mitigations="crelu,layernorm,redo,cbp,ocp_perturb,reset"))
     # ... but not with injection's two-layer head, which re-runs the torso's dense with a plain ReLU.
     with pytest.raises(ConfigError, match="injection.*crelu"):
@@ -523,7 +523,7 @@ def _image_grid_config(**kw):
         cbp=CBPOptions(replacement_rate=0.5, maturity_threshold=0),
         ocp_perturb=OCPPerturbOptions(threshold=1.0, relative=True, every=2, at_switch=False),
         reset=ResetOptions(layers="final", every=2, at_switch=False),
-        **kw,
+        **{"activation": "relu", **kw},
     )
 
 
@@ -565,6 +565,27 @@ def test_the_trainer_gives_the_cnn_its_mitigations():
             dataclasses.replace(_image_grid_config(), cnn_torso="auto"),
             dataclasses.replace(spec, obs_shape=(16, 16, 3)),
         )
+
+
+def test_the_cnn_takes_the_activation_flag():
+    """``--activation`` acts on CleanRL's CNN torsos (it used to be replaced by ReLU without a word): a tanh
+    torso's sown post-activations are tanh of its pre-activations; injection's two-layer head, which re-runs
+    the torso's dense with a plain ReLU, is refused with a non-ReLU activation."""
+    from plastix.algos.ppo import Agent
+    from plastix.envs import EnvSpec
+
+    spec = EnvSpec("gridworld", (8, 8, 3), np.uint8, True, 4, None, None, 20, "same_step", "state")
+    cfg = dataclasses.replace(_image_grid_config(), mitigations="", activation="tanh")
+    agent = Agent(cfg, spec)
+    assert agent.net.activation == "tanh"
+    params = agent.init_params(jax.random.PRNGKey(0))
+    obs = jax.random.randint(jax.random.PRNGKey(1), (2, 8, 8, 3), 0, 255).astype(jnp.uint8)
+    pre, post = agent.forward_acts(params, obs)["torso/layer_2"]
+    np.testing.assert_allclose(post, np.tanh(pre), rtol=1e-6, atol=1e-6)
+    grid = dataclasses.replace(preset_config("cleanrl-discrete"), grid_obs="image", grid_size=18, patch_grid=2)
+    with pytest.raises(ConfigError, match="injection.*--activation tanh"):
+        validate(dataclasses.replace(grid, activation="tanh", mitigations="injection"))
+    validate(dataclasses.replace(grid, activation="relu", mitigations="injection"))
 
 
 @pytest.mark.slow

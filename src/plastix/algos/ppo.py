@@ -277,12 +277,10 @@ class Agent:
 
     @property
     def activation(self) -> str:
-        """The hidden activation (CleanRL's CNNs are ReLU networks whatever --activation says; CReLU with
-        ``crelu``, on every network)."""
+        """The hidden activation: ``--activation``, or CReLU with ``crelu``, on every network (the CNN presets
+        set CleanRL's ReLU; any other activation acts at every activation point of the CNN torsos)."""
         if "crelu" in self.mitigations:
             return "crelu"
-        if self.spec.is_image and self.cfg.network == "cleanrl":
-            return "relu"
         return self.cfg.activation
 
     @property

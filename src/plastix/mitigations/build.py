@@ -76,13 +76,12 @@ def cleanrl_cnn(cfg: Any) -> bool:
 def check(cfg: Any, image: bool | None = None) -> tuple[str, ...]:
     """Parse and check ``cfg.mitigations`` against each other and the network; raise ``ValueError``.
 
-    ``image``: the network is CleanRL's CNN actor-critic (None: decided from ``cfg``, ``cleanrl_cnn``). Its
-    torso is a ReLU network whatever ``--activation`` says, so ``crelu`` is checked against ReLU.
+    ``image``: the network is CleanRL's CNN actor-critic (None: decided from ``cfg``, ``cleanrl_cnn``).
     """
     names = parse_mitigations(cfg.mitigations)
     image = cleanrl_cnn(cfg) if image is None else image
     try:
-        check_compatible(names, options_of(cfg), activation="relu" if image else cfg.activation,
+        check_compatible(names, options_of(cfg), activation=cfg.activation,
                          base_weight_decay=cfg.weight_decay)
     except ValueError as err:
         raise ValueError(f"--mitigations: {err}") from None
@@ -104,10 +103,12 @@ def check(cfg: Any, image: bool | None = None) -> tuple[str, ...]:
 def _check_cnn(cfg: Any, names: tuple[str, ...]) -> None:
     """What the CNN actor-critic cannot do: injection's two-layer head (``--injection.head-layers 2``) re-runs
     the torso's final Dense with a plain ReLU and no LayerNorm, so it would not be the torso's layer under
-    ``crelu``, ``layernorm`` or ``--layer-norm``."""
+    ``crelu``, ``layernorm``, ``--layer-norm`` or an ``--activation`` other than relu."""
     if "injection" not in names or cfg.injection.head_layers != 2:
         return
     changed = [n for n in ("crelu", "layernorm") if n in names] + (["--layer-norm"] if cfg.layer_norm else [])
+    if cfg.activation != "relu":
+        changed.append(f"--activation {cfg.activation}")
     if changed:
         raise ValueError(
             f"--mitigations: 'injection' with --injection.head-layers 2 conflicts with {', '.join(changed)} "
@@ -120,9 +121,7 @@ def build_optimizer(cfg: Any, names: tuple[str, ...], init_fn: Callable, learnin
     """Adam chain of ``cfg`` with the per-update mitigations among ``names`` ([l2_init before the clip] ->
     clip -> L2 -> l2_init -> Adam(``--adam-b1``, ``--adam-b2``, ``--adam-eps``) -> lr -> soft S&P -> weight
     clipping -> injection freeze). Every optimizer of the agent comes from here (the trainer rebuilds it
-    each update, and at a switch with ``--rebuild-optimizer-at-switch``)."""
-    """Adam chain of ``cfg`` with the per-update mitigations among ``names`` (clip -> L2 -> l2_init ->
-    Adam -> lr -> soft S&P -> weight clipping -> injection freeze); with ``cbp`` and ``--cbp.adam-gnt``
+    each update, and at a switch with ``--rebuild-optimizer-at-switch``). With ``cbp`` and ``--cbp.adam-gnt``
     Adam keeps a step count per parameter element (``scale_by_adam_gnt``)."""
     weight_decay, mode = cfg.weight_decay, "coupled"
     if "l2" in names:  # added to the trainer's own coupled decay (same mode enforced by check_compatible)
