@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Regenerate the published evidence pages (results/*/) at `--scale evidence`: train what is missing in the
-# sweep folder (a killed run resumes: run this again), then write the report into results/. The runs of
-# ocp-fig1, ocp-weights, ocp-ranks, ocp-dormancy-vs-gradient and ocp-task-switch are the same two runs
-# (PPO-ReLU and PPO-No-Act, 5 seeds x 1M steps), trained once. About 30-60 min on 2 shared CPU cores.
-# Usage: bash scripts/evidence.sh [SWEEP_DIR]   (default runs/evidence-ocp; runs/ is not committed)
+# sweep folders (a killed run resumes: run this again), then write each report into results/. The runs of
+# ocp-fig1, ocp-weights, ocp-ranks, ocp-dormancy-vs-gradient, ocp-task-switch and ocp-task-relevance are the
+# same two runs (PPO-ReLU and PPO-No-Act, 5 seeds x 1M steps), trained once. About 25 min for those and
+# 20 min for ocp-perturb on the project's 2 CPU cores shared with other jobs (results/*/README.md).
+# Usage: bash scripts/evidence.sh [FOLDER]   (sweeps go to FOLDER/evidence-*, default runs/, not committed)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
 bash "$ROOT/scripts/setup.sh"
-SWEEP="${1:-runs/evidence-ocp}"
-.venv/bin/plastix run ocp-fig1 ocp-weights ocp-ranks ocp-dormancy-vs-gradient ocp-task-switch \
-    --scale evidence --out "$SWEEP"
-.venv/bin/plastix report "$SWEEP" --out results/ocp-fig1
+cd "$ROOT"
+SWEEPS="${1:-runs}"
+.venv/bin/plastix run ocp-fig1 ocp-weights ocp-ranks ocp-dormancy-vs-gradient ocp-task-switch ocp-task-relevance \
+    --scale evidence --out "$SWEEPS/evidence-ocp"
+.venv/bin/plastix report "$SWEEPS/evidence-ocp" --out results/ocp-fig1
+.venv/bin/plastix run ocp-perturb --scale evidence --out "$SWEEPS/evidence-perturb"
+.venv/bin/plastix report "$SWEEPS/evidence-perturb" --out results/ocp-perturb
