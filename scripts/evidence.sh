@@ -2,8 +2,9 @@
 # Regenerate the published evidence pages (results/*/) at `--scale evidence`: train what is missing in the
 # sweep folders (a killed run resumes: run this again), then write each report into results/. The runs of
 # ocp-fig1, ocp-weights, ocp-ranks, ocp-dormancy-vs-gradient, ocp-task-switch and ocp-task-relevance are the
-# same two runs (PPO-ReLU and PPO-No-Act, 5 seeds x 1M steps), trained once. About 25 min for those and
-# 20 min for ocp-perturb on the project's 2 CPU cores shared with other jobs (results/*/README.md).
+# same two runs (PPO-ReLU and PPO-No-Act, 5 seeds x 1M steps), trained once. About 30 min for those (14 of
+# training, 16 of probes) and 16 min for ocp-perturb on the project's 2 CPU cores shared with other jobs
+# (results/*/README.md).
 # Usage: bash scripts/evidence.sh [FOLDER]   (sweeps go to FOLDER/evidence-*, default runs/, not committed)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
