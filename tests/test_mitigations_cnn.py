@@ -307,6 +307,14 @@ def test_ocp_perturbation_finds_and_perturbs_trapped_impala_channels():
     np.testing.assert_allclose(magi["torso/layer_10"], np.abs(x.T @ active).mean(0), rtol=1e-4, atol=1e-6)
     trapped = np.asarray(magi["torso/layer_2"]) == 0
     assert trapped[[0, 2]].all()
+    # The training diagnostics see the same units: MAGI and zero-gradient sets for relu(conv_0) too (they
+    # used to skip every IMPALA layer whose parameters are not named like its activation).
+    from plastix.diagnostics import training as diag
+
+    assert diag.layers_with_kernels(params, sorted(acts)) == sorted(magi)
+    diag_magi = jax.jit(lambda p: diag.layer_target_magi(lambda q, _: run(q)[1], p, None, sorted(magi)))(params)
+    for name in magi:
+        np.testing.assert_allclose(diag_magi[name], magi[name], rtol=1e-6, atol=1e-9)
     surgery = ocp_perturb(init_fn, threshold=0.0)
     new, _, _, metrics = jax.jit(surgery.apply)(
         params, _adam_state(params), (), BatchInfo(magi=magi), jax.random.PRNGKey(5)

@@ -76,13 +76,29 @@ def diagnostics_init(params: Any, layer_shapes: dict[str, tuple[int, int]]) -> D
 
 def layer_params(params: Any, path: str) -> dict | None:
     """The parameter dict of the layer sown as ``path`` (``"policy/layer_1"``), or None when no single
-    layer produces it (e.g. an IMPALA residual stream)."""
+    layer produces it (e.g. an IMPALA residual stream).
+
+    Layers whose parameters are named like their activations are found directly; the others (the IMPALA
+    torso's ``relu(conv_0)`` layers, sown as ``torso/layer_k`` from ``stack_s_block_b_conv_0``) through the
+    surgeries' layer discovery (``plastix.mitigations._layers.hidden_layers``), so diagnostics and surgeries
+    see the same units."""
     node = params
     for part in path.split("/"):
         if not isinstance(node, dict) or part not in node:
-            return None
+            return _discovered_layer_params(params, path)
         node = node[part]
-    return node if isinstance(node, dict) and "kernel" in node else None
+    return node if isinstance(node, dict) and "kernel" in node else _discovered_layer_params(params, path)
+
+
+def _discovered_layer_params(params: Any, path: str) -> dict | None:
+    """The incoming layer of the hidden layer named ``path`` in ``_layers.hidden_layers``, or None."""
+    from plastix.mitigations._layers import get_path, hidden_layers, to_dict  # (mitigations import diagnostics)
+
+    try:
+        found = [layer for layer in hidden_layers(to_dict(params)) if layer.name == path]
+    except (KeyError, TypeError, ValueError, AttributeError):  # a tree no discovery convention fits
+        return None
+    return get_path(params, found[0].incoming) if found else None
 
 
 def layers_with_kernels(params: Any, layers: list[str]) -> list[str]:
