@@ -324,31 +324,10 @@ JA_MIN_IMAGE_SIDE = 16
 """Smallest image side the four stride-2 convolutions reduce to at least 1x1 (side -> floor(side / 2) each)."""
 
 
-def torch_default_init(fan_in: int) -> Callable:
-    """PyTorch's default ``Linear``/``Conv2d`` init: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
-
-    ``kaiming_uniform_(a=sqrt(5))`` on the weight has bound ``sqrt(6 / ((1 + a^2) fan_in)) = 1/sqrt(fan_in)``,
-    and ``reset_parameters`` draws the bias from the same interval; ``fan_in`` is ``in_features`` for a dense
-    layer and ``in_channels * kh * kw`` for a convolution.
-    """
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
-
-
-def torch_dense(features: int, fan_in: int, name: str) -> nn.Dense:
-    """``nn.Linear(fan_in, features)`` at PyTorch's default init (``torch_default_init``), float32."""
-    init = torch_default_init(fan_in)
-    return nn.Dense(features, kernel_init=init, bias_init=init, param_dtype=jnp.float32, dtype=jnp.float32,
-                    name=name)
-
-
 def torch_conv(features: int, in_channels: int, name: str) -> nn.Conv:
-    """``nn.Conv2d(in_channels, features, 4, 2, 1)`` of their conv encoders, at PyTorch's default init."""
-    init = torch_default_init(in_channels * 4 * 4)
+    """``nn.Conv2d(in_channels, features, 4, 2, 1)`` of their conv encoders, at PyTorch's default init
+    (``torch_default_uniform``)."""
+    init = torch_default_uniform(in_channels * 4 * 4)
     return nn.Conv(features, (4, 4), (2, 2), padding=((1, 1), (1, 1)), kernel_init=init, bias_init=init,
                    param_dtype=jnp.float32, dtype=jnp.float32, name=name)
 
@@ -400,7 +379,7 @@ class JulianiAshEncoder(nn.Module):
             raise ValueError(f"JulianiAshEncoder: unknown encoder {self.encoder!r}; allowed: 'mlp', 'conv'")
         for width in widths:
             layer += 1
-            x = unit(torch_dense(width // split, x.shape[-1], f"layer_{layer}")(x), nn.LayerNorm)
+            x = unit(torch_default_dense(width // split, x.shape[-1], f"layer_{layer}")(x), nn.LayerNorm)
         return x
 
 
@@ -420,6 +399,6 @@ class JulianiAshActorCritic(nn.Module):
     @nn.compact
     def __call__(self, obs: jax.Array):
         h = JulianiAshEncoder(self.encoder, self.hidden_sizes, self.activation, self.layer_norm, name="torso")(obs)
-        logits = torch_dense(self.num_actions, h.shape[-1], "policy_output")(h)
-        value = torch_dense(1, h.shape[-1], "value_output")(h)
+        logits = torch_default_dense(self.num_actions, h.shape[-1], "policy_output")(h)
+        value = torch_default_dense(1, h.shape[-1], "value_output")(h)
         return logits, value[..., 0]
