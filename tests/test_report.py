@@ -503,3 +503,36 @@ def test_their_regression_uses_changes_since_the_first_round_one_point_per_varia
         np.testing.assert_allclose(data.loc[run, ["y", "weight_m", "dead_units"]].to_numpy(np.float64),
                                    [-k, 0.1 * k + 0.008, 0.2 * k], atol=1e-12)
     assert list(data.variant) == ["A", "B"]
+
+
+def test_an_analysis_is_one_decorated_function(tmp_path):
+    """Adding an analysis is registering one function: an experiment file may then name it, and the report
+    runs it on the experiment's metrics (here a toy analysis registered from the test)."""
+    from plastix.report.registry import ANALYSES, analysis
+
+    seen = {}
+
+    @analysis("toy_mean", "the mean of loss/value per run (a test's toy)")
+    def toy(sec, frame, keys, run_labels, exp):
+        means = frame[frame.key == "loss/value"].groupby("run").value.mean()
+        seen.update(means)
+        sec.verdict("toy: the mean loss is below 1", f"yes, {len(means)} runs")
+
+    try:
+        text = (Path(ex.__file__).parent / "ocp-fig1.toml").read_text()
+        path = tmp_path / "toy.toml"
+        path.write_text(text.replace('analyses = [', 'analyses = ["toy_mean", ', 1))
+        exp = ex.load(path, "quick")
+        assert exp.analyses[0] == "toy_mean"
+        runs = plan([exp])
+        sweep = tmp_path / "sweep"
+        (sweep / "runs").mkdir(parents=True)
+        write_manifest(sweep, [exp], runs)
+        write_runs(sweep, runs, lambda spec: ({"loss/value": np.full((8, 2), 0.5)}, 8))
+        html = build_report(sweep).read_text()
+        assert seen == {r.name: 0.5 for r in runs}
+        assert 'toy: the mean loss is below 1: <span class="yes">yes, 2 runs</span>' in html
+    finally:
+        ANALYSES.pop("toy_mean")
+    with pytest.raises(ex.ExperimentError, match="unknown analysis 'toy_mean'"):
+        ex.load(path, "quick")

@@ -6,7 +6,7 @@ it (``plastix run my-experiment.toml``). Schema (every key is validated, see ``l
     name = "ocp-fig1"                      # optional; defaults to the file's stem
     description = "one line shown by `plastix experiments list`"
     kind = "train"                         # "train" (PPO runs) or "task-switch" (probe runs of a source)
-    analyses = ["return", "dormancy"]      # figures of the report, from ANALYSES
+    analyses = ["return", "dormancy"]      # figures of the report: names in plastix.report.registry
     source = "ocp-fig1"                    # kind = "task-switch" only: whose trained value nets to probe
 
     [base]                                 # TrainConfig overrides shared by all scales and variants
@@ -67,20 +67,6 @@ from typing import Any
 SCALES = ("quick", "evidence", "paper")
 REQUIRED_SCALES = ("quick", "paper")  # a user's copy without [evidence] still loads at the other two
 KINDS = ("train", "task-switch")
-ANALYSES = {
-    "return": "episodic return over env steps (bootstrap 95% bands) and IQM of final return",
-    "dormancy": "per-layer dormancy ratio over env steps, and dead units",
-    "dormancy_vs_gradient": "per-layer dormancy vs zero-gradient ratios over env steps",
-    "overlap": "per-layer overlap coefficients (dormant, zero-grad, dormant vs zero-grad sets)",
-    "weights": "per-layer weight statistics (L2, RMS, mean |w|, std, max |w|, distance from init)",
-    "ranks": "per-layer feature ranks (srank, effective rank)",
-    "losses": "PPO losses and optimiser statistics",
-    "task_switch": "Eq. 15 regression from trained vs random-init value nets: loss curves and final test loss",
-    "task_relevance": "plasticity loss vs task distance: trained / random-init final test loss per alpha (OCP Sec. 3.2)",
-    "mitigations": "what the mitigations touched over env steps (`mitigation/*` keys)",
-    "rounds": "per-round curves of the `round/*` keys (train, held-out, fresh, normalised return) across variants",
-    "juliani_ash_regression": "OLS of final-round return on mean |weight| and dead units (Juliani & Ash 2024)",
-}
 COMPARES = ("less", "greater", "similar", "at_least", "at_most", "not_less")
 CLAIM_COMBINES = ("every", "mean")
 TOP_KEYS = {"name", "description", "kind", "analyses", "source", "base", "grid", "arms", "task_switch", "claims", *SCALES}
@@ -285,6 +271,20 @@ def _coerce(value: Any, tp) -> tuple[bool, Any]:
     return False, value
 
 
+def analysis_descriptions() -> dict[str, str]:
+    """``{name: description}`` of the analyses an experiment file may name: the report's registry
+    (``plastix.report.registry``; an analysis is one file under ``plastix/report/analyses/``)."""
+    from plastix.report.registry import descriptions
+
+    return descriptions()
+
+
+def __getattr__(name: str):
+    if name == "ANALYSES":  # the old constant, now read from the report's registry
+        return analysis_descriptions()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _check_overrides(path: Path, where: str, table: Any, fields: dict[str, Any], grid: bool = False) -> dict:
     if not isinstance(table, dict):
         raise ExperimentError(f"{path}: [{where}] must be a table of TrainConfig options")
@@ -450,6 +450,7 @@ def load(name_or_path: str | Path, scale: str = "quick") -> Experiment:
     if not isinstance(description, str):
         raise ExperimentError(f"{path}: description: must be a string")
     analyses = raw.get("analyses", ["return"])
+    ANALYSES = analysis_descriptions()  # noqa: N806  (the report's registry: plastix.report.analyses/*)
     if not isinstance(analyses, list):
         raise ExperimentError(f"{path}: analyses: must be a list; allowed entries: {', '.join(ANALYSES)}")
     for a in analyses:

@@ -1,0 +1,183 @@
+"""Statistics of the report: IQM, bootstrap CIs, binned curves, final values and the claims' verdicts.
+
+Curves are the mean over seeds with a 95% percentile-bootstrap band across seeds (``bootstrap_ci``); final
+performance is the interquartile mean (IQM) with a 95% stratified-bootstrap CI (``iqm``,
+``stratified_bootstrap_ci``; Agarwal et al. 2021, the rliable estimators, implemented here with numpy
+because rliable 1.2 does not import with pandas 3).
+
+    final value of a key in one seed: mean of its last ``max(1, 10%)`` measurements (claims with
+    ``stat = "mean"`` use the mean of all measurements);
+    IQM: mean of the middle 50% of the sorted scores (``scipy.stats.trim_mean(x, 0.25)``);
+    stratified bootstrap: resample the runs of each task (here: seeds within an env) with replacement.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from plastix.experiments import matches
+
+BOOTSTRAP_REPS = 2000
+CURVE_BINS = 60
+FINAL_FRACTION = 0.1
+SIGNIFICANCE = 0.05  # the p-value below which a test (OLS coefficient, Spearman rho) counts
+
+
+def iqm(scores: np.ndarray) -> float:
+    """Interquartile mean: the mean of the middle 50% of ``scores`` (flattened), as ``trim_mean(x, 0.25)``."""
+    x = np.sort(np.asarray(scores, np.float64).reshape(-1))
+    n = x.size
+    if n == 0:
+        return float("nan")
+    cut = int(0.25 * n)
+    return float(x[cut : n - cut].mean())
+
+
+def stratified_bootstrap_ci(
+    scores: np.ndarray, statistic=iqm, reps: int = BOOTSTRAP_REPS, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float, float]:
+    """``(point, low, high)``: ``statistic`` of ``scores [runs, tasks]`` and its percentile-bootstrap CI.
+
+    Each replicate resamples the runs of every task (column) independently with replacement (rliable's
+    stratified bootstrap), so every task keeps its weight.
+    """
+    scores = np.asarray(scores, np.float64)
+    if scores.ndim == 1:
+        scores = scores[:, None]
+    point = statistic(scores)
+    n = scores.shape[0]
+    if n < 2:
+        return point, point, point
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(reps, n, scores.shape[1]))
+    samples = np.take_along_axis(scores[None], idx, axis=1)
+    stats = np.array([statistic(s) for s in samples])
+    return point, float(np.quantile(stats, alpha / 2)), float(np.quantile(stats, 1 - alpha / 2))
+
+
+def bootstrap_ci(values: np.ndarray, reps: int = BOOTSTRAP_REPS, alpha: float = 0.05, seed: int = 0):
+    """Mean over seeds and its 95% percentile-bootstrap band, per point.
+
+    Args:
+        values: ``[seeds, points]``, NaN where a seed has no value at a point.
+    Returns:
+        ``(mean, low, high)``, each ``[points]``.
+    """
+    values = np.asarray(values, np.float64)
+    with np.errstate(all="ignore"), _quiet():
+        mean = np.nanmean(values, axis=0)
+        n = values.shape[0]
+        if n < 2:
+            return mean, mean, mean
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, n, size=(reps, n))
+        boot = np.nanmean(values[idx], axis=1)  # [reps, points]
+        return mean, np.nanquantile(boot, alpha / 2, axis=0), np.nanquantile(boot, 1 - alpha / 2, axis=0)
+
+
+class _quiet:
+    def __enter__(self):
+        import warnings
+
+        self.w = warnings.catch_warnings()
+        self.w.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        self.w.__exit__(*exc)
+
+
+def binned_curves(frame: pd.DataFrame, bins: int = CURVE_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """``(x [points], values [seeds, points])`` from rows ``seed, env_step, value`` of one key and variant.
+
+    When a key has more measurements than ``bins``, steps are grouped into ``bins`` equal-width bins of
+    env steps and averaged per seed (episodic returns arrive at different updates in different seeds).
+    """
+    steps = np.sort(frame.env_step.unique())
+    if len(steps) <= bins:
+        wide = frame.pivot_table(index="seed", columns="env_step", values="value", aggfunc="mean")
+        return wide.columns.to_numpy(np.float64), wide.to_numpy(np.float64)
+    edges = np.linspace(steps.min(), steps.max(), bins + 1)
+    b = np.clip(np.searchsorted(edges, frame.env_step.to_numpy(), side="right") - 1, 0, bins - 1)
+    wide = frame.assign(bin=b).pivot_table(index="seed", columns="bin", values="value", aggfunc="mean")
+    wide = wide.reindex(columns=range(bins))
+    centers = (edges[:-1] + edges[1:]) / 2
+    keep = ~np.all(np.isnan(wide.to_numpy()), axis=0)
+    return centers[keep], wide.to_numpy(np.float64)[:, keep]
+
+
+def final_values(frame: pd.DataFrame, stat: str = "final") -> pd.DataFrame:
+    """Per ``(run, seed, key)``: the mean of the last ``max(1, 10%)`` measurements (or of all for ``mean``)."""
+    if frame.empty:
+        return pd.DataFrame(columns=["run", "seed", "key", "value"])
+
+    def reduce(g: pd.DataFrame) -> float:
+        v = g.sort_values("update").value.to_numpy()
+        return float(v.mean() if stat == "mean" else v[-max(1, math.ceil(FINAL_FRACTION * len(v))) :].mean())
+
+    rows = [(run, seed, key, reduce(g)) for (run, seed, key), g in frame.groupby(["run", "seed", "key"], sort=True)]
+    return pd.DataFrame(rows, columns=["run", "seed", "key", "value"])
+
+
+# -------------------------------------------------------------------------------------------- verdicts
+def evaluate_claim(claim: dict, finals: pd.DataFrame, labels: dict[str, dict]) -> str:
+    """A one-line verdict: ``"yes, 5/5 seeds"`` / ``"partly, 3/5 seeds"`` / ``"no, 0/5 seeds"`` / why not measured.
+
+    ``finals``: rows ``run, seed, key, value`` (final values); ``labels``: ``{run: {field: value}}`` used to
+    find the runs selected by ``claim["a"]`` and ``claim["b"]``. A seed supports the claim when every key
+    matching ``claim["keys"]`` satisfies the comparison in that seed (``combine = "mean"``: when the mean over
+    the matching keys does). ``not_less``: ``a >= b - tolerance * |b|``.
+    """
+    finals = finals[finals.key.map(lambda k: matches(k, claim["keys"]))]
+    if finals.empty:
+        return f"not measured: no metric matches `{claim['keys']}`"
+    nkeys_matched = finals.key.nunique()
+
+    def pick(selector: dict) -> pd.DataFrame | None:
+        runs = [r for r, v in labels.items() if all(str(v.get(k)) == str(x) for k, x in selector.items())]
+        sel = finals[finals.run.isin(runs)]
+        if sel.empty:
+            return None
+        if claim.get("combine", "every") == "mean":
+            sel = sel.assign(key=f"mean of {nkeys_matched} keys")
+        return sel.groupby(["seed", "key"]).value.mean()
+
+    a = pick(claim["a"])
+    if a is None:
+        return f"not measured: no run with {_fmt_sel(claim['a'])} has `{claim['keys']}`"
+    op, tol = claim["compare"], float(claim.get("tolerance", 0.0))
+    if op in ("at_least", "at_most"):
+        thr = float(claim["threshold"])
+        ok = (a >= thr) if op == "at_least" else (a <= thr)
+        detail = f"mean {a.mean():.3g} vs threshold {thr:g}"
+    else:
+        b = pick(claim["b"])
+        if b is None:
+            return f"not measured: no run with {_fmt_sel(claim['b'])} has `{claim['keys']}`"
+        a, b = a.align(b, join="inner")
+        if a.empty:
+            return "not measured: the two sides share no seed and key"
+        if op == "less":
+            ok = a < b
+        elif op == "greater":
+            ok = a > b
+        elif op == "not_less":
+            ok = a >= b - tol * b.abs()
+        else:
+            ok = (a - b).abs() <= tol * b.abs()
+        detail = f"mean {a.mean():.3g} vs {b.mean():.3g}"
+    per_seed = ok.groupby(level="seed").all()
+    k, n = int(per_seed.sum()), len(per_seed)
+    word = "yes" if k == n else ("no" if k == 0 else "partly")
+    nkeys = ok.index.get_level_values("key").nunique()
+    what = f"mean of {nkeys_matched} keys" if claim.get("combine", "every") == "mean" else f"{nkeys} key{'s' if nkeys != 1 else ''}"
+    return f"{word}, {k}/{n} seeds ({what}; {detail})"
+
+
+def _fmt_sel(selector: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in selector.items())
+
+
