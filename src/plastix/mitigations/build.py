@@ -186,7 +186,8 @@ def build_surgery(cfg: Any, names: tuple[str, ...], init_fn: Callable):
         parts.append(scheduled(surgery, every=opts.every, at_switch=opts.at_switch, name=name))
 
     if "redo" in names:
-        add("redo", redo(init_fn, cfg.redo.tau))
+        opts = cfg.redo
+        add("redo", redo(init_fn, opts.tau, opts.fraction, opts.score, opts.start, opts.end))
     if "reset" in names:
         add("reset", reset_layers(init_fn, cfg.reset.layers))
     if "shrink_perturb" in names:
@@ -203,7 +204,7 @@ def build_surgery(cfg: Any, names: tuple[str, ...], init_fn: Callable):
     if "cbp" in names:  # every gradient step, by definition
         opts = cfg.cbp
         parts.append(continual_backprop(init_fn, opts.replacement_rate, opts.maturity_threshold, opts.decay,
-                                        reset_adam_counts=opts.adam_gnt))
+                                        reset_adam_counts=opts.adam_gnt, utility_type=opts.utility))
     if getattr(cfg, "rebuild_optimizer_at_switch", False):  # last: a new optimizer after the other surgeries
         parts.append(scheduled(optimizer_rebuild(), at_switch=True, name="optimizer_rebuild"))
     return chain_surgeries(*parts) if parts else None

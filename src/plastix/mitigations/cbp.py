@@ -24,6 +24,7 @@ from plastix.mitigations._layers import (
     unit_to_outputs,
 )
 from plastix.mitigations.optimizer_state import scale_adam_moments
+from plastix.mitigations.registry import CBP_UTILITIES
 from plastix.mitigations.surgery import Surgery, f32
 
 Params = Any
@@ -91,12 +92,55 @@ def outgoing_magnitude(params: Params, layer: HiddenLayer, positions: int, width
     return total / count
 
 
+def incoming_magnitude(params: Params, layer: HiddenLayer) -> jax.Array:
+    """``mean_in |w_in|`` per unit, ``[H]``: the mean absolute incoming weight (a Dense column, a conv filter
+    over its window and input channels; GnT's ``weight.abs().mean(dim=1)``, convGnT's ``dim=(1, 2, 3)``)."""
+    kernel = jnp.abs(get_path(params, layer.incoming + ("kernel",)).astype(jnp.float32))
+    return jnp.mean(kernel.reshape(-1, kernel.shape[-1]), axis=0)
+
+
+def unit_utility(params: Params, layer: HiddenLayer, post: jax.Array, mean_act: jax.Array,
+                 correction: jax.Array, utility_type: str) -> jax.Array:
+    """This step's utility ``new_util [H]`` of GnT (``lop/algos/gnt.py``, ``convGnT.py``) for ``post [B, P, W]``.
+
+    With ``o = mean_out|w_out|`` (``outgoing_magnitude``), ``i = mean_in|w_in|`` (``incoming_magnitude``) and
+    ``m_hat = m / (1 - decay^age)`` the bias-corrected running mean activation (per channel for a conv map):
+
+    * ``contribution``: ``mean_p(mean_batch|h| * o)``;  ``weight``: ``mean_p(o)``;  ``adaptation``: ``1 / i``;
+    * ``zero_contribution``: ``mean_p(mean_batch|h - m_hat| * o)``;
+    * ``adaptable_contribution``: ``zero_contribution / i``;  ``feature_by_input``: ``mean|h - m_hat| / i``.
+
+    A CReLU unit adds the terms of its two outputs (``1 / i`` is per unit).
+    """
+    width = layer_width(params, layer)
+    positions, outputs = post.shape[1], post.shape[2]
+    if utility_type == "adaptation":
+        return 1.0 / incoming_magnitude(params, layer)
+    out_mag = outgoing_magnitude(params, layer, positions, outputs)  # [P, W]
+    if utility_type == "weight":
+        return outputs_to_units(jnp.mean(out_mag, axis=0), width).sum(axis=0)
+    centre = 0.0
+    if utility_type != "contribution":  # centred by the running mean of each output channel
+        per_channel = jnp.mean(mean_act.reshape(-1, outputs), axis=0)
+        centre = per_channel / unit_to_outputs(correction, outputs)
+    magnitude = jnp.mean(jnp.abs(post - centre), axis=0)  # [P, W]
+    if utility_type == "feature_by_input":
+        per_output = jnp.mean(magnitude, axis=0)
+    else:
+        per_output = jnp.mean(magnitude * out_mag, axis=0)
+    result = outputs_to_units(per_output, width).sum(axis=0)
+    if utility_type in ("adaptable_contribution", "feature_by_input"):
+        result = result / incoming_magnitude(params, layer)
+    return result
+
+
 def continual_backprop(
     init_fn: Callable[[jax.Array], Params],
     replacement_rate: float = 1e-4,
     maturity_threshold: int = 10_000,
     decay: float = 0.99,
     reset_adam_counts: bool = True,
+    utility_type: str = "contribution",
 ) -> Surgery:
     """Continual backprop (Dohare et al. 2024; their ``GnT`` generate-and-test), called after *every* update.
 
@@ -110,7 +154,7 @@ def continual_backprop(
        (``outgoing_magnitude``; a CReLU unit sums over its two outputs ``j``; for a conv channel this is
        ``convGnT``'s utility, for a Dense unit ``GnT``'s); running mean activation of the Dense consumers'
        input features (of its channels if it feeds convolutions)
-       ``m <- decay * m + (1 - decay) * mean_batch(h)``;
+       ``m <- decay * m + (1 - decay) * mean_batch(h)``; other utilities: ``utility_type``;
     3. bias-corrected utility ``u_hat = u / (1 - decay^age)``; eligible units: ``age > maturity_threshold``;
     4. ``to_replace += replacement_rate * n_eligible``; the ``floor(to_replace)`` eligible units with the
        lowest ``u_hat`` are replaced and ``to_replace`` keeps the fraction;
@@ -131,12 +175,18 @@ def continual_backprop(
       maturity_threshold: minimum age before a unit can be replaced (RL: 1e4 updates).
       decay: utility decay ``eta`` (0.99).
       reset_adam_counts: reset per-element Adam step counts of rewritten entries (AdamGnT).
+      utility_type: GnT's ``util_type`` (``CBP_UTILITIES``; ``unit_utility``): ``contribution`` (Dohare et
+        al.'s RL runs) or ``weight``, ``adaptation``, ``zero_contribution``, ``adaptable_contribution``,
+        ``feature_by_input``, ``random`` (a fresh uniform score each step).
 
     Returns:
       A ``Surgery`` whose state is ``{layer_name: CBPLayerState}``. Metrics:
       ``mitigation/cbp/replaced`` (total this update), ``mitigation/cbp/<layer>/replaced`` and
       ``mitigation/cbp/<layer>/eligible``.
     """
+
+    if utility_type not in CBP_UTILITIES:
+        raise ValueError(f"continual_backprop: unknown utility {utility_type!r}; allowed: {', '.join(CBP_UTILITIES)}")
 
     def init(params, key):
         del key
@@ -163,8 +213,9 @@ def continual_backprop(
             )
         params = to_dict(params)
         layers = hidden_layers(params)
-        stats = [_unit_statistics(params, layer, state[layer.name], batch_info.activations[layer.name][1])
-                 for layer in layers]
+        stats = [_unit_statistics(params, layer, state[layer.name], batch_info.activations[layer.name][1],
+                                  jax.random.fold_in(key, 0xC0B + index))
+                 for index, layer in enumerate(layers)]
 
         # Which units to replace needs a sort per layer; with rr = 1e-4 most steps replace none, so sort only
         # on steps where some layer's accumulated count reached a whole unit.
@@ -217,28 +268,31 @@ def continual_backprop(
             return params, opt_state, state, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), shapes)
         return apply(params, opt_state, state, batch_info, key)
 
-    def _unit_statistics(params, layer, st, post) -> _UnitStats:
-        """``u <- decay u + (1 - decay) mean_p(mean_batch|h| mean_out|w_out|)`` and the replacement budget
-        ``to_replace += rr * #eligible`` (Dohare et al. 2024), for one hidden layer."""
+    def _unit_statistics(params, layer, st, post, key) -> _UnitStats:
+        """``u <- decay u + (1 - decay) * new_util`` (``unit_utility``, GnT's ``util_type``) and the
+        replacement budget ``to_replace += rr * #eligible`` (Dohare et al. 2024), for one hidden layer."""
         width = layer_width(params, layer)
         conv = get_path(params, layer.incoming + ("kernel",)).ndim == 4
         positions = math.prod(post.shape[-3:-1]) if conv else 1  # a conv map is [..., h, w, W]
         post = post.astype(jnp.float32).reshape(-1, positions, post.shape[-1])  # [B, P, W]
-        out_mag = outgoing_magnitude(params, layer, positions, post.shape[-1])
-        per_output = jnp.mean(jnp.mean(jnp.abs(post), axis=0) * out_mag, axis=0)  # [W]
-        contribution = outputs_to_units(per_output, width).sum(axis=0)
         age = st.age + 1
-        utility = decay * st.utility + (1.0 - decay) * contribution
         if _dense_consumers(params, layer):  # [B, P * W]: the input features of a (flattening) Dense consumer
             per_feature = post.reshape(post.shape[0], -1)
         else:  # feeds convolutions: per channel
             per_feature = post.reshape(-1, post.shape[-1])
         mean_act = decay * st.mean_activation + (1.0 - decay) * jnp.mean(per_feature, axis=0)
         correction = 1.0 - decay ** age.astype(jnp.float32)
+        if utility_type == "random":  # GnT: a fresh uniform score per unit every step, utility not fed
+            utility = decay * st.utility
+            corrected = jax.random.uniform(key, (width,))
+        else:
+            utility = decay * st.utility + (1.0 - decay) * unit_utility(
+                params, layer, post, mean_act, correction, utility_type)
+            corrected = utility / correction
         eligible = age > maturity_threshold
         to_replace = st.to_replace + replacement_rate * jnp.sum(eligible)
         n_replace = jnp.floor(to_replace)
-        score = jnp.where(eligible, utility / correction, jnp.inf)
+        score = jnp.where(eligible, corrected, jnp.inf)
         return _UnitStats(utility, mean_act, age, correction, eligible, score, to_replace - n_replace,
                           n_replace)
 

@@ -64,6 +64,15 @@ class ReDoOptions:
     tau: float = 0.1  # ReDo's main experiments; 0.025 in its demonstration
     every: int | None = 1000  # period in gradient steps (Sokar et al.: 1000)
     at_switch: bool = False
+    fraction: float | None = None
+    """recycle this fraction of each layer's units by score at every firing (dopamine's
+    NeuronRecyclerScheduled recycle_rate, 0.3 there) instead of the tau-dormant ones"""
+    score: str = "redo"
+    """with fraction: redo (least dormancy scores), random, redo_inverted (most active): dopamine's score_type"""
+    start: int = 0
+    """with fraction: first gradient step that may recycle (dopamine's reset_start_step)"""
+    end: int | None = None
+    """with fraction: the fraction decays as cos(pi/2 step/end) and recycling stops at end (reset_end_step)"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +93,9 @@ class CBPOptions:
     decay: float = 0.99
     adam_gnt: bool = True
     """Dohare et al.'s AdamGnT: Adam keeps a step count per weight, reset to 0 for a replaced unit's weights"""
+    utility: str = "contribution"
+    """GnT's util_type: contribution, weight, adaptation, zero_contribution, adaptable_contribution,
+    feature_by_input, random"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,6 +225,10 @@ def check_compatible(
     if "l2_init" in seen and _options("l2_init", options).form not in L2_INIT_FORMS:
         raise ValueError(f"'l2_init': form must be one of {', '.join(L2_INIT_FORMS)}, "
                          f"got {_options('l2_init', options).form!r}")
+    if "redo" in seen:
+        _check_redo(_options("redo", options))
+    if "cbp" in seen:
+        _check_cbp(_options("cbp", options))
     if "reset" in seen and "injection" in seen:
         reset, inj = _options("reset", options), _options("injection", options)
         layers = reset.layers
@@ -232,3 +248,40 @@ def check_compatible(
         raise ValueError(
             "'layernorm' conflicts with activation='none': the No-Act network would become nonlinear"
         )
+
+
+REDO_SCORES = ("redo", "random", "redo_inverted")
+CBP_UTILITIES = ("contribution", "weight", "adaptation", "zero_contribution", "adaptable_contribution",
+                 "feature_by_input", "random")
+
+
+def _check_redo(opts: ReDoOptions) -> None:
+    """ReDo's options are in range: tau >= 0; fraction in (0, 1]; a known score; 0 <= start < end."""
+    if opts.tau < 0:
+        raise ValueError(f"--redo.tau must be >= 0, got {opts.tau}")
+    if opts.fraction is None:
+        changed = [f"{n}={getattr(opts, n)!r}" for n, d in (("score", "redo"), ("start", 0), ("end", None))
+                   if getattr(opts, n) != d]
+        if changed:
+            raise ValueError(f"--redo: {', '.join(changed)} apply only with a fraction (--redo.fraction F)")
+        return
+    if not 0 < opts.fraction <= 1:
+        raise ValueError(f"--redo.fraction must be in (0, 1], got {opts.fraction}")
+    if opts.score not in REDO_SCORES:
+        raise ValueError(f"--redo.score must be one of {', '.join(REDO_SCORES)}, got {opts.score!r}")
+    if opts.start < 0:
+        raise ValueError(f"--redo.start must be >= 0, got {opts.start}")
+    if opts.end is not None and opts.end <= opts.start:
+        raise ValueError(f"--redo.end must be > start ({opts.start}), got {opts.end}")
+
+
+def _check_cbp(opts: CBPOptions) -> None:
+    """Continual backprop's options are in range."""
+    if not 0 <= opts.replacement_rate <= 1:
+        raise ValueError(f"--cbp.replacement-rate must be in [0, 1], got {opts.replacement_rate}")
+    if opts.maturity_threshold < 0:
+        raise ValueError(f"--cbp.maturity-threshold must be >= 0, got {opts.maturity_threshold}")
+    if not 0 <= opts.decay < 1:
+        raise ValueError(f"--cbp.decay must be in [0, 1), got {opts.decay}")
+    if opts.utility not in CBP_UTILITIES:
+        raise ValueError(f"--cbp.utility must be one of {', '.join(CBP_UTILITIES)}, got {opts.utility!r}")

@@ -48,11 +48,14 @@ class BatchInfo:
       magi_fn: optional ``() -> magi``, used when ``magi`` is None. The trainer passes this instead of
         ``magi`` so a ``scheduled`` surgery computes MAGI only inside its firing branch (the MAGI costs
         a backward pass per layer; computed at every gradient step it cost 18% of throughput).
+      step: int32 scalar, the gradient step counted by ``scheduled`` (its call count, from 1), given to the
+        wrapped surgery when it fires; None outside ``scheduled``. ReDo's scheduled fraction reads it.
     """
 
     activations: Any = None
     magi: Any = None
     task_switch: Any = False
+    step: Any = None
     magi_fn: Callable[[], Any] | None = flax.struct.field(pytree_node=False, default=None)
     phase: str = flax.struct.field(pytree_node=False, default="any")
 
@@ -139,11 +142,12 @@ def scheduled(surgery: Surgery, every: int | None = None, at_switch: bool = Fals
             fire = fire | switch
 
         def run(args):
-            return surgery.apply(*args)
+            p, o, s, b, k = args
+            return surgery.apply(p, o, s, b.replace(step=count), k)
 
         def skip(args):
             p, o, s, b, k = args
-            metrics_shape = jax.eval_shape(surgery.apply, p, o, s, b, k)[3]
+            metrics_shape = jax.eval_shape(surgery.apply, p, o, s, b.replace(step=count), k)[3]
             return p, o, s, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics_shape)
 
         args = (params, opt_state, state.inner, batch_info, key)
