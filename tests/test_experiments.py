@@ -207,3 +207,17 @@ def test_evidence_is_optional_in_a_users_file_and_its_absence_is_named(tmp_path)
     exp = ex.load(write(tmp_path, GOOD + "[evidence]\nseeds = [0, 1, 2, 3, 4]\nbase = { total_timesteps = 6144 }\n"),
                   "evidence")
     assert exp.seeds == [0, 1, 2, 3, 4] and exp.base["total_timesteps"] == 6144
+
+
+def test_a_toml_array_option_reaches_the_trainer_as_its_items():
+    """A TOML array (juliani-ash's `reset = { layers = ["policy_output", "value_output"] }`) is a tuple in the
+    TrainConfig and one flag argument per item: its repr once reached the trainer as a single layer name."""
+    from plastix.cli import parse_train_args
+
+    cfg = ex.config_for({"preset": "juliani-ash", "env_id": "GridWorld-v0", "mitigations": "reset",
+                         "reset.layers": ["policy_output", "value_output"]}, [0])
+    assert cfg.reset.layers == ("policy_output", "value_output")
+    flags = config_flags(cfg)
+    at = flags.index("--reset.layers")
+    assert flags[at + 1:at + 3] == ["policy_output", "value_output"]
+    assert parse_train_args(flags) == cfg

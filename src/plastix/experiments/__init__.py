@@ -523,6 +523,9 @@ def config_for(overrides: dict[str, Any], seeds: list[int], **extra):
 
     cfg = preset_config(overrides.get("preset") or default_preset(overrides.get("env_id", TrainConfig.env_id)))
     for path, value in {**overrides, "seeds": ",".join(map(str, seeds)), **extra}.items():
+        # TOML arrays are lists; TrainConfig's sequence options are tuples (and `plastix train` flags
+        # spell a tuple as one argument per item, a list would reach the trainer as its repr).
+        value = tuple(value) if isinstance(value, list) else value
         cfg = _replace_path(cfg, path.split("."), value)
     return cfg
 
