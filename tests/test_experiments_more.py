@@ -23,6 +23,7 @@ preset = "ocp"
 total_timesteps = 4096
 num_steps = 256
 num_minibatches = 4
+rounds = 2
 [grid]
 activation = ["relu", "tanh"]
 [arms]

@@ -486,8 +486,8 @@ def test_cbp_resets_adam_gnt_counts_so_a_replaced_units_next_update_is_a_first_s
 def test_cbp_uses_adam_gnt_by_default_and_cnn_options_are_checked():
     from plastix.mitigations.build import build_optimizer, check
 
-    grid = dataclasses.replace(
-        preset_config("cleanrl-discrete"), grid_obs="image", grid_size=18, patch_grid=2, activation="relu"
+    grid = dataclasses.replace(  # 2 rounds: the at-switch surgeries (reset, injection) fire at the switch
+        preset_config("cleanrl-discrete"), grid_obs="image", grid_size=18, patch_grid=2, activation="relu", rounds=2
     )
     for adam_gnt in (True, False):
         cfg = dataclasses.replace(grid, mitigations="cbp", cbp=CBPOptions(adam_gnt=adam_gnt))
@@ -590,7 +590,8 @@ def test_the_cnn_takes_the_activation_flag():
     obs = jax.random.randint(jax.random.PRNGKey(1), (2, 8, 8, 3), 0, 255).astype(jnp.uint8)
     pre, post = agent.forward_acts(params, obs)["torso/layer_2"]
     np.testing.assert_allclose(post, np.tanh(pre), rtol=1e-6, atol=1e-6)
-    grid = dataclasses.replace(preset_config("cleanrl-discrete"), grid_obs="image", grid_size=18, patch_grid=2)
+    grid = dataclasses.replace(preset_config("cleanrl-discrete"), grid_obs="image", grid_size=18, patch_grid=2,
+                               rounds=2)
     with pytest.raises(ConfigError, match="injection.*--activation tanh"):
         validate(dataclasses.replace(grid, activation="tanh", mitigations="injection"))
     validate(dataclasses.replace(grid, activation="relu", mitigations="injection"))

@@ -239,4 +239,4 @@ def test_injection_head_layers_must_fit_the_network(argv, message):
     from plastix.config import ConfigError, validate
 
     with pytest.raises(ConfigError, match=message):
-        validate(parse_train_args([*argv, "--mitigations", "injection"]), check_env=True)
+        validate(parse_train_args([*argv, "--mitigations", "injection", "--rounds", "2"]), check_env=True)

@@ -67,12 +67,26 @@ def parse_train_args(argv: list[str]):
     return tyro.cli(type(default), default=default, args=argv, prog="plastix train")
 
 
+def given_options(argv: list[str]) -> list[str]:
+    """The dotted option paths of the flags in ``argv``: ``--shrink-perturb.no-at-switch`` ->
+    ``shrink_perturb.at_switch``, ``--redo.tau=0.1`` -> ``redo.tau``."""
+    out = []
+    for arg in argv:
+        if not arg.startswith("--"):
+            continue
+        path = arg[2:].split("=", 1)[0].replace("-", "_")
+        group, _, option = path.rpartition(".")
+        out.append(f"{group}.{option.removeprefix('no_')}" if group else path)
+    return out
+
+
 def train_main(argv: list[str]) -> int:
-    from plastix.config import ConfigError
+    from plastix.config import ConfigError, check_groups_used
     from plastix.training import train
 
     try:
         cfg = parse_train_args(argv)
+        check_groups_used(given_options(argv), [cfg])
         run_dir = train(cfg)
     except ConfigError as err:
         print(f"plastix train: error: {err}", file=sys.stderr)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Literal
 
 from plastix.mitigations import registry as mit
@@ -469,6 +470,164 @@ def _dataclass_from_dict(default, data: dict, where: str):
     return dataclasses.replace(default, **values)
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric option accepts: ``low <= x <= high``, ``None`` an open end, a bound excluded
+    when its ``*_open`` flag is set. ``Range(0, low_open=True)`` is "> 0"."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return self.high is None or (value < self.high or (not self.high_open and value == self.high))
+
+    def describe(self) -> str:
+        """``"positive (> 0)"``, ``">= 1"``, ``"in [0, 1)"``, ..."""
+        if self.high is None:
+            if self.low == 0 and self.low_open:
+                return "positive (> 0)"
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+AT_LEAST_ONE = Range(1)
+UNIT = Range(0, 1)  # a probability, a fraction, a discount
+UNIT_HALF_OPEN = Range(0, 1, high_open=True)  # a decay rate: 1 would never forget
+
+# The range of every numeric option, from its definition (a test checks that every int and float field of
+# TrainConfig and of its option groups is here). ``None`` (an optional option left out) is always allowed;
+# a tuple option's range applies to each element. Cross-option rules (a minibatch count dividing the batch,
+# at least one rollout per round, ...) are checked in ``validate`` after these.
+OPTION_RANGES: dict[str, Range] = {
+    # PPO (CleanRL's Args)
+    "total_timesteps": POSITIVE,
+    "learning_rate": POSITIVE,
+    "weight_decay": NON_NEGATIVE,
+    "adam_eps": POSITIVE,
+    "adam_b1": UNIT_HALF_OPEN,  # b = 1 never forgets and divides Adam's bias correction by 0
+    "adam_b2": UNIT_HALF_OPEN,
+    "num_envs": POSITIVE,
+    "num_steps": POSITIVE,
+    "gamma": UNIT,
+    "gae_lambda": UNIT,
+    "num_minibatches": POSITIVE,
+    "update_epochs": POSITIVE,
+    "clip_coef": NON_NEGATIVE,
+    "ent_coef": NON_NEGATIVE,
+    "vf_coef": NON_NEGATIVE,
+    "max_grad_norm": POSITIVE,
+    "target_kl": POSITIVE,
+    "hidden_sizes": AT_LEAST_ONE,
+    "obs_clip": POSITIVE,
+    "reward_clip": POSITIVE,
+    # OpenAI-ES
+    "es.popsize": Range(2),  # mirrored pairs (evenness: ESConfig.validate)
+    "es.sigma": POSITIVE,
+    "es.learning_rate": POSITIVE,
+    "es.weight_decay": NON_NEGATIVE,
+    "es.episode_steps": AT_LEAST_ONE,
+    # mitigations (plastix.mitigations.registry; `every` counts gradient steps)
+    "l2.weight_decay": NON_NEGATIVE,
+    "l2_init.lam": NON_NEGATIVE,
+    "weight_clip.kappa": POSITIVE,  # a bound of kappa x the init bound; 0 would zero every weight
+    "soft_sp.lam": UNIT,  # theta <- lam theta + sigma noise: a shrink
+    "soft_sp.sigma": NON_NEGATIVE,
+    "shrink_perturb.lam": UNIT,
+    "shrink_perturb.sigma": NON_NEGATIVE,
+    "shrink_perturb.every": AT_LEAST_ONE,
+    "redo.tau": NON_NEGATIVE,  # a dormancy threshold on scores >= 0
+    "redo.every": AT_LEAST_ONE,
+    "reset.every": AT_LEAST_ONE,
+    "cbp.replacement_rate": UNIT,  # a fraction of the eligible units per step
+    "cbp.maturity_threshold": NON_NEGATIVE,
+    "cbp.decay": UNIT_HALF_OPEN,  # the bias correction 1 - decay^age is 0 at decay 1
+    "adam_reset.every": AT_LEAST_ONE,
+    "injection.head_layers": AT_LEAST_ONE,  # the upper bound depends on the network: check_env_and_shift
+    "injection.every": AT_LEAST_ONE,
+    "ocp_perturb.threshold": NON_NEGATIVE,  # MAGI scores (and their ratio to the mean) are >= 0
+    "ocp_perturb.noise_scale": POSITIVE,  # 0 would perturb nothing
+    "ocp_perturb.every": AT_LEAST_ONE,
+    # diagnostics
+    "diagnostics_every": NON_NEGATIVE,  # 0 = off
+    "diagnostics_batch": AT_LEAST_ONE,
+    "dormant_taus": NON_NEGATIVE,
+    "overlap_tau": NON_NEGATIVE,
+    "zero_grad_eps": NON_NEGATIVE,
+    "curvature_every": NON_NEGATIVE,  # 0 = off
+    "curvature_batch": AT_LEAST_ONE,
+    "curvature_iters": AT_LEAST_ONE,
+    "curvature_samples": AT_LEAST_ONE,
+    # rounds and shifts
+    "rounds": AT_LEAST_ONE,
+    "steps_per_round": AT_LEAST_ONE,  # and at least one rollout: validate
+    "shift_seed": NON_NEGATIVE,
+    "num_levels": AT_LEAST_ONE,
+    "level_step": NON_NEGATIVE,
+    "heldout_levels": AT_LEAST_ONE,
+    "heldout_episodes": AT_LEAST_ONE,
+    "patch_grid": AT_LEAST_ONE,
+    "grid_size": Range(2),  # the agent and the goal need two cells
+    "grid_max_steps": AT_LEAST_ONE,
+    # run
+    "log_every": POSITIVE,
+    "checkpoint_every": POSITIVE,
+    "num_threads": NON_NEGATIVE,  # 0 = envpool's default
+}
+
+
+def option_flag(path: str) -> str:
+    """The ``plastix train`` flag of a dotted option path: ``shrink_perturb.lam`` -> ``--shrink-perturb.lam``."""
+    return "--" + path.replace("_", "-")
+
+
+def option_value(cfg: TrainConfig, path: str):
+    """The value of dotted option ``path`` (``redo.tau``) in ``cfg``."""
+    value = cfg
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def check_ranges(cfg: TrainConfig) -> None:
+    """``ConfigError`` naming the option and its allowed range for the first value outside ``OPTION_RANGES``."""
+    for path, allowed in OPTION_RANGES.items():
+        value = option_value(cfg, path)
+        values = value if isinstance(value, tuple) else () if value is None else (value,)
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or v not in allowed:
+                raise ConfigError(f"{option_flag(path)}: must be {allowed.describe()}, got "
+                                  f"{value if isinstance(value, tuple) else v}")
+
+
+def check_groups_used(given: Iterable[str], configs: Iterable[TrainConfig], spell=None) -> None:
+    """``ConfigError`` for an option of a mitigation (``redo.tau``) given while no config of ``configs``
+    enables that mitigation (``--mitigations``), or an ``es.*`` option while none trains with
+    ``--optimizer es``: the option would be ignored. ``given``: the dotted option paths the user wrote
+    (command-line flags, an experiment file's keys); ``spell(path)`` names one in the message (default: its
+    flag, ``option_flag``)."""
+    configs = list(configs)
+    enabled = {name.strip() for cfg in configs for name in str(cfg.mitigations).split(",")}  # unknown: validate
+    if any(cfg.layer_norm for cfg in configs):
+        enabled.add("layernorm")
+    if any(cfg.optimizer == "es" for cfg in configs):
+        enabled.add("es")
+    for path in given:
+        group = path.split(".", 1)[0] if "." in path else None
+        if group is None or group in enabled or not (group in mit.MITIGATIONS or group == "es"):
+            continue
+        if group == "es":
+            hint = "only used with --optimizer es"
+        else:
+            hint = f"{group} is not in --mitigations; add it (--mitigations {group}) or drop the option"
+        raise ConfigError(f"{(spell or option_flag)(path)}: given, but it would be ignored: {hint}")
+
+
 def parse_seeds(text: str) -> list[int]:
     """``"0,1,2"`` -> ``[0, 1, 2]``; raises ``ConfigError`` naming ``--seeds`` otherwise."""
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
@@ -490,42 +649,14 @@ def validate(cfg: TrainConfig, check_env: bool = True) -> None:
     parse_seeds(cfg.seeds)
     if cfg.activation not in ACTIVATIONS:
         raise ConfigError(f"--activation: unknown activation {cfg.activation!r}; allowed: {', '.join(ACTIVATIONS)}")
-    positive = dict(
-        learning_rate=cfg.learning_rate,
-        total_timesteps=cfg.total_timesteps,
-        num_envs=cfg.num_envs,
-        num_steps=cfg.num_steps,
-        num_minibatches=cfg.num_minibatches,
-        update_epochs=cfg.update_epochs,
-        log_every=cfg.log_every,
-        checkpoint_every=cfg.checkpoint_every,
-        max_grad_norm=cfg.max_grad_norm,
-        adam_eps=cfg.adam_eps,
-        obs_clip=cfg.obs_clip,
-        reward_clip=cfg.reward_clip,
-    )
-    for name, value in positive.items():
-        if not value > 0:
-            raise ConfigError(f"--{name.replace('_', '-')}: must be positive, got {value}")
-    for name in ("weight_decay", "ent_coef", "vf_coef", "clip_coef", "num_threads", "diagnostics_every",
-                 "curvature_every", "zero_grad_eps", "overlap_tau"):
-        if getattr(cfg, name) < 0:
-            raise ConfigError(f"--{name.replace('_', '-')}: must be >= 0, got {getattr(cfg, name)}")
-    for name in ("gamma", "gae_lambda"):
-        if not 0.0 <= getattr(cfg, name) <= 1.0:
-            raise ConfigError(f"--{name.replace('_', '-')}: must be in [0, 1], got {getattr(cfg, name)}")
-    for name in ("adam_b1", "adam_b2"):  # b = 1 never forgets and divides Adam's bias correction by 0
-        if not 0.0 <= getattr(cfg, name) < 1.0:
-            raise ConfigError(f"--{name.replace('_', '-')}: must be in [0, 1), got {getattr(cfg, name)}")
-    if not cfg.hidden_sizes or any(h <= 0 for h in cfg.hidden_sizes):
-        raise ConfigError(f"--hidden-sizes: need one or more positive widths, got {cfg.hidden_sizes}")
+    check_ranges(cfg)
+    if not cfg.hidden_sizes:
+        raise ConfigError("--hidden-sizes: need one or more widths, e.g. `64 64`")
     if cfg.batch_size % cfg.num_minibatches:
         raise ConfigError(
             f"--num-minibatches: {cfg.num_minibatches} does not divide the batch of "
             f"num_envs * num_steps = {cfg.batch_size}"
         )
-    if cfg.rounds < 1:
-        raise ConfigError(f"--rounds: must be >= 1, got {cfg.rounds}")
     if cfg.steps_per_round is not None and cfg.steps_per_round < cfg.batch_size:
         raise ConfigError(f"--steps-per-round: {cfg.steps_per_round} is less than one rollout "
                           f"(num_envs * num_steps = {cfg.batch_size})")
@@ -534,23 +665,11 @@ def validate(cfg: TrainConfig, check_env: bool = True) -> None:
             f"--total-timesteps: {cfg.total_timesteps} is less than one rollout per round "
             f"(rounds x num_envs x num_steps = {cfg.rounds * cfg.batch_size})"
         )
-    for name in ("num_levels", "heldout_levels", "patch_grid", "grid_size", "grid_max_steps"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(cfg, name)}")
-    if cfg.level_step < 0:
-        raise ConfigError(f"--level-step: must be >= 0, got {cfg.level_step}")
-    if any(t < 0 for t in cfg.dormant_taus):
-        raise ConfigError(f"--dormant-taus: thresholds must be >= 0, got {cfg.dormant_taus}")
-    for name in ("diagnostics_batch", "curvature_batch", "curvature_iters", "curvature_samples"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(cfg, name)}")
     for name, allowed in (("lr_schedule", LR_SCHEDULES), ("reward_norm_stats", ("auto", "per-env", "shared")),
                           ("preset", tuple(PRESETS))):
         if getattr(cfg, name) not in allowed:
             raise ConfigError(f"--{name.replace('_', '-')}: unknown value {getattr(cfg, name)!r}; "
                               f"allowed: {', '.join(allowed)}")
-    if cfg.target_kl is not None and cfg.target_kl <= 0:
-        raise ConfigError(f"--target-kl: must be positive when given, got {cfg.target_kl}")
     from plastix.mitigations.build import check as check_mitigations
 
     try:

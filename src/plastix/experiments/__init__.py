@@ -30,8 +30,8 @@ it (``plastix run my-experiment.toml``). Schema (every key is validated, see ``l
     a = { activation = "none" }            # the variant (or task-switch source) on the left ...
     b = { activation = "relu" }            # ... and on the right (less, greater, similar)
 
-    [quick]                                # one table per scale: "quick" and "paper" are required,
-                                           # "evidence" optional (every shipped file has it)
+    [quick]                                # one table per scale, each optional: a file runs at the
+                                           # scales it has (every shipped file has all three)
     seeds = [0, 1]
     base = { total_timesteps = 65536 }     # overrides [base] at this scale
     grid = { ... }                         # optional: replaces [grid] at this scale
@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import Any
 
 SCALES = ("quick", "evidence", "paper")
-REQUIRED_SCALES = ("quick", "paper")  # a user's copy without [evidence] still loads at the other two
+REQUIRED_SCALES: tuple[str, ...] = ()  # a file runs at the scales whose tables it has (a user's: [quick] only)
 KINDS = ("train", "task-switch")
 COMPARES = ("less", "greater", "similar", "at_least", "at_most", "not_less")
 CLAIM_COMBINES = ("every", "mean")
@@ -437,7 +437,7 @@ def load(name_or_path: str | Path, scale: str = "quick") -> Experiment:
                 and len(set(seeds)) == len(seeds)):
             raise ExperimentError(f"{path}: {s}.seeds: bad value {seeds!r}; expected a list of distinct integers >= 0")
     if scale not in raw:
-        defined = ", ".join(s for s in SCALES if s in raw)
+        defined = ", ".join(s for s in SCALES if s in raw) or "none (add one, e.g. [quick] with `seeds = [0]`)"
         raise ExperimentError(f"{path}: [{scale}]: no such table in this file, so --scale {scale} cannot run it; "
                               f"scales it defines: {defined}")
     kind = raw.get("kind", "train")
@@ -503,16 +503,33 @@ def load(name_or_path: str | Path, scale: str = "quick") -> Experiment:
         base=base, grid=grid, analyses=list(analyses), claims=claims, source=source, task_switch=task_switch,
         arms=arms,
     )
+    configs = []
     for variant in exp.variants:
         try:
-            validate(config_for(variant.overrides, exp.seeds), check_env=False)
+            configs.append(config_for(variant.overrides, exp.seeds))
+            validate(configs[-1], check_env=False)
         except ConfigError as err:
             raise ExperimentError(f"{path}: variant {variant.name} ({scale}): {err}") from None
+    _check_groups_used(path, raw, exp, configs, fields)
     if kind == "task-switch":
         src = load(source, scale)
         if src.kind != "train":
             raise ExperimentError(f"{path}: source: {source!r} is not a training experiment")
     return exp
+
+
+def _check_groups_used(path: Path, raw: dict, exp: Experiment, configs: list, fields: dict[str, Any]) -> None:
+    """A mitigation's (or ES's) option set anywhere in the file while no variant enables it is refused
+    (``plastix.config.check_groups_used``). Arms left out at this scale still count as enabling."""
+    from plastix.config import ConfigError, check_groups_used
+
+    given = [*exp.base, *exp.grid, *(key for arm in exp.arms.values() for key in arm)]
+    all_arms = _check_arms(path, raw, {}, exp.scale, exp.grid, fields)
+    configs = configs + [config_for({**exp.base, **overrides}, exp.seeds) for overrides in all_arms.values()]
+    try:
+        check_groups_used(given, configs, spell=str)
+    except ConfigError as err:
+        raise ExperimentError(f"{path}: {err}") from None
 
 
 def config_for(overrides: dict[str, Any], seeds: list[int], **extra):

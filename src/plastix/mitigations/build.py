@@ -91,13 +91,26 @@ def check(cfg: Any, image: bool | None = None) -> tuple[str, ...]:
     if image:
         _check_cnn(cfg, names)
     for name in names:
-        opts = getattr(cfg, name, None)
-        if MITIGATIONS[name].kind == SURGERY and opts is not None and hasattr(opts, "every"):
-            if opts.every is None and not getattr(opts, "at_switch", False):
-                raise ValueError(f"--{name}.every: {name} would never fire; give --{name}.every N or --{name}.at-switch")
-            if opts.every is not None and opts.every < 1:
-                raise ValueError(f"--{name}.every: must be >= 1 gradient steps, got {opts.every}")
+        _check_fires(cfg, name)
     return names
+
+
+def _check_fires(cfg: Any, name: str) -> None:
+    """A scheduled surgery that would never fire is refused (``ValueError``): without ``every`` it fires only
+    at task switches, so it needs ``at_switch`` and a run with switches (``--rounds`` > 1)."""
+    flag = "--" + name.replace("_", "-")
+    opts = getattr(cfg, name, None)
+    if MITIGATIONS[name].kind != SURGERY or opts is None or not hasattr(opts, "every"):
+        return
+    if opts.every is not None and opts.every < 1:
+        raise ValueError(f"{flag}.every: must be >= 1 gradient steps, got {opts.every}")
+    if opts.every is not None:
+        return
+    if not getattr(opts, "at_switch", False):
+        raise ValueError(f"{flag}.every: {name} would never fire; give {flag}.every N or {flag}.at-switch")
+    if getattr(cfg, "rounds", 1) < 2:
+        raise ValueError(f"--mitigations {name}: would never fire: it acts at task switches ({flag}.at-switch) "
+                         f"and a run of --rounds 1 has none; give --rounds N (with a --shift) or {flag}.every N")
 
 
 def _check_cnn(cfg: Any, names: tuple[str, ...]) -> None:

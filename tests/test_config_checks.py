@@ -1,0 +1,116 @@
+"""Every numeric option is range-checked before compute, and options that would be ignored are refused."""
+
+import dataclasses
+import typing
+
+import pytest
+
+from plastix import experiments
+from plastix.cli import given_options, main, parse_train_args
+from plastix.config import OPTION_RANGES, ConfigError, Range, TrainConfig, option_flag, validate
+
+
+def _numeric_fields() -> set[str]:
+    out = set()
+    for path, tp in experiments.train_fields().items():
+        args = {a for a in (typing.get_args(tp) or (tp,)) if a is not type(None) and a is not Ellipsis}
+        if args and all(a in (int, float) for a in args):
+            out.add(path)
+    return out
+
+
+def test_every_numeric_option_has_a_range():
+    assert _numeric_fields() == set(OPTION_RANGES)
+
+
+def _bad_values(path: str, allowed: Range) -> list:
+    """Values just outside ``allowed`` (of the option's type), computed from the range's definition."""
+    integer = isinstance(experiments._coerce(1, experiments.train_fields()[path])[1], int) and not path in (
+        "target_kl", "dormant_taus")
+    step = 1 if integer else 0.5
+    bad = []
+    if allowed.low is not None:
+        bad.append(allowed.low if allowed.low_open else allowed.low - step)
+    if allowed.high is not None:
+        bad.append(allowed.high if allowed.high_open else allowed.high + step)
+    return bad
+
+
+CASES = [(path, value) for path, allowed in OPTION_RANGES.items() for value in _bad_values(path, allowed)]
+
+
+@pytest.mark.parametrize("path, value", CASES, ids=[f"{p}={v}" for p, v in CASES])
+def test_a_value_outside_its_range_is_refused_naming_option_and_range(path, value):
+    fields = experiments.train_fields()
+    if typing.get_origin(fields[path]) is tuple:
+        value = (value,)
+    cfg = experiments.config_for({path: value}, [0])
+    with pytest.raises(ConfigError) as err:
+        validate(cfg, check_env=False)
+    assert str(err.value).startswith(f"{option_flag(path)}: must be {OPTION_RANGES[path].describe()}, got ")
+
+
+def test_range_descriptions():
+    assert Range(0, low_open=True).describe() == "positive (> 0)"
+    assert Range(1).describe() == ">= 1"
+    assert Range(0, 1).describe() == "in [0, 1]"
+    assert Range(0, 1, high_open=True).describe() == "in [0, 1)"
+    assert 1.0 not in Range(0, 1, high_open=True) and 0.0 in Range(0, 1, high_open=True)
+    assert 0 not in Range(0, low_open=True) and 1e-9 in Range(0, low_open=True)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--mitigations", "redo", "--redo.tau", "-0.5"], "--redo.tau: must be >= 0, got -0.5"),
+        (["--mitigations", "shrink_perturb", "--rounds", "2", "--shrink-perturb.lam", "1.5"],
+         "--shrink-perturb.lam: must be in [0, 1], got 1.5"),
+        (["--redo.tau", "0.5"], "--redo.tau: given, but it would be ignored: redo is not in --mitigations"),
+        (["--shrink-perturb.no-at-switch"], "--shrink-perturb.at-switch: given, but it would be ignored"),
+        (["--es.popsize", "8"], "--es.popsize: given, but it would be ignored: only used with --optimizer es"),
+        (["--mitigations", "shrink_perturb"], "--mitigations shrink_perturb: would never fire"),
+        (["--mitigations", "reset,adam_reset", "--reset.every", "100"], "--mitigations adam_reset: would never fire"),
+        (["--mitigations", "shrink_perturb", "--shrink-perturb.no-at-switch"], "shrink_perturb would never fire"),
+    ],
+)
+def test_mistakes_are_refused_before_compute(tmp_path, capsys, argv, message):
+    run_dir = tmp_path / "run"
+    assert main(["train", *argv, "--run-dir", str(run_dir)]) == 2
+    assert message in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
+def test_an_at_switch_mitigation_with_switches_or_a_period_is_accepted():
+    validate(parse_train_args(["--mitigations", "shrink_perturb", "--rounds", "2"]), check_env=False)
+    validate(parse_train_args(["--mitigations", "shrink_perturb", "--shrink-perturb.every", "100"]),
+             check_env=False)
+
+
+def test_given_options_are_the_flags_dotted_paths():
+    argv = ["--redo.tau=0.1", "--shrink-perturb.no-at-switch", "--learning-rate", "1e-3", "relu"]
+    assert given_options(argv) == ["redo.tau", "shrink_perturb.at_switch", "learning_rate"]
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "mine.toml"
+    path.write_text(text)
+    return path
+
+
+def test_an_experiment_option_of_a_mitigation_no_variant_uses_is_refused(tmp_path):
+    text = """
+[base]
+env_id = "GridWorld-v0"
+redo = { tau = 0.05 }
+[arms]
+warm_start = {}
+sp = { mitigations = "shrink_perturb", rounds = 2 }
+[quick]
+seeds = [0]
+"""
+    with pytest.raises(experiments.ExperimentError, match=r"redo.tau: given, but it would be ignored: redo is not"):
+        experiments.load(_write(tmp_path, text), "quick")
+    fixed = text.replace('sp = { mitigations = "shrink_perturb", rounds = 2 }',
+                         'sp = { mitigations = "shrink_perturb,redo", rounds = 2 }')
+    exp = experiments.load(_write(tmp_path, fixed), "quick")
+    assert [v.values["arm"] for v in exp.variants] == ["warm_start", "sp"]
