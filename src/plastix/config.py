@@ -543,6 +543,9 @@ OPTION_RANGES: dict[str, Range] = {
     "shrink_perturb.every": AT_LEAST_ONE,
     "redo.tau": NON_NEGATIVE,  # a dormancy threshold on scores >= 0
     "redo.every": AT_LEAST_ONE,
+    "redo.fraction": Range(0, 1, low_open=True),  # of each layer's units (at least one is recycled)
+    "redo.start": NON_NEGATIVE,  # gradient steps
+    "redo.end": AT_LEAST_ONE,
     "reset.every": AT_LEAST_ONE,
     "cbp.replacement_rate": UNIT,  # a fraction of the eligible units per step
     "cbp.maturity_threshold": NON_NEGATIVE,
