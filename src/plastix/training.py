@@ -10,6 +10,7 @@ metrics as an uninterrupted run: parts written after that checkpoint are replace
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -81,11 +82,22 @@ def train(cfg: TrainConfig) -> Path:
     else:
         run_dir.mkdir(parents=True)
         store.write_config(run_dir, dataclasses.asdict(cfg))
-    # Opened after _resume dropped the stale parts: TensorBoard then hides the steps that are recomputed.
-    with open_loggers(cfg, run_dir) as loggers:
-        _run_chunks(cfg, run_dir, bridge, agent, states, handle, loggers)
+    try:
+        # Opened after _resume dropped the stale parts: TensorBoard then hides the steps that are recomputed.
+        with open_loggers(cfg, run_dir) as loggers:
+            _run_chunks(cfg, run_dir, bridge, agent, states, handle, loggers)
+    except BaseException:
+        if not resuming:
+            remove_unstarted_run(run_dir)
+        raise
     bridge.close()
     return run_dir
+
+
+def remove_unstarted_run(run_dir: Path) -> None:
+    """Delete a new run's folder if it failed before its first update wrote metrics (nothing to resume)."""
+    if not any((run_dir / store.METRICS_DIR).glob("*.parquet")):
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _train_es(cfg: TrainConfig) -> Path:

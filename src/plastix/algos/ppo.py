@@ -271,6 +271,11 @@ class Agent:
         self.net = self._network()
         self.injection = "injection" in self.mitigations
         self.surgery = mitigation_build.build_surgery(cfg, self.mitigations, self.init_params)
+        try:  # layer names against the network's (its init traced, not run: nothing compiles)
+            shapes = jax.eval_shape(self.init_params, jax.random.PRNGKey(0))
+            mitigation_build.check_layer_names(cfg, self.mitigations, shapes)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         self._injected_apply = make_injected_apply(self.net, cfg.injection.head_layers) if self.injection else None
         base_acts = diag.make_forward_acts(self.net.apply)
         self.forward_acts = lambda p, obs: base_acts({k: v for k, v in p.items() if k != INJECTION_KEY}, obs)

@@ -9,6 +9,7 @@ steps, the unit of ReDo (Sokar et al.: every 1000 gradient steps) and continual 
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Callable
 
 import jax
@@ -111,6 +112,36 @@ def _check_fires(cfg: Any, name: str) -> None:
     if getattr(cfg, "rounds", 1) < 2:
         raise ValueError(f"--mitigations {name}: would never fire: it acts at task switches ({flag}.at-switch) "
                          f"and a run of --rounds 1 has none; give --rounds N (with a --shift) or {flag}.every N")
+
+
+def layer_names(params: Any) -> list[str]:
+    """The layers of a parameter tree as ``reset.layers`` names them: every module path above a parameter
+    (``"policy"``, ``"policy/layer_1"``, ``"log_std"``, ...), in tree order."""
+    names: dict[str, None] = {}
+    for path, _ in jax.tree_util.tree_leaves_with_path(params):
+        parts = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+        for depth in range(1, max(len(parts) - 1, 1) + 1):
+            names["/".join(parts[:depth])] = None
+    return list(names)
+
+
+def check_layer_names(cfg: Any, names: tuple[str, ...], params: Any) -> None:
+    """Every layer an option names exists in ``params`` (e.g. ``jax.eval_shape`` of the network's init);
+    else ``ValueError`` naming the option, the closest layer name and the layers there are. Options that name
+    layers: ``--reset.layers`` (``final``, ``all`` or path prefixes, ``reset.reset_prefixes``)."""
+    if "reset" not in names or cfg.reset.layers in ("final", "all"):
+        return
+    wanted = (cfg.reset.layers,) if isinstance(cfg.reset.layers, str) else tuple(cfg.reset.layers)
+    known = layer_names(params)
+    leaves = {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+              for path, _ in jax.tree_util.tree_leaves_with_path(params)}
+    for name in wanted:
+        if name in known or name in leaves:
+            continue
+        close = difflib.get_close_matches(name, ["final", "all", *known], n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"--reset.layers: no layer {name!r} in this network; {hint}allowed: final, all, or "
+                         f"layers {', '.join(known)}")
 
 
 def _check_cnn(cfg: Any, names: tuple[str, ...]) -> None:
