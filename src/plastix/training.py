@@ -25,6 +25,7 @@ from plastix.config import ConfigError, TrainConfig, config_from_dict, validate
 from plastix.envs import make_bridge
 from plastix.envs.heldout import HeldoutEvaluation
 from plastix.loggers import check_loggers, open_loggers
+from plastix.progress import TrainProgress
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -327,38 +328,7 @@ def _latest_return(returns: np.ndarray) -> float:
     return float("nan")
 
 
-class _progress:
-    """A rich progress bar over env steps (per seed), with steps/s and the latest return; silent if quiet."""
-
-    def __init__(self, cfg: TrainConfig, done_updates: int):
-        self.cfg, self.done = cfg, done_updates
-        self.bar = None
-
-    def __enter__(self):
-        if not self.cfg.quiet:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("steps  {task.fields[sps]:>8.0f} steps/s  return {task.fields[ret]:>9.1f}"),
-                TimeRemainingColumn(),
-            )
-            self.bar.start()
-            self.task = self.bar.add_task(
-                f"{self.cfg.env_id} seeds {self.cfg.seeds}",
-                total=self.cfg.num_updates * self.cfg.batch_size,
-                completed=self.done * self.cfg.batch_size,
-                sps=0.0,
-                ret=float("nan"),
-            )
-        return self
-
-    def advance(self, done_updates: int, sps: float, ret: float):
-        if self.bar is not None:
-            self.bar.update(self.task, completed=done_updates * self.cfg.batch_size, sps=sps, ret=ret)
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.stop()
+def _progress(cfg: TrainConfig, done_updates: int) -> TrainProgress:
+    """The progress display of a run over env steps per seed (``plastix.progress``), advanced in updates."""
+    return TrainProgress(f"{cfg.env_id} seeds {cfg.seeds}", cfg.num_updates * cfg.batch_size,
+                         done_updates * cfg.batch_size, quiet=cfg.quiet, unit=cfg.batch_size)
