@@ -208,3 +208,38 @@ def test_the_gradient_free_experiment_validates(scale):
     es_cfg.validate(check_env=False)
     assert es_cfg.generations_per_round >= 4
     assert any(c["keys"] == "round/normalized_return" for c in exp.claims)
+
+
+# ------------------------------------------------------------------------------------- no batched LAPACK
+def lapack_operand_shapes(hlo: str) -> list[tuple[int, ...]]:
+    """The first operand's shape of every LAPACK custom call in a lowered (StableHLO) program."""
+    import re
+
+    shapes = []
+    for line in hlo.splitlines():
+        call = re.search(r"custom_call @(lapack_\w+)\(.*?:\s*\(tensor<([0-9x]+)x[a-z]", line)
+        if call:
+            shapes.append(tuple(int(d) for d in call.group(2).split("x")))
+    return shapes
+
+
+def test_a_generation_makes_no_batched_lapack_call():
+    # jaxlib 0.10's batched LAPACK kernels block one of XLA's CPU threads until their batch, queued to the
+    # same pool, is done: two at once deadlock a 2-core machine (the ES evidence run hung so, with both
+    # pool threads in ParallelBatchMap under sgeqrf and sgesdd). The diagnostics' QR/SVD must be unbatched.
+    cfg = line_config(popsize=4, diagnostics_every=1, diagnostics_batch=8, activation="relu")
+    bridge = LineBridge(cfg)
+    trainer = es.ESTrainer(cfg, 2, 1, [-1.0], [1.0])
+    lanes, m = 2 * cfg.lanes_per_seed, cfg.envs_per_seed
+
+    def pool_step(handle, action):
+        handle, out = bridge.step(handle, action.reshape(lanes * m, 1, -1))
+        return handle, tuple(x.reshape((lanes, m) + x.shape[2:]) for x in out[:4])
+
+    obs = jnp.broadcast_to(jnp.asarray(OBS), (lanes, m, 2))
+    state = jax.lax.map(lambda x: trainer.init(*x), (jax.vmap(jax.random.PRNGKey)(jnp.arange(lanes)), obs))
+    lowered = jax.jit(lambda st, o, h: trainer.generation(st, o, h, pool_step, jnp.asarray(True))).lower(
+        state, obs, bridge.handle())
+    shapes = lapack_operand_shapes(lowered.as_text())
+    assert shapes, "the rank diagnostics should call LAPACK (QR, SVD)"
+    assert all(len(s) == 2 for s in shapes), shapes  # one matrix per call: no batch axis

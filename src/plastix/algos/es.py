@@ -600,7 +600,12 @@ class ESTrainer:
                                           prev_params={"policy": self.unravel(prev_flat)})
             return {k: v for k, v in metrics.items() if not (k.endswith("/loss") or k.endswith("/grad_norm"))}, ds
 
-        run = lambda: jax.vmap(one)(es.mean, prev_mean, dstate, sample, keys)
+        # lax.map over lanes, not vmap: vmapped, the rank diagnostics' QR and SVD become *batched* LAPACK
+        # calls, and jaxlib 0.10's batched kernels (ParallelBatchMap) queue their batch on XLA's CPU pool and
+        # block until it is done. Two of them running at once (the features' QR and an SVD) hold both threads
+        # of a 2-core pool waiting for work no thread is left to run: the ES run hangs for ever (found with
+        # gdb at the evidence scale's second measured generation). Unbatched, each call runs on its thread.
+        run = lambda: jax.lax.map(lambda x: one(*x), (es.mean, prev_mean, dstate, sample, keys))
         shapes = jax.eval_shape(run)
         skip = lambda: (jax.tree.map(lambda s: jnp.full(s.shape, jnp.nan, s.dtype), shapes[0]), dstate)
         return jax.lax.cond(measure, run, skip)
