@@ -220,3 +220,19 @@ def test_an_es_run_counts_as_finished_at_its_last_generation():
     generations = es_config_from_train_config(cfg, **dataclasses.asdict(cfg.es)).num_generations
     assert final_checkpoint_step(cfg) == generations != cfg.num_updates
     assert final_checkpoint_step(dataclasses.replace(cfg, optimizer="ppo")) == cfg.num_updates
+
+
+def test_a_sweeps_trainer_is_not_refused_for_its_own_spelled_out_options(tmp_path, monkeypatch):
+    """ocp-gradient-free's quick base sets `es.popsize` for both arms; the sweep judged that on the file's keys
+    (the ES arm uses it), and its PPO trainer, whose flags spell out every option, must not refuse it."""
+    import plastix.cli as cli
+    import plastix.runner
+    import plastix.training
+
+    ppo = next(s for s in plastix.runner.plan([ex.load("ocp-gradient-free", "quick")]) if s.values["optimizer"] == "ppo")
+    cmd = plastix.runner.train_command(tmp_path / "run", ppo)
+    assert cmd[4] == cli.SWEEP_CHECKED and "--es.popsize" in cmd
+    ran = []
+    monkeypatch.setattr(plastix.training, "train", lambda cfg: ran.append(cfg) or tmp_path)
+    assert cli.train_main(cmd[4:]) == 0 and ran[0].es.popsize == 16
+    assert cli.train_main(cmd[5:]) == 2  # typed by a user, the same flags are refused: es.popsize is ignored

@@ -80,13 +80,22 @@ def given_options(argv: list[str]) -> list[str]:
     return out
 
 
+SWEEP_CHECKED = "--sweep-checked"
+"""First argument of the trainers a sweep starts (``plastix.runner.train_command``): their flags spell out
+every option of the run's config, so "given but ignored" is judged once, on the experiment file's own keys
+(``plastix.experiments``), not on each trainer's flags."""
+
+
 def train_main(argv: list[str]) -> int:
     from plastix.config import ConfigError, check_groups_used
     from plastix.training import train
 
+    from_sweep = argv[:1] == [SWEEP_CHECKED]
+    argv = argv[1:] if from_sweep else argv
     try:
         cfg = parse_train_args(argv)
-        check_groups_used(given_options(argv), [cfg])
+        if not from_sweep:
+            check_groups_used(given_options(argv), [cfg])
         run_dir = train(cfg)
     except ConfigError as err:
         print(f"plastix train: error: {err}", file=sys.stderr)

@@ -149,7 +149,9 @@ def train_command(run_dir: Path, spec: RunSpec) -> list[str]:
         return cmd + ["--resume", str(run_dir), "--quiet"]
     if run_dir.exists():  # killed before config.json was written: nothing to keep
         shutil.rmtree(run_dir)
-    return cmd + config_flags(spec.config(run_dir))
+    from plastix.cli import SWEEP_CHECKED
+
+    return cmd + [SWEEP_CHECKED] + config_flags(spec.config(run_dir))
 
 
 def config_flags(cfg) -> list[str]:
