@@ -69,7 +69,8 @@ def test_verdicts():
     ], columns=["run", "seed", "key", "value"])
     labels = {"relu": {"activation": "relu"}, "none": {"activation": "none"}}
     claim = dict(keys="*/layer_*/dormant_ratio@0.025", compare="less", a={"activation": "none"}, b={"activation": "relu"})
-    assert evaluate_claim(claim, finals, labels).startswith("partly, 4/5 seeds (4 keys")
+    # Seed 4 fails on one key (No-Act 0.5 vs ReLU 0.3): No-Act's IQM CI over seeds there, [0, 0.333], holds 0.3.
+    assert evaluate_claim(claim, finals, labels).startswith("not resolved at 5 seeds, 4/5 seeds (4 keys")
     assert evaluate_claim(dict(claim, keys="policy/*"), finals, labels).startswith("yes, 5/5 seeds")
     assert evaluate_claim(dict(claim, compare="greater", keys="policy/*"), finals, labels).startswith("no, 0/5 seeds")
     assert evaluate_claim(dict(claim, keys="*/srank"), finals, labels) == "not measured: no metric matches `*/srank`"
@@ -199,6 +200,32 @@ def test_report_says_what_is_missing_instead_of_failing(tmp_path):
 
 # ------------------------------------------------------------------ ocp-perturb, task relevance, juliani-ash
 NEW_EXPERIMENTS = ["ocp-perturb", "ocp-task-relevance", "juliani-ash"]
+
+
+def test_a_partial_verdict_with_overlapping_cis_is_not_resolved():
+    """Some seeds hold and some do not: ``partly`` when the two sides' 95% IQM CIs are apart on every failing
+    key, else ``not resolved at N seeds``. Hand case: a = [0, 0, 0, 0, x], b = 0.3 in 5 seeds; a's bootstrap
+    IQM exceeds its 97.5% quantile only when x is drawn 4+ times (p = 0.0067), so its CI's top is the IQM
+    with x drawn 3 times, (0 + x + x) / 3: 0.207 for x = 0.31 (apart from 0.3), 0.333 for x = 0.5 (overlap)."""
+    labels = {"a": {"arm": "a"}, "b": {"arm": "b"}}
+
+    def finals(x):
+        return pd.DataFrame([("a", s, "k", x if s == 4 else 0.0) for s in range(5)]
+                            + [("b", s, "k", 0.3) for s in range(5)], columns=["run", "seed", "key", "value"])
+
+    less = dict(keys="k", compare="less", a={"arm": "a"}, b={"arm": "b"})
+    assert evaluate_claim(less, finals(0.31), labels) == "partly, 4/5 seeds (1 key; mean 0.062 vs 0.3)"
+    verdict = evaluate_claim(less, finals(0.5), labels)
+    assert verdict.startswith("not resolved at 5 seeds, 4/5 seeds (1 key; mean 0.1 vs 0.3; the 95% CIs overlap"), verdict
+    assert "k: IQM 0 [0, 0.333] vs 0.3 [0.3, 0.3]" in verdict
+    assert evaluate_claim(dict(less, compare="at_most", threshold=0.25), finals(0.5), labels).startswith(
+        "not resolved at 5 seeds, 4/5 seeds")  # the CI [0, 0.333] contains the threshold 0.25
+    assert evaluate_claim(dict(less, compare="at_most", threshold=0.4), finals(0.5), labels).startswith(
+        "partly, 4/5 seeds")  # the CI is below 0.4
+    assert evaluate_claim(less, finals(0.0), labels).startswith("yes, 5/5 seeds")
+    from plastix.report.page import verdict_class
+
+    assert verdict_class(verdict) == "unresolved" and verdict_class("partly, 4/5") == "partly"
 
 
 def test_not_less_and_mean_combined_claims():

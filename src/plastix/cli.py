@@ -15,8 +15,9 @@ commands:
   experiments  `plastix experiments list`: the named experiments (TOML files) shipped with plastix
   run          `plastix run EXPERIMENT|FILE.toml [...] [--scale quick|evidence|paper] [--out SWEEP_DIR]
                [--backend local|ray] [--address ADDR] [--jobs N] [--retries N]`: train a sweep
-  query        `plastix query SWEEP_DIR ["SQL"]`: DuckDB SQL over a sweep (views metrics, runs, task_switch)
-  report       `plastix report SWEEP_DIR [--out DIR]`: HTML page + PNG figures of a sweep
+  query        `plastix query SWEEP_DIR|RUN_DIR ["SQL"]`: DuckDB SQL over a sweep or one run folder
+               (`plastix query --help` lists the views)
+  report       `plastix report SWEEP_DIR|RUN_DIR [--out DIR]`: HTML page + PNG figures of a sweep or a run
 """
 
 
@@ -150,9 +151,27 @@ def run_main(argv: list[str]) -> int:
     return 0
 
 
+QUERY_USAGE = """usage: plastix query SWEEP_DIR|RUN_DIR ["SQL"]
+
+DuckDB SQL over a sweep folder (sweep.json) or one run folder (config.json; a run inside a sweep keeps its
+variant fields). Without SQL: every metric row. Views (each exists in every folder, empty when nothing is
+behind it):
+  metrics         run, <variant fields>, seed, update, env_step, key, value
+  runs            run, <variant fields>, seeds
+  final_values    run, <variant fields>, seed, key, value, last_n, n: the report's final value of a key, the
+                  mean of its last 10% of measurements (last_n of n)
+  final_return    run, <variant fields>, seed, final_return, last_n, n: final_values of return/episodic
+  rounds          run, <variant fields>, seed, round, update, env_step, key, value: the round/* rows
+  task_switch     experiment, source, seed, lr, step, split, loss (the task-switch probe)
+  task_relevance  experiment, source, seed, alpha, lr, step, split, loss (the task-relevance probe)
+
+example: plastix query sweeps/demo "SELECT activation, avg(final_return) FROM final_return GROUP BY ALL"
+"""
+
+
 def query_main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help") or len(argv) > 2:
-        print('usage: plastix query SWEEP_DIR ["SQL"]   (views: metrics, runs, task_switch)', file=sys.stderr)
+        print(QUERY_USAGE, file=sys.stdout if argv and argv[0] in ("-h", "--help") else sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     import pandas as pd
 
@@ -173,12 +192,15 @@ def report_main(argv: list[str]) -> int:
 
     from plastix.report import build_report
 
-    parser = argparse.ArgumentParser(prog="plastix report", description="HTML report of a sweep folder.")
-    parser.add_argument("sweep_dir")
-    parser.add_argument("--out", default=None, help="report folder (default: SWEEP_DIR/report)")
+    parser = argparse.ArgumentParser(prog="plastix report", description="HTML report of a sweep folder (one "
+                                     "section per experiment) or of one run folder (its curves, per-layer "
+                                     "diagnostics, rounds and mitigation counts).")
+    parser.add_argument("folder", metavar="SWEEP_DIR|RUN_DIR", help="a sweep folder (sweep.json) or a run folder "
+                        "(config.json), also one inside a sweep (SWEEP_DIR/runs/RUN)")
+    parser.add_argument("--out", default=None, help="report folder (default: FOLDER/report)")
     args = parser.parse_args(argv)
     try:
-        path = build_report(args.sweep_dir, args.out)
+        path = build_report(args.folder, args.out)
     except FileNotFoundError as err:
         print(f"plastix report: error: {err}", file=sys.stderr)
         return 2

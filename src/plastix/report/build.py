@@ -1,4 +1,5 @@
-"""``build_report``: one section per experiment of a sweep, each filled by the analyses its file names."""
+"""``build_report``: one section per experiment of a sweep (each filled by the analyses its file names), or
+one section for a single run folder (every analysis that applies to one run)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ from pathlib import Path
 import pandas as pd
 
 from plastix.experiments import matches
+from plastix.report.analyses.rounds import ROUND_INDEX
+from plastix.report.figures import color_map
 from plastix.report.page import Section, page_html, slug
 from plastix.report.registry import ANALYSES
 from plastix.report.stats import evaluate_claim, final_values
 
 FINALS_COLUMNS = ["run", "seed", "key", "value"]
+# The analyses of a single run's page, first in this order; any other registered one follows.
+RUN_ANALYSES_FIRST = ("return", "losses", "rounds", "mitigations", "dormancy", "dormancy_vs_gradient", "overlap",
+                      "weights", "ranks")
 
 
 def short_labels(runs: list[str], values: dict[str, dict]) -> dict[str, str]:
@@ -29,6 +35,21 @@ def short_labels(runs: list[str], values: dict[str, dict]) -> dict[str, str]:
     return labels if len(set(labels.values())) == len(runs) else {r: r for r in runs}
 
 
+def section_colors(run_colors: dict[str, str], run_labels: dict[str, str]) -> dict[str, str]:
+    """The report's colour of every run, under its run name and under its legend label in this section."""
+    return {**run_colors, **{label: run_colors[run] for run, label in run_labels.items() if run in run_colors}}
+
+
+def round_ends(frame: pd.DataFrame) -> list[int]:
+    """The env steps at which a round ends and the next begins: the ``env_step`` of every ``round/index`` row
+    (written at a round's last update) except each run's and seed's last one (the end of the run)."""
+    index = frame[frame.key == ROUND_INDEX]
+    if index.empty:
+        return []
+    last = index.groupby(["run", "seed"]).env_step.transform("max")
+    return sorted(int(s) for s in index.env_step[index.env_step < last].unique())
+
+
 def probe_name(exp: dict) -> str | None:
     """The probe a task-switch experiment ran: ``task_relevance`` when it has alphas, else ``task_switch``."""
     if exp["kind"] != "task-switch":
@@ -43,10 +64,13 @@ def claim_verdicts(exp: dict, frame: pd.DataFrame, probe_rows, run_values: dict[
     if probe is not None:
         finals, labels = (ANALYSES[probe].finals(probe_rows) if probe_rows is not None
                           else (pd.DataFrame(columns=FINALS_COLUMNS), {}))
+    keys = pd.Series(frame.key.unique() if not frame.empty else [], dtype=object)
     verdicts = []
     for claim in exp["claims"]:
         if probe is None:
-            f = final_values(frame[frame.key.map(lambda k, c=claim: matches(k, c["keys"]))], claim.get("stat", "final"))
+            # Match the claim's glob on the distinct keys, not on every row (millions in a large sweep).
+            chosen = keys[keys.map(lambda k, c=claim: matches(k, c["keys"]))]
+            f = final_values(frame[frame.key.isin(chosen)], claim.get("stat", "final"))
             verdicts.append((claim["text"], evaluate_claim(claim, f, run_values)))
         else:
             verdicts.append((claim["text"], evaluate_claim(claim, finals, labels)))
@@ -67,51 +91,79 @@ def draw_analyses(sec: Section, exp: dict, frame: pd.DataFrame, run_labels: dict
             sec.note_missing(f"{name}: could not be drawn ({type(err).__name__}: {err})")
 
 
-def run_status(sweep_dir: Path, manifest: dict, runs: list[str], frame: pd.DataFrame) -> pd.DataFrame:
+def run_status(run_dirs: dict[str, Path], manifest: dict, runs: list[str], frame: pd.DataFrame) -> pd.DataFrame:
     """One row per run: its seeds, its latest checkpoint's update and how many metric rows it has."""
     from plastix import store
 
+    rows = frame.run.value_counts() if not frame.empty else pd.Series(dtype=int)
     status = []
     for r in runs:
-        run_dir = sweep_dir / "runs" / r
-        latest = store.latest_checkpoint(run_dir) if run_dir.exists() else None
+        run_dir = run_dirs.get(r)
+        latest = store.latest_checkpoint(run_dir) if run_dir is not None and run_dir.exists() else None
         cfg = manifest["runs"].get(r, {})
         status.append(dict(run=r, seeds=",".join(map(str, cfg.get("seeds", []))),
-                           checkpoint_update=latest[0] if latest else 0,
-                           rows=int((frame.run == r).sum()) if not frame.empty else 0))
+                           checkpoint_update=latest[0] if latest else 0, rows=int(rows.get(r, 0))))
     return pd.DataFrame(status)
 
 
-def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Path:
-    """Write ``index.html`` and its PNGs to ``out_dir`` (default ``SWEEP_DIR/report``); return the page's path."""
-    from plastix.query import connect
+def run_analyses() -> list[str]:
+    """The analyses of a single run's page: every registered analysis that applies to one run."""
+    names = [n for n, a in ANALYSES.items() if a.single_run and not a.is_probe]
+    return [n for n in RUN_ANALYSES_FIRST if n in names] + sorted(set(names) - set(RUN_ANALYSES_FIRST))
 
-    sweep_dir = Path(sweep_dir)
-    if not (sweep_dir / "sweep.json").exists():
-        raise FileNotFoundError(f"{sweep_dir}: not a sweep folder (no sweep.json)")
-    manifest = json.loads((sweep_dir / "sweep.json").read_text())
-    out_dir = Path(out_dir) if out_dir else sweep_dir / "report"
+
+def run_manifest(run_dir: Path) -> dict:
+    """A manifest of one section for a single run folder: its variant values and seeds from the sweep it
+    belongs to (``SWEEP/runs/RUN``), else its seeds from ``config.json``."""
+    from plastix.query import run_spec
+
+    name, spec = run_dir.name, run_spec(run_dir)
+    values, seeds = spec["values"], spec["seeds"]
+    exp = dict(kind="train", scale=None, description=f"one run: {run_dir}", path=str(run_dir), seeds=seeds,
+               runs=[name], analyses=run_analyses(), claims=[])
+    return {"experiments": {name: exp}, "runs": {name: {"values": values, "seeds": seeds}}}
+
+
+def build_report(folder: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Write ``index.html`` and its PNGs to ``out_dir`` (default ``FOLDER/report``); return the page's path.
+
+    ``folder`` is a sweep folder (``sweep.json``: one section per experiment) or a run folder
+    (``config.json``, also one inside a sweep: its curves, per-layer diagnostics, rounds and mitigations).
+    """
+    from plastix.query import connect, folder_kind
+
+    folder = Path(folder)
+    kind = folder_kind(folder)
+    if kind == "sweep":
+        manifest = json.loads((folder / "sweep.json").read_text())
+        run_dirs = {r: folder / "runs" / r for r in manifest["runs"]}
+    else:
+        manifest = run_manifest(folder)
+        run_dirs = {folder.name: folder}
+    out_dir = Path(out_dir) if out_dir else folder / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*.png"):
         old.unlink()
-    con = connect(sweep_dir)
+    run_colors = color_map(manifest["runs"])  # one colour per run across every figure of the page
+    con = connect(folder)
     sections = []
     for name, exp in manifest["experiments"].items():
-        sec = Section(out_dir, slug(name))
         runs = exp["runs"]
         run_values = {r: manifest["runs"][r]["values"] for r in runs if r in manifest["runs"]}
         run_labels = short_labels(runs, run_values)
         frame = con.execute("SELECT run, seed, \"update\", env_step, \"key\", value FROM metrics WHERE run IN "
-                            "(SELECT unnest(?::VARCHAR[]))", [runs]).df()
+                            "(SELECT unnest(?::VARCHAR[])) ORDER BY run, seed, \"update\", \"key\"", [runs]).df()
+        sec = Section(out_dir, slug(name), colors=section_colors(run_colors, run_labels), round_ends=round_ends(frame))
         probe = probe_name(exp)
-        probes = {probe: ANALYSES[probe].read(sweep_dir, name)} if probe else {}
+        probes = {probe: ANALYSES[probe].read(folder, name)} if probe else {}
         # Verdicts first: the page answers the experiment's questions before it shows the evidence.
         verdicts = claim_verdicts(exp, frame, probes.get(probe), run_values)
         if frame.empty and probe is None:
-            sec.note_missing("no metrics yet: none of this experiment's runs has written a metrics part")
+            sec.note_missing("no metrics yet: none of this experiment's runs has written a metrics part" if kind == "sweep"
+                             else "no metrics yet: this run has not written a metrics part")
         draw_analyses(sec, exp, frame, run_labels, probes)
-        sections.append((name, exp, sec, verdicts + sec.verdicts, run_status(sweep_dir, manifest, runs, frame)))
+        sections.append((name, exp, sec, verdicts + sec.verdicts, run_status(run_dirs, manifest, runs, frame)))
     con.close()
     page = out_dir / "index.html"
-    page.write_text(page_html(sweep_dir, manifest, sections))
+    page.write_text(page_html(folder, manifest, sections, run_dirs, kind))
     return page

@@ -42,7 +42,8 @@ def layer_stat_figures(sec: Section, frame, keys, run_labels, stat_pattern: str,
     for stat, stat_keys in groups.items():
         panels = [(panel_name(k), variant_lines(frame, k, run_labels)) for k in stat_keys]
         sec.figure(f"{name}__{slug(stat)}", f"{what}: {stat} per layer (mean over seeds, 95% bootstrap band)",
-                   lambda p, panels=panels, stat=stat: curves_figure(p, panels, stat))
+                   lambda p, panels=panels, stat=stat: curves_figure(p, panels, stat, colors=sec.colors,
+                                                                                 round_ends=sec.round_ends))
 
 
 def final_table(frame: pd.DataFrame, key: str, run_labels: dict[str, str]) -> pd.DataFrame:

@@ -16,6 +16,7 @@ from plastix.report.stats import binned_curves, bootstrap_ci
 
 
 def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display), with the report's style."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,9 +26,45 @@ def pyplot():
     return plt
 
 
+# tab10, then the lighter tab20 shades: 20 distinct colours before a colour repeats.
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
+           "#bcbd22", "#aec7e8", "#ff9896", "#98df8a", "#c5b0d5", "#ffbb78", "#c49c94", "#f7b6d2", "#9edae5",
+           "#c7c7c7", "#dbdb8d"]
+
+
 def colors_of(names: list[str]) -> dict[str, str]:
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
-    return {n: palette[i % len(palette)] for i, n in enumerate(names)}
+    """``{name: colour}`` in the order given (the palette repeats after 20 names)."""
+    return {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(names)}
+
+
+def color_map(variants) -> dict[str, str]:
+    """The colour of every variant of a report: the palette in the order of the *sorted* variant names, so a
+    variant has one colour in every figure of the report, whatever order a figure draws its lines in."""
+    return colors_of(sorted(set(variants)))
+
+
+def pick_colors(names, colors: dict[str, str] | None) -> dict[str, str]:
+    """``{name: colour}`` for ``names``: from ``colors`` (the report's map) where it has the name; names it
+    lacks get the palette's colours in sorted order, skipping those the given names already use."""
+    colors = colors or {}
+    out = {n: colors[n] for n in names if n in colors}
+    free = [c for c in PALETTE if c not in set(out.values())] or PALETTE
+    for i, n in enumerate(sorted(n for n in set(names) if n not in out)):
+        out[n] = free[i % len(free)]
+    return out
+
+
+def mark_round_ends(ax, round_ends) -> None:
+    """Dotted vertical lines at the env steps where a round ends and the next begins."""
+    for x in round_ends:
+        ax.axvline(x, color="#999999", lw=0.7, ls=":", zorder=0)
+
+
+def integer_ticks(ax, axis: str = "x") -> None:
+    """Only whole numbers on an axis of rounds."""
+    from matplotlib.ticker import MaxNLocator
+
+    (ax.xaxis if axis == "x" else ax.yaxis).set_major_locator(MaxNLocator(integer=True))
 
 
 def plot_curve(ax, frame: pd.DataFrame, color: str, label: str, linestyle: str = "-") -> None:
@@ -41,17 +78,18 @@ def plot_curve(ax, frame: pd.DataFrame, color: str, label: str, linestyle: str =
 
 
 def curves_figure(path: Path, panels: list[tuple[str, dict[str, pd.DataFrame]]], ylabel: str = "", ncols: int = 4,
-                  title: str = "") -> None:
-    """One panel per ``(title, {label: rows})``; every label a line with its bootstrap band."""
+                  title: str = "", colors: dict[str, str] | None = None, round_ends=()) -> None:
+    """One panel per ``(title, {label: rows})``; every label a line with its bootstrap band, coloured by
+    ``colors`` (the report's ``color_map``); dotted vertical lines at ``round_ends`` (env steps)."""
     plt = pyplot()
-    labels = sorted({lab for _, lines in panels for lab in lines})
-    colors = colors_of(labels)
+    colors = pick_colors({lab for _, lines in panels for lab in lines}, colors)
     ncols = min(ncols, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.6 * nrows), squeeze=False)
     for ax, (name, lines) in zip(axes.flat, panels):
         for lab, frame in lines.items():
             plot_curve(ax, frame, colors[lab], lab)
+        mark_round_ends(ax, round_ends)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("env steps")
         ax.set_ylabel(ylabel)
@@ -68,10 +106,11 @@ def curves_figure(path: Path, panels: list[tuple[str, dict[str, pd.DataFrame]]],
     plt.close(fig)
 
 
-def iqm_figure(path: Path, table: pd.DataFrame, xlabel: str) -> None:
-    """Horizontal IQM bars with their 95% stratified-bootstrap CIs (rliable's interval-estimate plot)."""
+def iqm_figure(path: Path, table: pd.DataFrame, xlabel: str, colors: dict[str, str] | None = None) -> None:
+    """Horizontal IQM bars with their 95% stratified-bootstrap CIs (rliable's interval-estimate plot), one
+    bar per ``table.label``, coloured by ``colors`` (the report's ``color_map``)."""
     plt = pyplot()
-    colors = colors_of(list(table.label))
+    colors = pick_colors(list(table.label), colors)
     fig, ax = plt.subplots(figsize=(5.0, 0.5 + 0.45 * len(table)))
     y = np.arange(len(table))
     ax.barh(y, table.iqm, xerr=[table.iqm - table.low, table.high - table.iqm], color=[colors[l] for l in table.label],

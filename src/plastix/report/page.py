@@ -11,10 +11,17 @@ import pandas as pd
 
 
 class Section:
-    """The HTML of one experiment, built piece by piece."""
+    """The HTML of one experiment, built piece by piece.
 
-    def __init__(self, out_dir: Path, slug: str):
+    ``colors`` is the report's colour of every variant (by legend label and by run name; pass it to the
+    figure functions so that a variant keeps its colour across figures); ``round_ends`` the env steps at
+    which the runs' rounds end (per-step figures mark them).
+    """
+
+    def __init__(self, out_dir: Path, slug: str, colors: dict[str, str] | None = None, round_ends=()):
         self.out_dir, self.slug = out_dir, slug
+        self.colors = dict(colors or {})
+        self.round_ends = list(round_ends)
         self.parts: list[str] = []
         self.missing: list[str] = []
         self.figures: list[str] = []
@@ -47,6 +54,7 @@ class Section:
 
 
 def slug(text: str) -> str:
+    """``text`` as a file-name and HTML-id friendly string."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
 
 
@@ -60,7 +68,7 @@ figcaption{font-size:.85em;color:#555}
 table.tbl{border-collapse:collapse;font-size:.85em;margin:1em 0} .tbl td,.tbl th{border:1px solid #ddd;padding:3px 8px}
 .tbl caption{text-align:left;font-weight:600;padding-bottom:4px}
 .verdict{margin:.3em 0} .yes{color:#1a7f37;font-weight:600} .no{color:#cf222e;font-weight:600}
-.partly{color:#9a6700;font-weight:600} .na{color:#777;font-weight:600}
+.partly{color:#9a6700;font-weight:600} .unresolved{color:#9a6700;font-weight:600} .na{color:#777;font-weight:600}
 .missing{background:#fff8c5;border:1px solid #d4a72c;padding:.5em 1em;font-size:.9em}
 pre{background:#f6f8fa;padding:.8em;overflow-x:auto;font-size:.8em}
 """
@@ -76,43 +84,64 @@ window.addEventListener('load', function () {
 """
 
 
-def _verdict_html(text: str, verdict: str) -> str:
+def verdict_class(verdict: str) -> str:
+    """The CSS class of a verdict by its first word(s): yes, no, partly, unresolved or na (not measured...)."""
+    if verdict.startswith("not resolved"):
+        return "unresolved"
     word = verdict.split(",", 1)[0].split(":", 1)[0]
-    cls = {"yes": "yes", "no": "no", "partly": "partly"}.get(word, "na")
-    return f'<li class="verdict">{html.escape(text)}: <span class="{cls}">{html.escape(verdict)}</span></li>'
+    return {"yes": "yes", "no": "no", "partly": "partly"}.get(word, "na")
 
 
-def page_html(sweep_dir: Path, manifest: dict, sections) -> str:
+def _verdict_html(text: str, verdict: str) -> str:
+    return (f'<li class="verdict">{html.escape(text)}: <span class="{verdict_class(verdict)}">{html.escape(verdict)}'
+            "</span></li>")
+
+
+INTRO = ("<p>Curves: mean over seeds with a 95% percentile-bootstrap band across seeds; dotted vertical lines mark "
+         "the ends of rounds. Final values: interquartile mean (IQM) with a 95% stratified-bootstrap CI over seeds; "
+         "the final value of a seed is the mean of its last 10% of measurements. Verdicts count the seeds in which "
+         "the claim holds for every matching metric key; when the claim holds in some seeds only and the two "
+         "sides' 95% CIs overlap, the verdict says it is not resolved at this seed count.</p>")
+
+
+def page_html(folder: Path, manifest: dict, sections, run_dirs: dict[str, Path] | None = None,
+              kind: str = "sweep") -> str:
+    """The page of a sweep (one section per experiment) or of one run folder (``kind = "run"``)."""
     esc = html.escape
+    run_dirs = run_dirs or {r: folder / "runs" / r for r in manifest["runs"]}
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>plastix report: {esc(sweep_dir.name)}</title><style>{CSS}</style>",
+        f"<title>plastix report: {esc(folder.name)}</title><style>{CSS}</style>",
         f"<script>{CHECK_JS}</script></head><body>",
-        f"<h1>plastix report: {esc(str(sweep_dir))}</h1>",
-        "<p>Curves: mean over seeds with a 95% percentile-bootstrap band across seeds. Final values: interquartile "
-        "mean (IQM) with a 95% stratified-bootstrap CI over seeds; the final value of a seed is the mean of its last "
-        "10% of measurements. Verdicts count the seeds in which the claim holds for every matching metric key.</p>",
-        "<h2>Contents</h2><ul>",
+        f"<h1>plastix report: {esc(str(folder))}</h1>",
+        INTRO,
     ]
-    for name, exp, *_ in sections:
-        parts.append(f"<li><a href='#{slug(name)}'>{esc(name)}</a> ({esc(exp['scale'])}): {esc(exp['description'])}</li>")
-    parts.append("</ul>")
+    if kind == "sweep":
+        parts.append("<h2>Contents</h2><ul>")
+        for name, exp, *_ in sections:
+            parts.append(f"<li><a href='#{slug(name)}'>{esc(name)}</a> ({esc(exp['scale'])}): "
+                         f"{esc(exp['description'])}</li>")
+        parts.append("</ul>")
     for name, exp, sec, verdicts, status in sections:
-        parts.append(f"<section id='{slug(name)}'><h2>{esc(name)} <small>({esc(exp['scale'])} scale)</small></h2>")
-        parts.append(f"<p>{esc(exp['description'])}<br><small>file: {esc(exp['path'])}; seeds: "
+        scale = f" <small>({esc(exp['scale'])} scale)</small>" if exp.get("scale") else ""
+        parts.append(f"<section id='{slug(name)}'><h2>{esc(name)}{scale}</h2>")
+        where = f"file: {esc(exp['path'])}; " if kind == "sweep" else ""
+        parts.append(f"<p>{esc(exp['description'])}<br><small>{where}seeds: "
                      f"{esc(', '.join(map(str, exp['seeds'])))}</small></p>")
         if verdicts:
             parts.append("<h3>Verdicts</h3><ul>" + "".join(_verdict_html(t, v) for t, v in verdicts) + "</ul>")
         if sec.missing:
-            parts.append("<div class='missing'><b>Missing from this sweep</b> (figures skipped):<ul>"
-                         + "".join(f"<li>{esc(m)}</li>" for m in sec.missing) + "</ul></div>")
+            parts.append(f"<div class='missing'><b>Missing from this {'sweep' if kind == 'sweep' else 'run'}</b> "
+                         "(figures skipped):<ul>" + "".join(f"<li>{esc(m)}</li>" for m in sec.missing) + "</ul></div>")
         parts.extend(sec.parts)
         parts.append("<h3>Runs</h3>" + status.to_html(index=False, border=0, classes="tbl"))
-        config = {k: exp[k] for k in ("kind", "base", "grid", "arms", "analyses", "source", "task_switch") if exp.get(k)}
-        parts.append("<details><summary>Experiment config</summary><pre>" + esc(json.dumps(config, indent=2, default=str))
-                     + "</pre></details>")
+        if kind == "sweep":
+            config = {k: exp[k] for k in ("kind", "base", "grid", "arms", "analyses", "source", "task_switch")
+                      if exp.get(k)}
+            parts.append("<details><summary>Experiment config</summary><pre>"
+                         + esc(json.dumps(config, indent=2, default=str)) + "</pre></details>")
         for r in exp["runs"]:
-            cfg_path = sweep_dir / "runs" / r / "config.json"
+            cfg_path = run_dirs.get(r, folder / "runs" / r) / "config.json"
             if cfg_path.exists():
                 parts.append(f"<details><summary>config.json of run {esc(r)}</summary><pre>{esc(cfg_path.read_text())}"
                              "</pre></details>")

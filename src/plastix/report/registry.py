@@ -26,6 +26,8 @@ class Analysis:
         read: a probe analysis only: ``read(sweep_dir, experiment_name) -> rows | None``.
         finals: a probe analysis only: ``finals(rows) -> (rows run, seed, key, value; {run: {field: value}})``,
             the values the experiment's claims are judged on.
+        single_run: whether ``plastix report RUN_DIR`` (the page of one run folder) draws it too; False for
+            an analysis that needs several variants (a regression across arms).
     """
 
     name: str
@@ -33,6 +35,7 @@ class Analysis:
     draw: Callable
     read: Callable | None = None
     finals: Callable | None = None
+    single_run: bool = True
 
     @property
     def is_probe(self) -> bool:
@@ -42,14 +45,15 @@ class Analysis:
 ANALYSES: dict[str, Analysis] = {}
 
 
-def analysis(name: str, description: str, *, read: Callable | None = None, finals: Callable | None = None):
+def analysis(name: str, description: str, *, read: Callable | None = None, finals: Callable | None = None,
+             single_run: bool = True):
     """Decorator: register ``draw`` as the analysis ``name`` (a name registered twice is an error)."""
 
     def register(draw: Callable) -> Callable:
         if name in ANALYSES and ANALYSES[name].draw is not draw:
             raise ValueError(f"analysis {name!r} is registered twice ({ANALYSES[name].draw.__module__} and "
                              f"{draw.__module__})")
-        ANALYSES[name] = Analysis(name, description, draw, read, finals)
+        ANALYSES[name] = Analysis(name, description, draw, read, finals, single_run)
         return draw
 
     return register

@@ -124,12 +124,15 @@ def final_values(frame: pd.DataFrame, stat: str = "final") -> pd.DataFrame:
 
 # -------------------------------------------------------------------------------------------- verdicts
 def evaluate_claim(claim: dict, finals: pd.DataFrame, labels: dict[str, dict]) -> str:
-    """A one-line verdict: ``"yes, 5/5 seeds"`` / ``"partly, 3/5 seeds"`` / ``"no, 0/5 seeds"`` / why not measured.
+    """A one-line verdict: ``"yes, 5/5 seeds"`` / ``"partly, 3/5 seeds"`` / ``"not resolved at 5 seeds, 3/5
+    seeds"`` / ``"no, 0/5 seeds"`` / why not measured.
 
     ``finals``: rows ``run, seed, key, value`` (final values); ``labels``: ``{run: {field: value}}`` used to
     find the runs selected by ``claim["a"]`` and ``claim["b"]``. A seed supports the claim when every key
     matching ``claim["keys"]`` satisfies the comparison in that seed (``combine = "mean"``: when the mean over
-    the matching keys does). ``not_less``: ``a >= b - tolerance * |b|``.
+    the matching keys does). ``not_less``: ``a >= b - tolerance * |b|``. When some seeds support it and some
+    do not, the verdict is ``partly`` only if, on every key that fails in a seed, the 95% CIs of the two
+    sides' IQMs over seeds are apart (``ci_overlap``); else the seeds cannot tell: ``not resolved``.
     """
     finals = finals[finals.key.map(lambda k: matches(k, claim["keys"]))]
     if finals.empty:
@@ -148,7 +151,7 @@ def evaluate_claim(claim: dict, finals: pd.DataFrame, labels: dict[str, dict]) -
     a = pick(claim["a"])
     if a is None:
         return f"not measured: no run with {_fmt_sel(claim['a'])} has `{claim['keys']}`"
-    op, tol = claim["compare"], float(claim.get("tolerance", 0.0))
+    op, tol, b = claim["compare"], float(claim.get("tolerance", 0.0)), None
     if op in ("at_least", "at_most"):
         thr = float(claim["threshold"])
         ok = (a >= thr) if op == "at_least" else (a <= thr)
@@ -174,7 +177,26 @@ def evaluate_claim(claim: dict, finals: pd.DataFrame, labels: dict[str, dict]) -
     word = "yes" if k == n else ("no" if k == 0 else "partly")
     nkeys = ok.index.get_level_values("key").nunique()
     what = f"mean of {nkeys_matched} keys" if claim.get("combine", "every") == "mean" else f"{nkeys} key{'s' if nkeys != 1 else ''}"
+    if word == "partly":
+        failing = sorted(set(ok[~ok].index.get_level_values("key")))
+        overlaps = [o for key in failing if (o := ci_overlap(key, a, b, claim.get("threshold")))]
+        if overlaps:
+            return (f"not resolved at {n} seeds, {k}/{n} seeds ({what}; {detail}; the 95% CIs overlap on "
+                    f"{len(overlaps)} of the {len(failing)} keys that fail in a seed, e.g. {overlaps[0]})")
     return f"{word}, {k}/{n} seeds ({what}; {detail})"
+
+
+def ci_overlap(key: str, a: pd.Series, b: pd.Series | None, threshold=None) -> str:
+    """When the 95% stratified-bootstrap CIs of ``a``'s and ``b``'s IQMs over seeds on ``key`` overlap (or,
+    without ``b``, ``a``'s CI contains ``threshold``): a description of both; else ``""``."""
+    pa, la, ha = stratified_bootstrap_ci(a.xs(key, level="key").to_numpy())
+    if b is None:
+        thr = float(threshold)
+        return f"{key}: IQM {pa:.3g} [{la:.3g}, {ha:.3g}] contains {thr:g}" if la <= thr <= ha else ""
+    pb, lb, hb = stratified_bootstrap_ci(b.xs(key, level="key").to_numpy())
+    if la <= hb and lb <= ha:
+        return f"{key}: IQM {pa:.3g} [{la:.3g}, {ha:.3g}] vs {pb:.3g} [{lb:.3g}, {hb:.3g}]"
+    return ""
 
 
 def _fmt_sel(selector: dict) -> str:

@@ -28,4 +28,5 @@ def analysis_dormancy_vs_gradient(sec, frame, keys, run_labels, exp):
                         lines[stat] = sub[sub.key == k]
             panels.append((layer, lines))
         sec.figure(f"dvg__{slug(label)}", f"{label}: dormancy vs zero-gradient ratios per layer",
-                   lambda p, panels=panels, label=label: curves_figure(p, panels, "ratio", title=label))
+                   lambda p, panels=panels, label=label: curves_figure(p, panels, "ratio", title=label,
+                                                                             round_ends=sec.round_ends))

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from plastix.report.analyses.rounds import ROUND_FINAL_KEYS, ROUND_INDEX, final_round, round_rows
-from plastix.report.figures import colors_of, pyplot
+from plastix.report.figures import pick_colors, pyplot
 from plastix.report.registry import analysis
 from plastix.report.stats import SIGNIFICANCE, final_values
 
@@ -140,10 +140,10 @@ def regression_verdict(table: pd.DataFrame, r2: float, n: int) -> str:
     return f"{word}, {len(significant)}/2 regressors with p < {SIGNIFICANCE:g} ({detail}; n = {n}, R^2 = {r2:.2f})"
 
 
-def regression_figure(path: Path, data: pd.DataFrame, ylabel: str) -> None:
-    """Final-round return against each regressor, one colour per variant."""
+def regression_figure(path: Path, data: pd.DataFrame, ylabel: str, colors: dict[str, str] | None = None) -> None:
+    """Final-round return against each regressor, one colour per variant (``colors``: the report's map)."""
     plt = pyplot()
-    colors = colors_of(list(dict.fromkeys(data.variant)))
+    colors = pick_colors(list(data.variant.unique()), colors)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     xlabels = ("weight_m (RMS of all parameters)", "dead-unit fraction (encoder output)")
     for ax, col, xlabel in zip(axes, REGRESSORS, xlabels):
@@ -164,7 +164,8 @@ THEIR_REGRESSION_CLAIM = ("As Juliani & Ash's notebook fits it (one point per va
                           "(OLS, p < 0.05)")
 
 
-@analysis("juliani_ash_regression", "OLS of final-round return on mean |weight| and dead units (Juliani & Ash 2024)")
+@analysis("juliani_ash_regression", "OLS of final-round return on mean |weight| and dead units (Juliani & Ash 2024)",
+          single_run=False)
 def analysis_juliani_ash_regression(sec, frame, keys, run_labels, exp):
     data, key = regression_data(frame, keys, run_labels)
     if data.empty:
@@ -188,7 +189,7 @@ def analysis_juliani_ash_regression(sec, frame, keys, run_labels, exp):
             f"only {len(data)} runs x seeds"
         sec.verdict(REGRESSION_CLAIM, f"not measured: {why}; the regression needs variation in both")
     sec.figure("regression", f"Final-round {key} vs weight magnitude and dead units (one point per run and seed)",
-               lambda p: regression_figure(p, data, key.removeprefix("round/")))
+               lambda p: regression_figure(p, data, key.removeprefix("round/"), colors=sec.colors))
     sec.table(data.drop(columns="run"), "Regression data: one row per run and seed")
     their_regression(sec, change_since_first_round(frame, keys, run_labels))
 

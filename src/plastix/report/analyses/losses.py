@@ -15,4 +15,4 @@ def analysis_losses(sec, frame, keys, run_labels, exp):
         return
     panels = [(k, variant_lines(frame, k, run_labels)) for k in loss_keys]
     sec.figure("losses", "PPO losses and optimiser statistics (mean over seeds, 95% bootstrap band)",
-               lambda p: curves_figure(p, panels))
+               lambda p: curves_figure(p, panels, colors=sec.colors, round_ends=sec.round_ends))

@@ -15,4 +15,5 @@ def analysis_mitigations(sec, frame, keys, run_labels, exp):
         return
     panels = [(k.removeprefix("mitigation/"), variant_lines(frame, k, run_labels)) for k in mit_keys]
     sec.figure("mitigations", "What the mitigations touched (mean over seeds, 95% bootstrap band)",
-               lambda p: curves_figure(p, panels, "count"))
+               lambda p: curves_figure(p, panels, "count", colors=sec.colors,
+                                             round_ends=sec.round_ends))

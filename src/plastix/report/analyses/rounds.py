@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from plastix.report.figures import colors_of, iqm_figure, pyplot
+from plastix.report.figures import integer_ticks, iqm_figure, pick_colors, pyplot
 from plastix.report.registry import analysis
 from plastix.report.stats import bootstrap_ci, stratified_bootstrap_ci
 
@@ -45,11 +45,12 @@ def round_curve(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     return wide.columns.to_numpy(np.float64), mean, lo, hi
 
 
-def rounds_figure(path: Path, rows: pd.DataFrame, run_labels: dict[str, str], keys: list[str]) -> None:
-    """One panel per ``round/*`` key: every variant's mean over seeds per round with its bootstrap band."""
+def rounds_figure(path: Path, rows: pd.DataFrame, run_labels: dict[str, str], keys: list[str],
+                  colors: dict[str, str] | None = None) -> None:
+    """One panel per ``round/*`` key: every variant's mean over seeds per round with its bootstrap band,
+    coloured by ``colors`` (the report's ``color_map``); the round axis has integer ticks."""
     plt = pyplot()
-    labels = [run_labels[r] for r in run_labels if r in set(rows.run)]
-    colors = colors_of(labels)
+    colors = pick_colors([run_labels[r] for r in run_labels if r in set(rows.run)], colors)
     ncols = min(3, len(keys))
     nrows = math.ceil(len(keys) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.7 * nrows), squeeze=False)
@@ -63,6 +64,7 @@ def rounds_figure(path: Path, rows: pd.DataFrame, run_labels: dict[str, str], ke
             ax.fill_between(x, lo, hi, color=colors[lab], alpha=0.15, lw=0)
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("round")
+        integer_ticks(ax)
         if key == "round/normalized_return":
             ax.axhline(1.0, color="#777", lw=0.8, ls=":")
     for ax in list(axes.flat)[len(keys):]:
@@ -94,7 +96,7 @@ def analysis_rounds(sec, frame, keys, run_labels, exp):
              "round/normalized_return"]
     panel_keys = [k for k in order if k in round_keys] + sorted(set(round_keys) - set(order))
     sec.figure("rounds", "Per-round metrics (mean over seeds, 95% bootstrap band); normalised return = warm / fresh",
-               lambda p: rounds_figure(p, rows, run_labels, panel_keys))
+               lambda p: rounds_figure(p, rows, run_labels, panel_keys, colors=sec.colors))
     key = next((k for k in ROUND_FINAL_KEYS if k in round_keys), None)
     if key is None:
         return
@@ -106,5 +108,6 @@ def analysis_rounds(sec, frame, keys, run_labels, exp):
     if table:
         table = pd.DataFrame(table)
         sec.figure("rounds_final", f"Final-round {key}: IQM with 95% stratified-bootstrap CI",
-                   lambda p: iqm_figure(p, table, f"final-round {key.removeprefix('round/')} (IQM)"))
+                   lambda p: iqm_figure(p, table, f"final-round {key.removeprefix('round/')} (IQM)",
+                                            colors=sec.colors))
         sec.table(table, f"Final-round {key} per variant: IQM [95% CI] over seeds")

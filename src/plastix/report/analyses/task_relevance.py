@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from plastix.experiments.task_switch import read_task_relevance
-from plastix.report.figures import colors_of, pyplot
+from plastix.report.figures import pick_colors, pyplot
 from plastix.report.registry import analysis
 from plastix.report.stats import SIGNIFICANCE, bootstrap_ci
 
@@ -61,11 +61,12 @@ def relevance_verdict(sub: pd.DataFrame) -> str:
             f"mean ratio per alpha {curve}")
 
 
-def relevance_figure(path: Path, table: pd.DataFrame) -> None:
-    """Loss ratio (trained / random init) against task distance alpha; one panel per learning rate."""
+def relevance_figure(path: Path, table: pd.DataFrame, colors: dict[str, str] | None = None) -> None:
+    """Loss ratio (trained / random init) against task distance alpha; one panel per learning rate; one
+    colour per source run (``colors``: the report's map)."""
     plt = pyplot()
     lrs = sorted(table.lr.unique(), reverse=True)
-    colors = colors_of(sorted(table.source.unique()))
+    colors = pick_colors(list(table.source.unique()), colors)
     fig, axes = plt.subplots(1, len(lrs), figsize=(4.2 * len(lrs), 3.2), squeeze=False)
     for ax, lr in zip(axes.flat, lrs):
         for src, g in table[table.lr == lr].groupby("source"):
@@ -117,7 +118,7 @@ def analysis_task_relevance(sec, tr: pd.DataFrame | None, exp):
         return
     sec.figure("task_relevance", "Plasticity loss vs task distance: final test loss of the trained value net / a "
                "random-init net on y_alpha = (1 - alpha) v_theta0(X) + alpha eq15(X) (mean over seeds, 95% band)",
-               lambda p: relevance_figure(p, table))
+               lambda p: relevance_figure(p, table, colors=sec.colors))
     for (src, lr), sub in table.groupby(["source", "lr"]):
         sec.verdict(f"{src}, lr {lr:g}: plasticity loss shrinks with task distance (OCP Sec. 3.2: the loss ratio "
                     "trained / random init falls as alpha grows, alpha > 0)", relevance_verdict(sub))

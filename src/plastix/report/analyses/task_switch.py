@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from plastix.experiments.task_switch import read_task_switch
-from plastix.report.figures import colors_of, iqm_figure, pyplot
+from plastix.report.figures import iqm_figure, pick_colors, pyplot
 from plastix.report.registry import analysis
 from plastix.report.stats import bootstrap_ci, stratified_bootstrap_ci
 
@@ -27,8 +27,8 @@ def analysis_task_switch(sec, ts: pd.DataFrame | None, exp):
         return
     plt = pyplot()
     sources = sorted(ts.source.unique(), key=lambda s: (s.removeprefix("random-init/"), s))
-    # A random-init network shares its source's colour, dashed.
-    base_colors = colors_of(sorted({s.removeprefix("random-init/") for s in sources}))
+    # A source keeps its run's colour in the report; its random-init network shares it, dashed.
+    base_colors = pick_colors({s.removeprefix("random-init/") for s in sources}, sec.colors)
     colors = {s: base_colors[s.removeprefix("random-init/")] for s in sources}
     for lr in sorted(ts.lr.unique(), reverse=True):
         sub = ts[ts.lr == lr]
@@ -64,5 +64,5 @@ def analysis_task_switch(sec, ts: pd.DataFrame | None, exp):
             rows.append(dict(label=src, iqm=point, low=lo, high=hi, seeds=len(g)))
         table = pd.DataFrame(rows)
         sec.figure(f"task_switch_final__lr{lr:g}", f"Final test loss, lr {lr:g}: IQM with 95% stratified-bootstrap CI",
-                   lambda p, table=table: iqm_figure(p, table, "final test MSE (IQM)"))
+                   lambda p, table=table: iqm_figure(p, table, "final test MSE (IQM)", colors=colors))
         sec.table(table, f"Final test loss per source network, lr {lr:g}")

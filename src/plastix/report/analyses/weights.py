@@ -20,4 +20,5 @@ def analysis_weights(sec, frame, keys, run_labels, exp):
     panels = [(k, variant_lines(frame, k, run_labels)) for k in present]
     sec.figure("weights__model", "Whole network (J&A's weight_m: RMS of all parameters; weight_diff: RMS change "
                "over one update; dist_init_rms: RMS distance from init), mean over seeds, 95% bootstrap band",
-               lambda p: curves_figure(p, panels, "RMS", ncols=3))
+               lambda p: curves_figure(p, panels, "RMS", ncols=3, colors=sec.colors,
+                                             round_ends=sec.round_ends))

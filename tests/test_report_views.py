@@ -1,0 +1,163 @@
+"""The report's colour map and round marks, the report and query of one run folder, the query views."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_report import assert_renders_cleanly, fake_new_sweep
+
+from plastix.query import metrics
+from plastix.report import build_report, final_values, round_rows
+from plastix.report.figures import PALETTE, color_map
+from plastix.report.page import slug
+
+JA_RUN = "env_id=GridWorld-v0__shift=permute__arm=warm_start"
+
+
+def record_figures(monkeypatch) -> dict[str, dict]:
+    """Patch ``Figure.savefig`` to record, per PNG file, every labelled line's, scatter's and bar's colour
+    (``colors``: ``[(label, hex)]``), the x of every vertical line (``vlines``) and the x ticks of each axis
+    labelled ``round`` (``round_ticks``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.colors import to_hex
+    from matplotlib.container import BarContainer
+    from matplotlib.figure import Figure
+
+    seen: dict[str, dict] = {}
+    original = Figure.savefig
+
+    def savefig(self, path, *args, **kwargs):
+        rec = seen.setdefault(Path(path).name, {"colors": [], "vlines": set(), "round_ticks": []})
+        for ax in self.axes:
+            for line in ax.get_lines():
+                x = np.asarray(line.get_xdata(), np.float64)
+                if line.get_label().startswith("_") and len(x) == 2 and x[0] == x[1]:
+                    rec["vlines"].add(float(x[0]))
+                elif not line.get_label().startswith("_"):
+                    rec["colors"].append((line.get_label(), to_hex(line.get_color())))
+            for coll in ax.collections:
+                if not coll.get_label().startswith("_") and len(coll.get_facecolor()):
+                    rec["colors"].append((coll.get_label(), to_hex(coll.get_facecolor()[0], keep_alpha=False)))
+            labels = [t.get_text() for t in ax.get_yticklabels()]
+            for cont in ax.containers:
+                if isinstance(cont, BarContainer):
+                    rec["colors"] += [(lab, to_hex(p.get_facecolor(), keep_alpha=False))
+                                      for lab, p in zip(labels, cont.patches)]
+            if ax.get_xlabel() == "round":
+                rec["round_ticks"].append(list(ax.get_xticks()))
+        return original(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    return fake_new_sweep(tmp_path_factory.mktemp("views"))
+
+
+def test_a_variant_keeps_one_colour_in_every_figure(sweep, monkeypatch, tmp_path):
+    """Rounds, return curves, IQM bars and the regression scatter draw a variant in the colour of its run in
+    the report's map: the palette in the order of the sorted run names (once, the rounds figure and the bar
+    charts coloured the same arm differently)."""
+    seen = record_figures(monkeypatch)
+    build_report(sweep, tmp_path / "report")
+    manifest = pd.read_json(sweep / "sweep.json", typ="series")
+    runs = sorted(manifest["runs"])
+    expected = color_map(runs)
+    assert expected[runs[0]] == PALETTE[0] and expected[runs[1]] == PALETTE[1]
+    by_label: dict[str, set] = {}
+    for rec in seen.values():
+        for label, color in rec["colors"]:
+            by_label.setdefault(label, set()).add(color)
+    assert {k: v for k, v in by_label.items() if len(v) > 1} == {}
+    ja = [f for f in ("juliani-ash__rounds.png", "juliani-ash__return.png", "juliani-ash__return_iqm.png",
+                      "juliani-ash__rounds_final.png", "juliani-ash__regression.png")]
+    for fig in ja:
+        labels = {lab for lab, _ in seen[fig]["colors"]}
+        assert "arm=warm_start" in labels and "arm=reset_all" in labels, (fig, labels)
+    assert by_label["arm=warm_start"] == {expected[JA_RUN]}
+    assert by_label["arm=reset_all"] == {expected[JA_RUN.replace("warm_start", "reset_all")]}
+    assert by_label["activation=relu"] == {expected["activation=relu"]}  # task relevance: the source run's
+
+
+def test_rounds_are_marked_on_per_step_figures_and_counted_in_integers(sweep, monkeypatch, tmp_path):
+    """The made-up J&A runs end rounds at updates 8, 16 and 24 of 1,024 env steps: per-step figures mark
+    8,192 and 16,384 (the run's end is no boundary); runs without rounds get no marks."""
+    seen = record_figures(monkeypatch)
+    build_report(sweep, tmp_path / "report")
+    for fig in ("juliani-ash__return.png", "juliani-ash__weights__model.png", "juliani-ash__dead__dead_units.png"):
+        assert seen[fig]["vlines"] == {8192.0, 16384.0}, fig
+    assert seen["ocp-perturb__return.png"]["vlines"] == set()
+    ticks = seen["juliani-ash__rounds.png"]["round_ticks"]
+    assert ticks and all(float(t).is_integer() for axis in ticks for t in axis), ticks
+
+
+def test_report_of_one_run_folder(sweep, tmp_path):
+    """``plastix report RUN`` on a run inside a sweep and on a run folder of its own: curves, per-layer
+    diagnostics, rounds and what is missing, on a page that renders."""
+    run = sweep / "runs" / JA_RUN
+    result = subprocess.run([sys.executable, "-m", "plastix.cli", "report", str(run), "--out", str(tmp_path / "r")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    page = tmp_path / "r" / "index.html"
+    assert f"report: {page}" in result.stdout
+    html = page.read_text()
+    prefix = slug(JA_RUN)
+    for fig in ("return", "rounds", "rounds_final", "dead__dead_units", "weights__model"):
+        assert f"{prefix}__{fig}.png" in html and (page.parent / f"{prefix}__{fig}.png").exists(), fig
+    assert "Missing from this run" in html and "losses: no `loss/*` or `optim/*` rows" in html
+    assert "regression" not in html.lower()  # a regression across arms needs several runs
+    assert "could not be drawn" not in html
+    assert_renders_cleanly(page, tmp_path)
+    alone = tmp_path / "alone"
+    shutil.copytree(run, alone)
+    page = build_report(alone)
+    assert page == alone / "report" / "index.html" and "alone__rounds.png" in page.read_text()
+    with pytest.raises(FileNotFoundError, match="neither a sweep folder .* nor a run folder"):
+        build_report(tmp_path / "r")
+
+
+def test_query_views_of_a_sweep_and_of_one_run(sweep):
+    """``final_return`` is the report's final value of return/episodic (the mean of the last 10%), ``rounds``
+    the report's round rows; a run folder has the same views over its own rows; probe views always exist."""
+    frame = metrics(sweep, 'SELECT run, seed, "update", env_step, "key", value FROM metrics')
+    want = final_values(frame[frame.key == "return/episodic"]).set_index(["run", "seed"]).value
+    got = metrics(sweep, "SELECT run, seed, final_return, last_n, n FROM final_return").set_index(["run", "seed"])
+    assert set(got.n) == {24} and set(got.last_n) == {3}  # 24 updates: the last ceil(2.4) = 3
+    pd.testing.assert_series_equal(got.final_return.sort_index(), want.sort_index(), check_names=False)
+    rounds = metrics(sweep, "SELECT run, seed, round, \"key\", value FROM rounds")
+    expected = round_rows(frame[frame.key.str.startswith("round/")])
+    key = ["run", "seed", "round", "key"]
+    pd.testing.assert_frame_equal(rounds.sort_values(key).reset_index(drop=True),
+                                  expected.sort_values(key).reset_index(drop=True), check_dtype=False)
+    assert metrics(sweep, "SELECT count(*) AS n FROM task_switch").n.item() == 0
+    assert metrics(sweep, "SELECT count(*) AS n FROM task_relevance").n.item() > 0
+    run = sweep / "runs" / JA_RUN
+    one = metrics(run, "SELECT DISTINCT run, arm, shift FROM metrics")
+    assert one.to_dict("records") == [{"run": JA_RUN, "arm": "warm_start", "shift": "permute"}]
+    mine = metrics(run, "SELECT seed, final_return FROM final_return ORDER BY seed").final_return.to_numpy()
+    np.testing.assert_allclose(mine, want.loc[JA_RUN].sort_index().to_numpy())
+    assert metrics(run, "SELECT count(*) AS n FROM rounds").n.item() == (rounds.run == JA_RUN).sum() > 0
+    assert metrics(run, "SELECT * FROM runs").seeds.item() == "0,1"
+
+
+def test_query_cli_on_a_run_and_its_help(sweep):
+    run = sweep / "runs" / JA_RUN
+    cli = [sys.executable, "-m", "plastix.cli", "query"]
+    out = subprocess.run(cli + [str(run), "SELECT round, count(*) AS n FROM rounds GROUP BY ALL ORDER BY 1"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["round", "n", "0", "10", "1", "10", "2", "10"]  # 5 keys x 2 seeds per round
+    help_ = subprocess.run(cli + ["--help"], capture_output=True, text=True)
+    assert help_.returncode == 0
+    for view in ("metrics", "runs", "final_values", "final_return", "rounds", "task_switch", "task_relevance"):
+        assert f"\n  {view} " in help_.stdout, view
+    bad = subprocess.run(cli + [str(run / "metrics.parquet")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "neither a sweep folder" in bad.stderr
