@@ -59,6 +59,12 @@ def test_final_values_average_the_last_tenth():
     rows = pd.DataFrame({"run": "r", "seed": 0, "key": "k", "update": np.arange(1, 21), "value": np.arange(1.0, 21.0)})
     assert final_values(rows).value.item() == 19.5  # last 2 of 20
     assert final_values(rows, "mean").value.item() == 10.5
+    # 10% of 30 is 3 (not the 4 that ceil(0.1 * 30) gives in floating point); per run, seed and key; any order.
+    rows = pd.DataFrame({"run": "r", "seed": 0, "key": "k", "update": np.arange(1, 31), "value": np.arange(1.0, 31.0)})
+    two = pd.concat([rows, rows.assign(seed=1, value=rows.value * 2), rows.iloc[:5].assign(key="j")])
+    got = final_values(two.sample(frac=1, random_state=0))
+    assert got[["run", "seed", "key"]].values.tolist() == [["r", 0, "j"], ["r", 0, "k"], ["r", 1, "k"]]
+    np.testing.assert_allclose(got.value, [5.0, 29.0, 58.0])  # j: the last of 5; k: mean of 28, 29, 30
 
 
 def test_verdicts():

@@ -161,3 +161,19 @@ def test_query_cli_on_a_run_and_its_help(sweep):
         assert f"\n  {view} " in help_.stdout, view
     bad = subprocess.run(cli + [str(run / "metrics.parquet")], capture_output=True, text=True)
     assert bad.returncode == 2 and "neither a sweep folder" in bad.stderr
+
+
+def test_final_return_of_a_run_folder_outside_a_sweep(tmp_path):
+    """A run folder of its own: no variant fields, seeds from config.json; the final return of 30 episodes
+    is the mean of the last 3 (the report's last 10%)."""
+    from plastix import store
+
+    run = tmp_path / "my-run"
+    run.mkdir()
+    store.write_config(run, {"seeds": "3,4"})
+    returns = np.arange(1.0, 61.0).reshape(30, 2)  # [updates, seeds]
+    store.write_metrics_part(run, store.metrics_table({"return/episodic": returns}, [3, 4], 1, 512), 1)
+    got = metrics(run, "SELECT run, seed, final_return, last_n, n FROM final_return ORDER BY seed")
+    assert got.to_dict("records") == [{"run": "my-run", "seed": 3, "final_return": 57.0, "last_n": 3, "n": 30},
+                                      {"run": "my-run", "seed": 4, "final_return": 58.0, "last_n": 3, "n": 30}]
+    assert metrics(run, "SELECT * FROM runs").to_dict("records") == [{"run": "my-run", "seeds": "3,4"}]

@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 DEFAULT_SQL = "SELECT * FROM metrics ORDER BY run, key, seed, update"
-FINAL_FRACTION = 0.1  # as plastix.report.stats.FINAL_FRACTION: the last 10% of a key's measurements
+FINAL_FRACTION = 0.1  # as plastix.report.stats.final_count: the last max(1, ceil(10%)) of the measurements
 VIEWS = ("metrics", "runs", "final_values", "final_return", "rounds", "task_switch", "task_relevance")
 PROBE_COLUMNS = {
     "task_switch": "source VARCHAR, seed BIGINT, lr DOUBLE, step BIGINT, split VARCHAR, loss DOUBLE",
@@ -150,7 +150,7 @@ def _derived_views(con, fields: list[str]) -> None:
                    count(*) OVER (PARTITION BY run, seed, "key") AS n
             FROM metrics)
         SELECT run{cols}, seed, "key", avg(value) AS value, count(*) AS last_n, any_value(n) AS n
-        FROM ranked WHERE from_end <= greatest(1, ceil({FINAL_FRACTION} * n))
+        FROM ranked WHERE from_end <= greatest(1, ceil(round({FINAL_FRACTION} * n, 9)))
         GROUP BY ALL
     """)
     con.execute(f"""
