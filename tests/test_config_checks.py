@@ -114,3 +114,35 @@ seeds = [0]
                          'sp = { mitigations = "shrink_perturb,redo", rounds = 2 }')
     exp = experiments.load(_write(tmp_path, fixed), "quick")
     assert [v.values["arm"] for v in exp.variants] == ["warm_start", "sp"]
+
+
+@pytest.mark.parametrize("one, other, mitigations", [
+    (["--mitigations", "layernorm"], ["--layer-norm"], "layernorm"),
+    (["--mitigations", "layernorm,redo"], ["--layer-norm", "--mitigations", "redo"], "redo,layernorm"),
+    (["--preset", "ocp", "--mitigations", "crelu"], ["--preset", "ocp", "--activation", "crelu"], "crelu"),
+])
+def test_two_spellings_of_one_option_save_the_same_config(tmp_path, monkeypatch, one, other, mitigations):
+    import types
+
+    from plastix import store, training
+
+    bridge = types.SimpleNamespace(handle=lambda: None, close=lambda: None)
+    monkeypatch.setattr(training, "build", lambda cfg: (bridge, None, None))  # no env, network or training
+    monkeypatch.setattr(training, "_run_chunks", lambda *args: None)
+    saved = []
+    for i, argv in enumerate((one, other)):
+        cfg = parse_train_args([*argv, "--run-dir", str(tmp_path / "run")])
+        assert cfg.mitigations == mitigations
+        saved.append(store.read_config(training.train(cfg)))
+        (tmp_path / "run" / "config.json").unlink()
+        (tmp_path / "run").rmdir()
+    assert saved[0] == saved[1]
+    assert saved[0]["mitigations"] == mitigations
+    assert saved[0]["layer_norm"] == ("layernorm" in mitigations)
+    assert (saved[0]["activation"] == "crelu") == ("crelu" in mitigations)
+    # and a config written in the other spelling (an older run) reads back in this one
+    from plastix.config import config_from_dict
+
+    old = dict(saved[0], layer_norm=False, mitigations="layernorm") if "layernorm" in mitigations else None
+    if old is not None:
+        assert config_from_dict(old).layer_norm and config_from_dict(old).mitigations == "layernorm"

@@ -126,7 +126,9 @@ def test_juliani_ash_quick_is_a_subset_of_the_paper_grid():
     for exp in (quick, paper):
         for v in exp.variants:
             cfg = ex.config_for(v.overrides, exp.seeds)
-            assert cfg.baseline == "fresh" and cfg.rounds > 1 and cfg.activation == "relu"
+            # ReLU, or CReLU in the crelu arm (the config says what runs: plastix.config.canonical)
+            assert cfg.baseline == "fresh" and cfg.rounds > 1 and cfg.activation in ("relu", "crelu")
+            assert (cfg.activation == "crelu") == ("crelu" in cfg.mitigations)
             assert cfg.diagnostics_every > 0  # weight magnitude and dead units for the regression
             validate(cfg, check_env=True)  # the env, the shift and the mitigations fit together
     by_arm = {v.values["arm"]: ex.config_for(v.overrides, paper.seeds) for v in paper.variants[:len(expected)]}

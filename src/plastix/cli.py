@@ -58,14 +58,14 @@ def _map_anneal_lr(argv: list[str]) -> list[str]:
 
 def parse_train_args(argv: list[str]):
     """Parse ``plastix train`` flags into a ``TrainConfig`` (defaults from ``--preset``, or the CleanRL preset
-    of ``--env-id``'s family when no preset is given)."""
+    of ``--env-id``'s family when no preset is given), in its ``canonical`` spelling."""
     import tyro
 
-    from plastix.config import preset_config
+    from plastix.config import canonical, preset_config
 
     argv = _map_anneal_lr(list(argv))
     default = preset_config(_preset_from_argv(argv))
-    return tyro.cli(type(default), default=default, args=argv, prog="plastix train")
+    return canonical(tyro.cli(type(default), default=default, args=argv, prog="plastix train"))
 
 
 def given_options(argv: list[str]) -> list[str]:

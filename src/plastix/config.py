@@ -447,11 +447,31 @@ def apply_aliases(data: dict, where: str) -> dict:
     return data
 
 
+NETWORK_MITIGATIONS = ("layernorm", "crelu")  # mitigations that are network options (listed last, in this order)
+
+
+def canonical(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with one spelling for what two options say, so that ``config.json`` says what ran:
+
+    - ``--layer-norm`` and ``--mitigations layernorm``: ``layer_norm = true`` and ``layernorm`` listed;
+    - ``--activation crelu`` and ``--mitigations crelu`` (on ReLU): ``activation = "crelu"`` and ``crelu``
+      listed (``crelu`` beside another activation is left for ``validate`` to refuse);
+    - the network mitigations listed after the others, in ``NETWORK_MITIGATIONS`` order.
+
+    Idempotent; the network and the training are the same under either spelling."""
+    names = list(dict.fromkeys(n.strip() for n in str(cfg.mitigations).split(",") if n.strip()))
+    layer_norm = cfg.layer_norm or "layernorm" in names
+    activation = "crelu" if "crelu" in names and cfg.activation == "relu" else cfg.activation
+    network = {"layernorm": layer_norm, "crelu": activation == "crelu" or "crelu" in names}
+    names = [n for n in names if n not in NETWORK_MITIGATIONS] + [n for n in NETWORK_MITIGATIONS if network[n]]
+    return dataclasses.replace(cfg, layer_norm=layer_norm, activation=activation, mitigations=",".join(names))
+
+
 def config_from_dict(data: dict) -> TrainConfig:
     """Inverse of ``dataclasses.asdict`` for ``TrainConfig``: nested option groups rebuilt, JSON lists
-    back to tuples; ``anneal_lr`` of older versions becomes ``lr_schedule``. Unknown keys raise ``ConfigError``
-    naming them."""
-    return _dataclass_from_dict(TrainConfig(), apply_aliases(data, "config.json"), "config.json")
+    back to tuples; ``anneal_lr`` of older versions becomes ``lr_schedule``; ``canonical``. Unknown keys raise
+    ``ConfigError`` naming them."""
+    return canonical(_dataclass_from_dict(TrainConfig(), apply_aliases(data, "config.json"), "config.json"))
 
 
 def _dataclass_from_dict(default, data: dict, where: str):

@@ -21,7 +21,7 @@ import numpy as np
 
 from plastix import store
 from plastix.algos.ppo import Agent, TrainState, make_chunk_fn
-from plastix.config import ConfigError, TrainConfig, config_from_dict, validate
+from plastix.config import NETWORK_MITIGATIONS, ConfigError, TrainConfig, canonical, config_from_dict, validate
 from plastix.envs import make_bridge
 from plastix.envs.heldout import HeldoutEvaluation
 from plastix.loggers import check_loggers, open_loggers
@@ -43,6 +43,7 @@ def prepare_run(cfg: TrainConfig) -> tuple[TrainConfig, Path, bool]:
         cfg = dataclasses.replace(saved, resume=str(run_dir), quiet=cfg.quiet)
         validate(cfg)
         return cfg, run_dir, True
+    cfg = canonical(cfg)  # config.json says what runs, however it was spelled
     validate(cfg)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
     if run_dir.exists():
@@ -111,7 +112,7 @@ def _train_es(cfg: TrainConfig) -> Path:
     if cfg.shift not in ES_SHIFTS:
         raise ConfigError(f"--shift {cfg.shift}: not supported with --optimizer es; ES trains with --shift "
                           f"{' or '.join(ES_SHIFTS)} (task: running direction of HalfCheetah, Ant, Hopper, Walker2d)")
-    if cfg.mitigations:
+    if set(cfg.mitigations.split(",")) - {"", *NETWORK_MITIGATIONS}:  # layernorm and crelu: network options
         raise ConfigError("--optimizer es: trains without mitigations; drop --mitigations")
     if cfg.network != "cleanrl" or cfg.rebuild_optimizer_at_switch:
         raise ConfigError("--optimizer es: trains CleanRL's continuous actor with its own Adam; drop --network "

@@ -535,8 +535,8 @@ def _check_groups_used(path: Path, raw: dict, exp: Experiment, configs: list, fi
 def config_for(overrides: dict[str, Any], seeds: list[int], **extra):
     """The ``TrainConfig`` of a variant: its preset's defaults (without ``preset``: the CleanRL preset of its
     ``env_id``'s family), then ``overrides`` (dotted paths for nested option groups, e.g. ``redo.tau``), seeds
-    and ``extra``."""
-    from plastix.config import TrainConfig, default_preset, preset_config
+    and ``extra``; ``plastix.config.canonical``."""
+    from plastix.config import TrainConfig, canonical, default_preset, preset_config
 
     cfg = preset_config(overrides.get("preset") or default_preset(overrides.get("env_id", TrainConfig.env_id)))
     for path, value in {**overrides, "seeds": ",".join(map(str, seeds)), **extra}.items():
@@ -544,13 +544,13 @@ def config_for(overrides: dict[str, Any], seeds: list[int], **extra):
         # spell a tuple as one argument per item, a list would reach the trainer as its repr).
         value = tuple(value) if isinstance(value, list) else value
         cfg = _replace_path(cfg, path.split("."), value)
-    return cfg
+    return canonical(cfg)
 
 
 def config_from_json(data: dict[str, Any]):
     """The ``TrainConfig`` of a run folder's ``config.json`` ``config`` part (nested option groups as
     nested objects, JSON lists back to tuples)."""
-    from plastix.config import TrainConfig, apply_aliases
+    from plastix.config import TrainConfig, apply_aliases, canonical
 
     fields = train_fields()
     cfg = TrainConfig()
@@ -562,7 +562,7 @@ def config_from_json(data: dict[str, Any]):
             if not ok:
                 raise ExperimentError(f"config.json: bad value for {path!r}; expected {_type_name(fields[path])}")
         cfg = _replace_path(cfg, path.split("."), value)
-    return cfg
+    return canonical(cfg)
 
 
 def _replace_path(obj, parts: list[str], value):

@@ -150,8 +150,10 @@ def _check_cnn(cfg: Any, names: tuple[str, ...]) -> None:
     ``crelu``, ``layernorm``, ``--layer-norm`` or an ``--activation`` other than relu."""
     if "injection" not in names or cfg.injection.head_layers != 2:
         return
-    changed = [n for n in ("crelu", "layernorm") if n in names] + (["--layer-norm"] if cfg.layer_norm else [])
-    if cfg.activation != "relu":
+    changed = [n for n in ("crelu", "layernorm") if n in names]
+    if cfg.layer_norm and "layernorm" not in names:
+        changed.append("--layer-norm")
+    if cfg.activation not in ("relu", "crelu" if "crelu" in names else "relu"):
         changed.append(f"--activation {cfg.activation}")
     if changed:
         raise ValueError(
