@@ -146,3 +146,38 @@ def test_two_spellings_of_one_option_save_the_same_config(tmp_path, monkeypatch,
     old = dict(saved[0], layer_norm=False, mitigations="layernorm") if "layernorm" in mitigations else None
     if old is not None:
         assert config_from_dict(old).layer_norm and config_from_dict(old).mitigations == "layernorm"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[base]\nlearning_rat = 0.1\n', "base.learning_rat: unknown TrainConfig option; did you mean 'learning_rate'?"),
+    ('[base]\nredo = { taux = 0.1 }\n', "base.redo.taux: unknown TrainConfig option; did you mean 'redo.tau'? "
+                                        "redo's options: tau, every"),
+    ('analysis = ["return"]\n', "analysis: unknown key; did you mean 'analyses'?"),
+    ('[grid]\nactivaton = ["relu"]\n', "grid.activaton: unknown TrainConfig option; did you mean 'activation'?"),
+])
+def test_an_unknown_toml_key_suggests_the_closest_name_not_every_name(tmp_path, text, message):
+    with pytest.raises(experiments.ExperimentError) as err:
+        experiments.load(_write(tmp_path, text + '[quick]\nseeds = [0]\n'), "quick")
+    assert message in str(err.value)
+    assert "total_timesteps" not in str(err.value)  # not the list of every option
+
+
+def test_an_unknown_toml_key_with_nothing_close_points_at_the_help(tmp_path):
+    with pytest.raises(experiments.ExperimentError, match=r"base.zzz: unknown TrainConfig option; `plastix train "
+                                                          r"--help` lists every option"):
+        experiments.load(_write(tmp_path, '[base]\nzzz = 1\n[quick]\nseeds = [0]\n'), "quick")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lerning-rate", "0.1"], "--learning-rate"),
+    (["--mitigations", "redox"], "--mitigations: unknown mitigation 'redox'; did you mean 'redo'?"),
+    (["--activation", "rel"], "--activation: unknown activation 'rel'; did you mean 'relu'?"),
+])
+def test_an_unknown_flag_or_name_suggests_the_closest(tmp_path, capsys, argv, message):
+    try:
+        code = main(["train", *argv, "--run-dir", str(tmp_path / "run")])
+    except SystemExit as exit_:  # tyro's own "Perhaps you meant" for an unknown flag
+        code = exit_.code
+    assert code == 2
+    captured = capsys.readouterr()
+    assert message in captured.err + captured.out

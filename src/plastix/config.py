@@ -33,6 +33,7 @@ from typing import Literal
 
 from plastix.mitigations import registry as mit
 from plastix.nets import ACTIVATIONS
+from plastix.suggest import did_you_mean
 
 
 LR_SCHEDULES = ("whole", "per-round", "off")
@@ -400,7 +401,7 @@ FAMILY_DEFAULT_PRESET = {"mujoco": "cleanrl", "atari": "cleanrl-atari", "procgen
 def preset_config(name: str) -> TrainConfig:
     """The ``TrainConfig`` of preset ``name`` (a key of ``PRESETS``)."""
     if name not in PRESETS:
-        raise ConfigError(f"--preset: unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
+        raise ConfigError(f"--preset: unknown preset {name!r}; {did_you_mean(name, PRESETS)}allowed: {', '.join(PRESETS)}")
     return dataclasses.replace(TrainConfig(), preset=name, **PRESETS[name])
 
 
@@ -478,7 +479,8 @@ def _dataclass_from_dict(default, data: dict, where: str):
     fields = {f.name for f in dataclasses.fields(default)}
     unknown = sorted(set(data) - fields)
     if unknown:
-        raise ConfigError(f"{where}: unknown option(s) {unknown}; allowed: {sorted(fields)}")
+        raise ConfigError(f"{where}: unknown option {unknown[0]!r}; {did_you_mean(unknown[0], fields)}"
+                          f"allowed: {', '.join(sorted(fields))}")
     values = {}
     for name, value in data.items():
         current = getattr(default, name)
@@ -671,7 +673,8 @@ def validate(cfg: TrainConfig, check_env: bool = True) -> None:
     """Raise ``ConfigError`` for any bad option, before any compute."""
     parse_seeds(cfg.seeds)
     if cfg.activation not in ACTIVATIONS:
-        raise ConfigError(f"--activation: unknown activation {cfg.activation!r}; allowed: {', '.join(ACTIVATIONS)}")
+        raise ConfigError(f"--activation: unknown activation {cfg.activation!r}; "
+                          f"{did_you_mean(cfg.activation, ACTIVATIONS)}allowed: {', '.join(ACTIVATIONS)}")
     check_ranges(cfg)
     if not cfg.hidden_sizes:
         raise ConfigError("--hidden-sizes: need one or more widths, e.g. `64 64`")

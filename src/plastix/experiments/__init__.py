@@ -64,6 +64,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from plastix.suggest import did_you_mean
+
 SCALES = ("quick", "evidence", "paper")
 REQUIRED_SCALES: tuple[str, ...] = ()  # a file runs at the scales whose tables it has (a user's: [quick] only)
 KINDS = ("train", "task-switch")
@@ -294,9 +296,8 @@ def _check_overrides(path: Path, where: str, table: Any, fields: dict[str, Any],
             hint = " (use `seeds = [...]` in [quick] / [paper])" if key == "seeds" else " (set by the runner)"
             raise ExperimentError(f"{path}: {where}.{key}: not allowed in an experiment file{hint}")
         if key not in fields:
-            raise ExperimentError(
-                f"{path}: {where}.{key}: unknown TrainConfig option; allowed: {', '.join(sorted(set(fields) - RUNNER_FIELDS))}"
-            )
+            raise ExperimentError(f"{path}: {where}.{key}: unknown TrainConfig option; "
+                                  f"{did_you_mean(key, set(fields) - RUNNER_FIELDS)}{_options_hint(key, fields)}")
         values = value if grid else [value]
         if grid and (not isinstance(value, list) or not value):
             raise ExperimentError(f"{path}: {where}.{key}: a grid entry must be a non-empty list of values, got {value!r}")
@@ -312,6 +313,16 @@ def _check_overrides(path: Path, where: str, table: Any, fields: dict[str, Any],
     return out
 
 
+def _options_hint(key: str, fields: dict[str, Any]) -> str:
+    """Where to find the options: the group's own (``redo.*``) when ``key`` names an option group, else
+    ``plastix train --help`` (not the ~100 option names)."""
+    group = key.split(".", 1)[0]
+    members = [f for f in fields if f.startswith(group + ".")]
+    if "." in key and members:
+        return f"{group}'s options: {', '.join(m.split('.', 1)[1] for m in members)}"
+    return "`plastix train --help` lists every option (a flag --x-y is the key x_y)"
+
+
 def _check_claims(path: Path, claims: Any) -> list[dict]:
     if not isinstance(claims, list):
         raise ExperimentError(f"{path}: claims: must be an array of tables ([[claims]])")
@@ -322,7 +333,9 @@ def _check_claims(path: Path, claims: Any) -> list[dict]:
             raise ExperimentError(f"{path}: {where}: must be a table")
         unknown = set(claim) - CLAIM_KEYS
         if unknown:
-            raise ExperimentError(f"{path}: {where}.{sorted(unknown)[0]}: unknown key; allowed: {', '.join(sorted(CLAIM_KEYS))}")
+            key = sorted(unknown)[0]
+            raise ExperimentError(f"{path}: {where}.{key}: unknown key; {did_you_mean(key, CLAIM_KEYS)}"
+                                  f"allowed: {', '.join(sorted(CLAIM_KEYS))}")
         for key in ("text", "keys", "compare"):
             if not isinstance(claim.get(key), str):
                 raise ExperimentError(f"{path}: {where}.{key}: required string")
@@ -354,7 +367,8 @@ def _check_task_switch(path: Path, where: str, table: Any) -> dict:
     for key, value in table.items():
         if key not in TASK_SWITCH_DEFAULTS and key not in TASK_SWITCH_OPTIONAL:
             allowed = ", ".join([*TASK_SWITCH_DEFAULTS, *TASK_SWITCH_OPTIONAL])
-            raise ExperimentError(f"{path}: {where}.{key}: unknown key; allowed: {allowed}")
+            raise ExperimentError(f"{path}: {where}.{key}: unknown key; "
+                                  f"{did_you_mean(key, [*TASK_SWITCH_DEFAULTS, *TASK_SWITCH_OPTIONAL])}allowed: {allowed}")
         default = TASK_SWITCH_DEFAULTS.get(key)
         if key == "alphas":
             ok = (isinstance(value, list) and len(value) >= 2
@@ -403,7 +417,8 @@ def _check_arms(path: Path, raw: dict, scale_table: dict, scale: str, grid: dict
         raise ExperimentError(f"{path}: {scale}.arms: bad value {chosen!r}; expected a list of distinct arm names")
     for a in chosen:
         if a not in arms:
-            raise ExperimentError(f"{path}: {scale}.arms: unknown arm {a!r}; defined: {', '.join(arms) or '(none)'}")
+            raise ExperimentError(f"{path}: {scale}.arms: unknown arm {a!r}; {did_you_mean(a, arms)}"
+                                  f"defined: {', '.join(arms) or '(none)'}")
     return {a: arms[a] for a in chosen}
 
 
@@ -422,7 +437,9 @@ def load(name_or_path: str | Path, scale: str = "quick") -> Experiment:
         raise ExperimentError(f"--scale: unknown scale {scale!r}; allowed: {', '.join(SCALES)}")
     unknown = set(raw) - TOP_KEYS
     if unknown:
-        raise ExperimentError(f"{path}: {sorted(unknown)[0]}: unknown key; allowed: {', '.join(sorted(TOP_KEYS))}")
+        key = sorted(unknown)[0]
+        raise ExperimentError(f"{path}: {key}: unknown key; {did_you_mean(key, TOP_KEYS)}"
+                              f"allowed: {', '.join(sorted(TOP_KEYS))}")
     for s in SCALES:
         if s not in raw and s not in REQUIRED_SCALES:
             continue
@@ -431,7 +448,9 @@ def load(name_or_path: str | Path, scale: str = "quick") -> Experiment:
             raise ExperimentError(f"{path}: [{s}]: {need} (with at least `seeds = [...]`)")
         bad = set(raw[s]) - SCALE_KEYS
         if bad:
-            raise ExperimentError(f"{path}: {s}.{sorted(bad)[0]}: unknown key; allowed: {', '.join(sorted(SCALE_KEYS))}")
+            key = sorted(bad)[0]
+            raise ExperimentError(f"{path}: {s}.{key}: unknown key; {did_you_mean(key, SCALE_KEYS)}"
+                                  f"allowed: {', '.join(sorted(SCALE_KEYS))}")
         seeds = raw[s].get("seeds")
         if not (isinstance(seeds, list) and seeds and all(isinstance(x, int) and x >= 0 for x in seeds)
                 and len(set(seeds)) == len(seeds)):
@@ -455,7 +474,8 @@ def load(name_or_path: str | Path, scale: str = "quick") -> Experiment:
         raise ExperimentError(f"{path}: analyses: must be a list; allowed entries: {', '.join(ANALYSES)}")
     for a in analyses:
         if a not in ANALYSES:
-            raise ExperimentError(f"{path}: analyses: unknown analysis {a!r}; allowed: {', '.join(ANALYSES)}")
+            raise ExperimentError(f"{path}: analyses: unknown analysis {a!r}; {did_you_mean(a, ANALYSES)}"
+                                  f"allowed: {', '.join(ANALYSES)}")
 
     fields = train_fields()
     for other in SCALES:  # the other scales' option names and types too: a typo never waits for its scale
@@ -479,7 +499,8 @@ def load(name_or_path: str | Path, scale: str = "quick") -> Experiment:
                         f"{path}: claims[{i}].{side}.{key}: not a grid key; allowed: {', '.join(selectable) or '(empty grid)'}"
                     )
                 if kind == "train" and key == ARM_KEY and value not in raw.get("arms", {}):
-                    raise ExperimentError(f"{path}: claims[{i}].{side}.arm: unknown arm {value!r}; defined: "
+                    raise ExperimentError(f"{path}: claims[{i}].{side}.arm: unknown arm {value!r}; "
+                                          f"{did_you_mean(value, raw.get('arms', {}))}defined: "
                                           f"{', '.join(raw.get('arms', {}))}")
                 if kind == "task-switch" and key != "source":
                     raise ExperimentError(f"{path}: claims[{i}].{side}.{key}: task-switch claims select by `source`")
@@ -556,7 +577,7 @@ def config_from_json(data: dict[str, Any]):
     cfg = TrainConfig()
     for path, value in _flatten(apply_aliases(data, "config.json"), fields).items():
         if path not in fields:
-            raise ExperimentError(f"config.json: unknown option {path!r}")
+            raise ExperimentError(f"config.json: unknown option {path!r}; {did_you_mean(path, fields)}".rstrip("; "))
         if value is not None:
             ok, value = _coerce(value, fields[path])
             if not ok:

@@ -9,7 +9,6 @@ steps, the unit of ReDo (Sokar et al.: every 1000 gradient steps) and continual 
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Callable
 
 import jax
@@ -31,6 +30,7 @@ from plastix.mitigations import (
     shrink_perturb,
 )
 from plastix.mitigations.optimizer_state import reset_adam_states
+from plastix.suggest import did_you_mean
 from plastix.mitigations.surgery import Surgery, stateless_init
 from plastix.mitigations.transforms import (
     BOUND_METHODS,
@@ -50,7 +50,8 @@ def parse_mitigations(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in str(text).split(",") if n.strip())
     unknown = [n for n in names if n not in MITIGATIONS]
     if unknown:
-        raise ValueError(f"--mitigations: unknown mitigation(s) {unknown}; allowed: {', '.join(MITIGATIONS)}")
+        raise ValueError(f"--mitigations: unknown mitigation {unknown[0]!r}; {did_you_mean(unknown[0], MITIGATIONS)}"
+                         f"allowed: {', '.join(MITIGATIONS)}")
     return names
 
 
@@ -138,8 +139,7 @@ def check_layer_names(cfg: Any, names: tuple[str, ...], params: Any) -> None:
     for name in wanted:
         if name in known or name in leaves:
             continue
-        close = difflib.get_close_matches(name, ["final", "all", *known], n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = did_you_mean(name, ["final", "all", *known])
         raise ValueError(f"--reset.layers: no layer {name!r} in this network; {hint}allowed: final, all, or "
                          f"layers {', '.join(known)}")
 
