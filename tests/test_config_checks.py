@@ -20,7 +20,9 @@ def _numeric_fields() -> set[str]:
 
 
 def test_every_numeric_option_has_a_range():
-    assert _numeric_fields() == set(OPTION_RANGES)
+    missing, stale = _numeric_fields() - set(OPTION_RANGES), set(OPTION_RANGES) - _numeric_fields()
+    assert not missing, f"give these options their range in plastix.config.OPTION_RANGES: {sorted(missing)}"
+    assert not stale, f"OPTION_RANGES names options that do not exist: {sorted(stale)}"
 
 
 def _bad_values(path: str, allowed: Range) -> list:
@@ -68,6 +70,7 @@ def test_range_descriptions():
         (["--redo.tau", "0.5"], "--redo.tau: given, but it would be ignored: redo is not in --mitigations"),
         (["--shrink-perturb.no-at-switch"], "--shrink-perturb.at-switch: given, but it would be ignored"),
         (["--es.popsize", "8"], "--es.popsize: given, but it would be ignored: only used with --optimizer es"),
+        (["--optimizer", "es", "--es.sigma", "-0.1"], "--es.sigma: must be positive (> 0), got -0.1"),
         (["--mitigations", "shrink_perturb"], "--mitigations shrink_perturb: would never fire"),
         (["--mitigations", "reset,adam_reset", "--reset.every", "100"], "--mitigations adam_reset: would never fire"),
         (["--mitigations", "shrink_perturb", "--shrink-perturb.no-at-switch"], "shrink_perturb would never fire"),

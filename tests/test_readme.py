@@ -55,9 +55,9 @@ def test_plastix_actor_critics_name_their_layers_as_the_readme_says():
 
     from plastix.nets import ActorCritic, hidden_activations
 
-    net = ActorCritic(action_dim=2, hidden_sizes=(4, 4))
-    variables = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 3)))
-    _, state = net.apply(variables, jnp.zeros((5, 3)), mutable=["intermediates"])
+    net = ActorCritic(action_dim=2, hidden_sizes=(4, 4))  # shapes only (eval_shape): nothing is computed
+    variables = jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((1, 3)))
+    _, state = jax.eval_shape(lambda v: net.apply(v, jnp.zeros((5, 3)), mutable=["intermediates"]), variables)
     assert {"policy/layer_1", "policy/layer_2", "value/layer_1", "value/layer_2"} == set(
         hidden_activations(state["intermediates"]))
 

@@ -21,7 +21,8 @@ import numpy as np
 
 from plastix import store
 from plastix.algos.ppo import Agent, TrainState, make_chunk_fn
-from plastix.config import NETWORK_MITIGATIONS, ConfigError, TrainConfig, canonical, config_from_dict, validate
+from plastix.config import (NETWORK_MITIGATIONS, ConfigError, TrainConfig, canonical, check_ranges, config_from_dict,
+                            validate)
 from plastix.envs import make_bridge
 from plastix.envs.heldout import HeldoutEvaluation
 from plastix.loggers import check_loggers, open_loggers
@@ -120,6 +121,7 @@ def _train_es(cfg: TrainConfig) -> Path:
     if (cfg.adam_b1, cfg.adam_b2) != (0.9, 0.999):
         raise ConfigError("--adam-b1/--adam-b2: set PPO's Adam; --optimizer es keeps OpenAI-ES's Adam "
                           "(0.9, 0.999, as openai/evolution-strategies-starter); drop them")
+    check_ranges(cfg)  # --es.* and the shared options, named as flags, before ESConfig's own checks
     es_cfg = es_config_from_train_config(cfg, **dataclasses.asdict(cfg.es))
     try:
         es_cfg.validate()

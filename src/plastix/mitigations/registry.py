@@ -43,18 +43,18 @@ class WeightClipOptions:
 class SoftShrinkPerturbOptions:
     """Soft shrink & perturb every update (``transforms.soft_shrink_perturb``)."""
 
-    lam: float = 0.999999
-    sigma: float = 1e-6
+    lam: float = 0.999999  # shrink factor in [0, 1]: theta <- lam * theta + sigma * noise
+    sigma: float = 1e-6  # scale (>= 0) of the noise, a fresh initialisation
 
 
 @dataclasses.dataclass(frozen=True)
 class ShrinkPerturbOptions:
     """Hard shrink & perturb at task switches (``reset.shrink_perturb``)."""
 
-    lam: float = 0.5
-    sigma: float = 0.5
-    every: int | None = None
-    at_switch: bool = True
+    lam: float = 0.5  # shrink factor in [0, 1]: theta <- lam * theta + sigma * theta_fresh
+    sigma: float = 0.5  # weight (>= 0) of a fresh initialisation
+    every: int | None = None  # period in gradient steps (>= 1), or None: at task switches only
+    at_switch: bool = True  # fire at every task switch (needs --rounds > 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +63,7 @@ class ReDoOptions:
 
     tau: float = 0.1  # ReDo's main experiments; 0.025 in its demonstration
     every: int | None = 1000  # period in gradient steps (Sokar et al.: 1000)
-    at_switch: bool = False
+    at_switch: bool = False  # also fire at every task switch
     fraction: float | None = None
     """recycle this fraction of each layer's units by score at every firing (dopamine's
     NeuronRecyclerScheduled recycle_rate, 0.3 there) instead of the tau-dormant ones"""
@@ -79,18 +79,18 @@ class ReDoOptions:
 class ResetOptions:
     """Reset of chosen layers (``reset.reset_layers``)."""
 
-    layers: str | tuple[str, ...] = "final"  # "final", "all" or path prefixes
-    every: int | None = None
-    at_switch: bool = True
+    layers: str | tuple[str, ...] = "final"  # "final", "all" or layer names, e.g. policy/output log_std
+    every: int | None = None  # period in gradient steps (>= 1), or None: at task switches only
+    at_switch: bool = True  # fire at every task switch (needs --rounds > 1)
 
 
 @dataclasses.dataclass(frozen=True)
 class CBPOptions:
     """Continual backprop, every update (``cbp.continual_backprop``)."""
 
-    replacement_rate: float = 1e-4
-    maturity_threshold: int = 10_000
-    decay: float = 0.99
+    replacement_rate: float = 1e-4  # fraction in [0, 1] of the eligible units replaced per gradient step
+    maturity_threshold: int = 10_000  # age (>= 0 gradient steps) before a unit can be replaced
+    decay: float = 0.99  # running-average decay of the utility, in [0, 1)
     adam_gnt: bool = True
     """Dohare et al.'s AdamGnT: Adam keeps a step count per weight, reset to 0 for a replaced unit's weights"""
     utility: str = "contribution"
@@ -102,18 +102,18 @@ class CBPOptions:
 class AdamResetOptions:
     """Adam moments and count cleared (``reset.adam_reset``)."""
 
-    reset_count: bool = True
-    every: int | None = None
-    at_switch: bool = True
+    reset_count: bool = True  # also zero Adam's step count
+    every: int | None = None  # period in gradient steps (>= 1), or None: at task switches only
+    at_switch: bool = True  # fire at every task switch (needs --rounds > 1)
 
 
 @dataclasses.dataclass(frozen=True)
 class InjectionOptions:
     """Plasticity injection (``injection``)."""
 
-    head_layers: int = 2
-    every: int | None = None
-    at_switch: bool = True
+    head_layers: int = 2  # layers of the injected head (>= 1; 2 = the output layer and the one before)
+    every: int | None = None  # period in gradient steps (>= 1), or None: at task switches only
+    at_switch: bool = True  # fire at every task switch (needs --rounds > 1)
     freeze_head: bool = True  # Nikishin et al. freeze f; Juliani & Ash's Injector keeps training it (False)
 
 
@@ -121,11 +121,11 @@ class InjectionOptions:
 class OCPPerturbOptions:
     """Perturbation of zero-gradient neurons (``ocp.ocp_perturb``)."""
 
-    threshold: float = 0.0
-    relative: bool = False
-    noise_scale: float = 1.0
-    every: int | None = None
-    at_switch: bool = True
+    threshold: float = 0.0  # trapped when MAGI <= threshold (>= 0; 0: strictly zero gradient)
+    relative: bool = False  # compare MAGI / the layer's mean MAGI with the threshold instead
+    noise_scale: float = 1.0  # noise (> 0) in units of the layer's init scale
+    every: int | None = None  # period in gradient steps (>= 1), or None: at task switches only
+    at_switch: bool = True  # fire at every task switch (needs --rounds > 1)
 
 
 @dataclasses.dataclass(frozen=True)
