@@ -385,17 +385,20 @@ PRESETS: dict[str, dict] = {
 # The env families (``plastix.envs.shifts.env_family``) each preset fits: its action space and the scale of
 # its hyperparameters. A preset added to PRESETS must be declared here (a test checks).
 PRESET_FAMILIES: dict[str, tuple[str, ...]] = {
-    "cleanrl": ("mujoco",),
-    "ocp": ("mujoco",),
+    "cleanrl": ("mujoco", "dmc", "gymnasium-box"),
+    "ocp": ("mujoco", "dmc", "gymnasium-box"),
     "cleanrl-atari": ("atari",),
     "cleanrl-procgen": ("procgen",),
-    "cleanrl-discrete": ("gridworld",),
-    "juliani-ash": ("gridworld", "procgen", "atari"),  # their gridworld and CoinRun (Montezuma in the paper)
+    "cleanrl-discrete": ("gridworld", "gymnax", "craftax", "gymnasium-discrete"),
+    # their gridworld and CoinRun (Montezuma in the paper); any discrete vector env takes their MLP PPO
+    "juliani-ash": ("gridworld", "procgen", "atari", "gymnax", "craftax", "gymnasium-discrete"),
 }
 
 # What a run uses when no preset is given: the CleanRL preset of the env's family.
 FAMILY_DEFAULT_PRESET = {"mujoco": "cleanrl", "atari": "cleanrl-atari", "procgen": "cleanrl-procgen",
-                         "gridworld": "cleanrl-discrete"}
+                         "gridworld": "cleanrl-discrete", "dmc": "cleanrl", "gymnasium-box": "cleanrl",
+                         "gymnax": "cleanrl-discrete", "craftax": "cleanrl-discrete",
+                         "gymnasium-discrete": "cleanrl-discrete"}
 
 
 def preset_config(name: str) -> TrainConfig:
@@ -412,10 +415,10 @@ def presets_fitting(family: str) -> list[str]:
 
 def default_preset(env_id: str) -> str:
     """The CleanRL preset of ``env_id``'s family (``cleanrl`` when the env is unknown: validation names it)."""
-    from plastix.envs.shifts import env_family
+    from plastix.envs.families import preset_family
 
     try:
-        return FAMILY_DEFAULT_PRESET[env_family(env_id)]
+        return FAMILY_DEFAULT_PRESET[preset_family(env_id)]
     except ValueError:
         return "cleanrl"
 
@@ -710,12 +713,14 @@ def check_env_and_shift(cfg: TrainConfig) -> None:
     """The env id exists, the shift works on it, and the mitigations fit its network; else ``ConfigError``."""
     from plastix.envs import shifts
     from plastix.envs.envpool_bridge import check_env_id
+    from plastix.envs.families import check_env
 
     try:
         family = shifts.env_family(cfg.env_id)
         if family == "mujoco":
             check_env_id(cfg.env_id)
         shifts.check_shift_supported(cfg.env_id, cfg.shift)
+        fit_family, continuous = check_env(cfg.env_id, cfg.shift)
         if cfg.env_backend == "mjx":
             from plastix.envs.mjx_halfcheetah import check_mjx_env
 
@@ -724,10 +729,10 @@ def check_env_and_shift(cfg: TrainConfig) -> None:
         message = str(err)
         raise ConfigError(message if message.startswith("--") else f"--env-id/--shift: {message}") from None
     if cfg.network == "juliani-ash":
-        _check_juliani_ash_network(cfg, family)
-    check_preset_fits(cfg, family)
+        _check_juliani_ash_network(cfg, fit_family)
+    check_preset_fits(cfg, fit_family)
     reward_norm_on = cfg.normalize_reward == "on" or (cfg.normalize_reward == "auto"
-                                                      and family in ("mujoco", "procgen"))
+                                                      and (continuous or family == "procgen"))
     if cfg.reward_norm_stats != "auto" and not reward_norm_on:
         raise ConfigError(f"--reward-norm-stats {cfg.reward_norm_stats}: rewards of {cfg.env_id} are not "
                           f"normalised (--normalize-reward {cfg.normalize_reward}); give --normalize-reward on, "
@@ -740,7 +745,7 @@ def _check_juliani_ash_network(cfg: TrainConfig, family: str) -> None:
     """``--network juliani-ash`` fits ``cfg``: a discrete-action env, no CNN torso asked for, CReLU on even
     widths, one conv-encoder width on images; else ``ConfigError``."""
     image = family in ("procgen", "atari") or (family == "gridworld" and cfg.grid_obs == "image")
-    if family == "mujoco":
+    if family in ("mujoco", "dmc", "gymnasium-box"):
         raise ConfigError(f"--network juliani-ash: their PPO has a categorical policy; {cfg.env_id} has "
                           "continuous actions (use GridWorld-v0, Procgen or Atari, or --network cleanrl)")
     if cfg.cnn_torso != "auto":

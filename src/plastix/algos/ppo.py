@@ -262,8 +262,11 @@ class Agent:
     def __init__(self, cfg: TrainConfig, spec: EnvSpec):
         self.cfg, self.spec = cfg, spec
         self.policy = Categorical if spec.discrete else Gaussian
-        self.normalize_obs = _auto(cfg.normalize_obs, spec.family == "mujoco")
-        self.normalize_reward = _auto(cfg.normalize_reward, spec.family in ("mujoco", "procgen"))
+        # auto: CleanRL's ppo_continuous_action normalises every continuous-action env (MuJoCo, DMC, gymnasium
+        # Box actions) with vector observations; ppo_procgen normalises Procgen's rewards.
+        continuous = not spec.discrete and not spec.is_image
+        self.normalize_obs = _auto(cfg.normalize_obs, continuous)
+        self.normalize_reward = _auto(cfg.normalize_reward, continuous or spec.family == "procgen")
         # CleanRL's ppo_procgen normalises rewards over the vector env (gym 0.23.1): one statistic per seed.
         self.shared_reward_norm = (cfg.reward_norm_stats == "shared"
                                    or (cfg.reward_norm_stats == "auto" and spec.family == "procgen"))

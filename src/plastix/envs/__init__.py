@@ -19,6 +19,10 @@ family              env ids                        bridge
 ``atari``           ``MontezumaRevenge-v5``...     ``image_envs.ImageEnvBridge`` (discrete)
 ``gridworld``       ``GridWorld-v0``               ``gridworld_bridge.GridworldBridge`` (JAX)
 ``mujoco`` + mjx    ``HalfCheetah-v4``             ``mjx_halfcheetah.MJXBridge`` (``--env-backend mjx``)
+``dmc``             envpool ``CheetahRun-v1``...   ``dmc_bridge.DmcBridge`` (continuous, dict obs flattened)
+``gymnax``          ``Breakout-MinAtar``...        ``jax_envs.JaxEnvBridge`` (JAX, discrete)
+``craftax``         ``Craftax-Classic-Symbolic-v1`` ``jax_envs.JaxEnvBridge`` (JAX, discrete)
+``gymnasium``       ``gymnasium:ID``               ``gymnasium_bridge.GymnasiumBridge`` (host callback)
 ==================  =============================  ==============================================
 """
 
@@ -34,7 +38,7 @@ import numpy as np
 class EnvSpec:
     """What the trainer needs to know about a bridge's envs."""
 
-    family: str  # "mujoco" | "procgen" | "atari" | "gridworld"
+    family: str  # "mujoco" | "procgen" | "atari" | "gridworld" | "dmc" | "gymnax" | "craftax" | "gymnasium"
     obs_shape: tuple[int, ...]
     obs_dtype: Any
     discrete: bool
@@ -68,6 +72,18 @@ def make_bridge(cfg: Any, seeds: list[int]):
         from plastix.envs.gridworld_bridge import GridworldBridge
 
         return GridworldBridge(seeds, cfg.num_envs, cfg)
+    if family == "dmc":
+        from plastix.envs.dmc_bridge import DmcBridge
+
+        return DmcBridge(cfg.env_id, seeds, cfg.num_envs, cfg.num_threads, scenario=cfg)
+    if family in ("gymnax", "craftax"):
+        from plastix.envs.jax_envs import JaxEnvBridge
+
+        return JaxEnvBridge(cfg.env_id, seeds, cfg.num_envs, cfg)
+    if family == "gymnasium":
+        from plastix.envs.gymnasium_bridge import GymnasiumBridge
+
+        return GymnasiumBridge(cfg.env_id, seeds, cfg.num_envs, scenario=cfg)
     from plastix.envs.image_envs import ImageEnvBridge
 
     return ImageEnvBridge(cfg.env_id, seeds, cfg.num_envs, cfg.num_threads, scenario=cfg)

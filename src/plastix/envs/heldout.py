@@ -8,7 +8,7 @@ What "held out" means depends on the scenario (SCIENCE.md section 4):
   round's levels (``shifts.heldout_levels``);
 - other combinations (e.g. MuJoCo ``task``, Atari without ``permute``) have no held-out set: no row.
 
-The JAX gridworld evaluates inside its bridge (``GridworldBridge.evaluate``). envpool environments use a
+The JAX envs evaluate inside their bridge (``GridworldBridge.evaluate``, ``JaxEnvBridge.evaluate``). envpool environments use a
 second pool, built once per run at the first evaluation: ``--heldout-episodes`` envs per seed with env
 seeds ``1_000_000 + s + j`` (disjoint from training's ``s + j``), each playing one episode (at most
 ``MAX_EVAL_STEPS`` steps) with actions sampled from the policy. MuJoCo observations are normalised with the
@@ -80,6 +80,14 @@ class HeldoutEvaluation:
     def _make_pool(self):
         cfg = self.cfg
         seeds = [EVAL_SEED_OFFSET + s for s in cfg.seed_list]
+        if self.agent.spec.family == "dmc":
+            from plastix.envs.dmc_bridge import DmcBridge
+
+            return DmcBridge(cfg.env_id, seeds, cfg.heldout_episodes, cfg.num_threads, scenario=cfg, heldout=True)
+        if self.agent.spec.family == "gymnasium":
+            from plastix.envs.gymnasium_bridge import GymnasiumBridge
+
+            return GymnasiumBridge(cfg.env_id, seeds, cfg.heldout_episodes, scenario=cfg, heldout=True)
         if self.agent.spec.family == "mujoco":
             from plastix.envs.envpool_bridge import EnvpoolBridge
 

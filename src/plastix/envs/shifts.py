@@ -57,12 +57,22 @@ SUPPORTED: dict[str, tuple[str, ...]] = {
     "mujoco": ("none", "permute", "task"),
     "procgen": ("none", "permute", "window", "expand"),
     "atari": ("none", "permute"),
+    "dmc": ("none", "permute", "task"),
+    "gymnax": ("none", "permute"),
+    "craftax": ("none", "permute"),
+    "gymnasium": ("none", "permute", "task"),
 }
 FAMILY_EXAMPLES = {
     "gridworld": GRIDWORLD_ID,
     "mujoco": "HalfCheetah-v4, Ant-v4, Hopper-v4, Walker2d-v4",
     "procgen": "CoinrunEasy-v0, CoinrunHard-v0",
     "atari": "MontezumaRevenge-v5 (any envpool Atari *-v5)",
+    "dmc": "CheetahRun-v1, WalkerWalk-v1 (any envpool DeepMind Control *-v1; task: a sequence such as "
+           "WalkerStand-v1,WalkerWalk-v1,WalkerRun-v1)",
+    "gymnax": "Breakout-MinAtar, Asterix-MinAtar, Freeway-MinAtar, SpaceInvaders-MinAtar, CartPole-v1, Acrobot-v1",
+    "craftax": "Craftax-Classic-Symbolic-v1",
+    "gymnasium": "gymnasium:CartPole-v1, gymnasium:Pendulum-v1, gymnasium:<your registered id> (task: a "
+                 "sequence gymnasium:A,gymnasium:B)",
 }
 # MuJoCo tasks whose info reports x_velocity (needed by the task shift's reward).
 MUJOCO_TASK_ENVS = ("HalfCheetah", "Ant", "Hopper", "Walker2d")
@@ -72,15 +82,26 @@ _HELDOUT_ROUND = 2**31 - 1  # fold_in index no training round reaches
 
 # ---------------------------------------------------------------------------------------------- validation
 def env_family(env_id: str) -> str:
-    """``"gridworld"``, ``"mujoco"``, ``"procgen"`` or ``"atari"``; ``ValueError`` for anything else."""
+    """``"gridworld"``, ``"mujoco"``, ``"procgen"``, ``"atari"``, ``"dmc"`` (envpool's DeepMind Control),
+    ``"gymnax"``, ``"craftax"`` (``plastix.envs.jax_envs``) or ``"gymnasium"`` (``gymnasium:ID``); a
+    comma-separated sequence of ids (``--shift task``) is its first id's family. ``ValueError`` otherwise."""
+    from plastix.envs.jax_envs import JAX_ENV_IDS
+
     if env_id == GRIDWORLD_ID:
         return "gridworld"
+    if env_id.startswith("gymnasium:"):
+        return "gymnasium"
+    env_id = env_id.split(",")[0].strip()
+    if env_id in JAX_ENV_IDS:  # before envpool: its CartPole-v1 / Acrobot-v1 are these ids' gymnax versions here
+        return JAX_ENV_IDS[env_id]
     from envpool.registration import registry
 
     entry = registry.specs.get(env_id)
     if entry is None:
         raise ValueError(f"--env-id: unknown environment {env_id!r}; known families: {_families_text()}")
     module = entry[0]
+    if module.startswith("envpool.mujoco.dmc"):
+        return "dmc"
     for family in ("mujoco", "procgen", "atari"):
         if module.startswith(f"envpool.{family}"):
             return family
@@ -97,6 +118,12 @@ def check_shift_supported(env_id: str, shift: str) -> None:
         raise ValueError(f"--shift: unknown shift {shift!r}; allowed: {', '.join(SHIFTS)}")
     family = env_family(env_id)
     allowed = SUPPORTED[family]
+    if family in ("dmc", "gymnasium"):  # their task shift is a sequence of envs, one per round
+        sequence = len([p for p in env_id.split(",") if p.strip()]) > 1
+        if sequence != (shift == "task"):
+            raise ValueError(f"--shift {shift} on --env-id {env_id}: on {family} envs, --shift task and a "
+                             f"comma-separated sequence of env ids go together (one env per round, e.g. "
+                             f"{FAMILY_EXAMPLES[family].split('task: ')[-1].rstrip(')')})")
     if family == "mujoco" and shift == "task" and not env_id.startswith(MUJOCO_TASK_ENVS):
         allowed = tuple(s for s in allowed if s != "task")
     if shift in allowed:
@@ -112,6 +139,8 @@ def check_shift_supported(env_id: str, shift: str) -> None:
         ("atari", "expand"): "Atari games have no level sets",
         ("atari", "task"): "Atari rewards cannot be changed from outside",
         ("atari", "dynamics"): "Atari dynamics cannot be changed from outside",
+        ("gymnax", "task"): "the MinAtar games' observation and action shapes differ (no game sequence)",
+        ("craftax", "task"): "Craftax-Classic is one task",
     }.get((family, shift), "not supported")
     raise ValueError(
         f"--shift {shift} is not supported on --env-id {env_id} ({family}: {why}). "
