@@ -115,16 +115,28 @@ class CraftaxEnv:
     def max_steps(self) -> int:
         return int(self.params.max_timesteps)
 
+    # Craftax is written for JAX's default 32-bit types (``lax.select`` of a Python int and an int32 action);
+    # importing plastix turns on 64-bit types for envpool, so its functions are traced with them off.
+    # Craftax also stores Python scalars in its state (``player_health=9``): cast to the 32-bit types they have
+    # under Craftax's own settings, or they come out 64-bit and the next step's ``lax.select`` refuses them.
     def reset(self, key):
-        obs, state = self.env.reset_env(key, self.params)
-        return obs.reshape(-1).astype(jnp.float32), state
+        with jax.enable_x64(False):
+            obs, state = self.env.reset_env(key, self.params)
+        return obs.reshape(-1).astype(jnp.float32), _x32(state)
 
     def step(self, key, state, action):
-        obs, state, reward, _, _ = self.env.step_env(key, state, action, self.params)
-        truncated = state.timestep >= self.params.max_timesteps
-        # Craftax's is_terminal = time limit | lava | death; without the limit it is the game's own end.
-        terminated = self.env.is_terminal(state, self.params.replace(max_timesteps=_NO_LIMIT))
-        return obs.reshape(-1).astype(jnp.float32), state, reward.astype(jnp.float32), terminated, truncated
+        with jax.enable_x64(False):
+            obs, state, reward, _, _ = self.env.step_env(key, state, action.astype(jnp.int32), self.params)
+            truncated = state.timestep >= self.params.max_timesteps
+            # Craftax's is_terminal = time limit | lava | death; without the limit it is the game's own end.
+            terminated = self.env.is_terminal(state, self.params.replace(max_timesteps=_NO_LIMIT))
+        return obs.reshape(-1).astype(jnp.float32), _x32(state), reward.astype(jnp.float32), terminated, truncated
+
+
+def _x32(tree):
+    """Every leaf of ``tree`` in 32-bit types (int64 -> int32, float64 -> float32; others unchanged)."""
+    narrow = {jnp.dtype(jnp.int64): jnp.int32, jnp.dtype(jnp.float64): jnp.float32}
+    return jax.tree.map(lambda x: jnp.asarray(x).astype(narrow.get(jnp.asarray(x).dtype, jnp.asarray(x).dtype)), tree)
 
 
 def make_jax_env(env_id: str):
