@@ -78,8 +78,10 @@ class TrainConfig:
     env_backend: Literal["envpool", "mjx"] = "envpool"
     """MuJoCo backend: envpool (C++, CPU) or mjx (MuJoCo XLA: HalfCheetah-v4 in JAX, for accelerators)"""
     env_id: str = "HalfCheetah-v4"
-    """the environment: envpool MuJoCo (HalfCheetah-v4, Ant-v4, ...), Procgen (CoinrunEasy-v0, ...), Atari
-    (MontezumaRevenge-v5, ...), or the JAX gridworld GridWorld-v0"""
+    """the environment: envpool MuJoCo (HalfCheetah-v4, Ant-v4, ...), DeepMind Control (CheetahRun-v1, ...),
+    Procgen (CoinrunEasy-v0, ...), Atari (MontezumaRevenge-v5, ...), the JAX gridworld GridWorld-v0, gymnax
+    (Breakout-MinAtar, CartPole-v1, ...), Craftax-Classic-Symbolic-v1, or any Gymnasium id as gymnasium:ID;
+    with --shift task on DMC / gymnasium, a comma-separated sequence of ids (one per round)"""
     seeds: str = "0"
     """comma-separated integer seeds trained together in one process (vmapped), e.g. `0,1,2,3`"""
     total_timesteps: int = 1_000_000
