@@ -3,12 +3,12 @@
 For each env: (1) the raw rate of its own library with random actions and the same number of envs (the
 reference): envpool's ``step`` in a Python loop (DMC), ``jax.jit`` of a ``lax.scan`` over ``vmap(env.step)``
 (gymnax / Craftax: their own auto-resetting step), ``gymnasium.vector.SyncVectorEnv.step`` in a Python loop
-(``gymnasium:ID``); (2) plastix PPO (``--preset`` of the env's family with ``--num-envs``, ``--num-steps``,
-diagnostics every update), steady-state steps/s (all steps over all time of the updates after the first,
+(``gymnasium:ID``); (2) plastix PPO (the default preset of the env's family with ``--num-envs``,
+``--num-steps``, 4 minibatches, default diagnostics: every 10 updates), steady-state steps/s (all steps over all time of the updates after the first,
 compilation excluded). Each measurement runs in its own subprocess. ``gymnasium:CartPole-v1`` (host bridge)
 beside ``CartPole-v1`` (gymnax, compiled) is the cost of the host path on one task.
 
-    python bench/env_throughput.py --updates 4 --num-envs 8 --num-steps 128
+    python bench/env_throughput.py --updates 6 --num-envs 8 --num-steps 128
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def plastix_rate(env_id: str, envs: int, steps: int, updates: int) -> dict:
 
     run_dir = tempfile.mkdtemp() + "/run"
     args = ["--env-id", env_id, "--num-envs", str(envs), "--num-steps", str(steps), "--num-minibatches", "4",
-            "--total-timesteps", str(updates * envs * steps), "--log-every", "1", "--diagnostics-every", "1",
+            "--total-timesteps", str(updates * envs * steps), "--log-every", "1",
             "--checkpoint-every", str(updates), "--run-dir", run_dir, "--quiet"]
     start = time.perf_counter()
     train(parse_train_args(args))
@@ -112,7 +112,7 @@ def plastix_rate(env_id: str, envs: int, steps: int, updates: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--updates", type=int, default=4)
+    parser.add_argument("--updates", type=int, default=6)
     parser.add_argument("--num-envs", type=int, default=8)
     parser.add_argument("--num-steps", type=int, default=128)
     parser.add_argument("--envs", nargs="+", default=ENVS)

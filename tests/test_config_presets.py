@@ -42,7 +42,7 @@ def test_every_preset_declares_the_env_families_it_fits():
 
 @pytest.mark.parametrize("argv, message", [
     (["--preset", "cleanrl", "--env-id", "CoinrunEasy-v0"],
-     "--preset cleanrl does not fit --env-id CoinrunEasy-v0 (procgen): it is made for mujoco. "
+     "--preset cleanrl does not fit --env-id CoinrunEasy-v0 (procgen): it is made for mujoco, dmc, gymnasium-box. "
      "Presets that fit CoinrunEasy-v0: cleanrl-procgen"),
     (["--preset", "ocp", "--env-id", "MontezumaRevenge-v5"], "Presets that fit MontezumaRevenge-v5: cleanrl-atari"),
     (["--preset", "cleanrl-atari", "--env-id", "HalfCheetah-v4"], "Presets that fit HalfCheetah-v4: cleanrl, ocp"),
