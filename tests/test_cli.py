@@ -9,7 +9,7 @@ from plastix.cli import main, parse_train_args
     "argv, message",
     [
         (["--env-id", "HalfCheetah-v9"], "--env-id: unknown environment 'HalfCheetah-v9'"),
-        (["--env-id", "CartPole-v1"], "--env-id"),
+        (["--env-id", "Pendulum-v1"], "--env-id"),
         (["--shift", "dynamics"], "dynamics"),
         (["--env-id", "MontezumaRevenge-v5", "--shift", "window"], "window"),
         (["--activation", "swish"], "--activation: unknown activation 'swish'; allowed: tanh, relu, none"),
