@@ -66,3 +66,17 @@ def test_a_run_failing_before_its_first_update_leaves_no_folder(tmp_path, monkey
     with pytest.raises(RuntimeError, match="killed"):
         training.train(parse_train_args([*GRID, "--run-dir", str(run_dir)]))
     assert (run_dir / "config.json").exists()
+
+
+def test_an_es_run_failing_before_its_first_generation_leaves_no_folder(tmp_path, monkeypatch):
+    import plastix.algos.es as es
+
+    def fail(es_cfg, run_dir, loggers=None):
+        run_dir.mkdir(parents=True, exist_ok=True)  # as train_es does before its first generation
+        raise RuntimeError("compile failed")
+
+    monkeypatch.setattr(es, "train_es", fail)
+    run_dir = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="compile failed"):
+        training.train(parse_train_args(["--optimizer", "es", "--quiet", "--run-dir", str(run_dir)]))
+    assert not run_dir.exists()

@@ -131,8 +131,12 @@ def _train_es(cfg: TrainConfig) -> Path:
     if run_dir.exists():
         raise ConfigError(f"--run-dir: {run_dir} already exists; choose another folder")
     check_loggers(cfg)
-    with open_loggers(cfg, run_dir) as loggers:
-        return train_es(es_cfg, run_dir, loggers=loggers)
+    try:
+        with open_loggers(cfg, run_dir) as loggers:
+            return train_es(es_cfg, run_dir, loggers=loggers)
+    except BaseException:
+        remove_unstarted_run(run_dir)  # ES runs are not resumed: only a folder with metrics is kept
+        raise
 
 
 def load_checkpoint(run_dir: str | Path, final: bool = True) -> tuple[TrainConfig, TrainState]:
