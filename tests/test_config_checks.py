@@ -68,7 +68,7 @@ def test_range_descriptions():
         (["--mitigations", "shrink_perturb", "--rounds", "2", "--shrink-perturb.lam", "1.5"],
          "--shrink-perturb.lam: must be in [0, 1], got 1.5"),
         (["--redo.tau", "0.5"], "--redo.tau: given, but it would be ignored: redo is not in --mitigations"),
-        (["--shrink-perturb.no-at-switch"], "--shrink-perturb.at-switch: given, but it would be ignored"),
+        (["--shrink-perturb.no-at-switch"], "--shrink-perturb.no-at-switch: given, but it would be ignored"),
         (["--es.popsize", "8"], "--es.popsize: given, but it would be ignored: only used with --optimizer es"),
         (["--optimizer", "es", "--es.sigma", "-0.1"], "--es.sigma: must be positive (> 0), got -0.1"),
         (["--mitigations", "shrink_perturb"], "--mitigations shrink_perturb: would never fire"),
@@ -91,7 +91,7 @@ def test_an_at_switch_mitigation_with_switches_or_a_period_is_accepted():
 
 def test_given_options_are_the_flags_dotted_paths():
     argv = ["--redo.tau=0.1", "--shrink-perturb.no-at-switch", "--learning-rate", "1e-3", "relu"]
-    assert given_options(argv) == ["redo.tau", "shrink_perturb.at_switch", "learning_rate"]
+    assert given_options(argv) == ["redo.tau", "shrink_perturb.no_at_switch", "learning_rate"]
 
 
 def _write(tmp_path, text: str):
