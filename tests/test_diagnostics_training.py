@@ -21,8 +21,12 @@ TINY = dataclasses.replace(TrainConfig(), preset="ocp", activation="relu", total
 @pytest.fixture(scope="module")
 def diag_run(tmp_path_factory):
     cfg = dataclasses.replace(TINY, seeds="0,1", diagnostics_every=2, curvature_every=3, save_neuron_scores=True,
-                              run_dir=str(tmp_path_factory.mktemp("diag") / "run"))
+                              interference_samples=8, run_dir=str(tmp_path_factory.mktemp("diag") / "run"))
     return train(cfg)
+
+
+def updates_of(df, key):
+    return sorted(df[(df.key == key) & (df.seed == 0)]["update"])
 
 
 def test_in_training_keys_and_schedule(diag_run):
@@ -33,9 +37,14 @@ def test_in_training_keys_and_schedule(diag_run):
             for suffix in ("dormant_ratio@0", "dormant_ratio@0.025", "dormant_ratio@0.1", "zero_grad_ratio/layer",
                            "zero_grad_ratio/loss", "overlap/dormant", "overlap/zero_grad", "overlap/dormant_zero_grad",
                            "srank", "effective_rank", "dead_units", "dead_units_every_input", "active_units",
-                           "grad_norm", "weight/l2", "weight/dist_init", "weight/update_l2", "weight/update_rms"):
+                           "grad_norm", "weight/l2", "weight/dist_init", "weight/update_l2", "weight/update_rms",
+                           "numerical_rank", "feature_norm", "feature_variance", "unit_activity", "inactive_units",
+                           "weight/srank", "weight/effective_rank", "weight/numerical_rank", "grad_cosine"):
                 assert f"{net}/{layer}/{suffix}" in keys, f"{net}/{layer}/{suffix}"
         assert f"{net}/output/weight/rms" in keys and f"{net}/dormant_ratio@0.025" in keys
+        assert f"{net}/output/weight/srank" in keys
+    assert updates_of(df, "model/grad_cosine") == [1, 2, 4, 6]
+    assert ((df[df.key == "model/grad_conflict"].value >= 0) & (df[df.key == "model/grad_conflict"].value <= 1)).all()
     updates = lambda key: sorted(df[(df.key == key) & (df.seed == 0)]["update"])
     assert updates("policy/layer_1/dormant_ratio@0.025") == [1, 2, 4, 6]  # update 1, then every 2
     assert updates("policy/layer_1/overlap/dormant") == [2, 4, 6]  # needs a previous measurement
@@ -75,7 +84,8 @@ def test_neuron_scores_have_one_row_per_neuron_and_measurement(diag_run):
 
 
 def test_measuring_does_not_change_training(tmp_path):
-    on = read_metrics(train(dataclasses.replace(TINY, diagnostics_every=1, curvature_every=2, run_dir=str(tmp_path / "on"))))
+    on = read_metrics(train(dataclasses.replace(TINY, diagnostics_every=1, curvature_every=2, interference_samples=4,
+                                                run_dir=str(tmp_path / "on"))))
     off = read_metrics(train(dataclasses.replace(TINY, diagnostics_every=0, curvature_every=0, run_dir=str(tmp_path / "off"))))
     training_keys = lambda df: df[df.key.str.match(r"^(loss|optim|return)/")].reset_index(drop=True)
     pd.testing.assert_frame_equal(training_keys(on), training_keys(off))

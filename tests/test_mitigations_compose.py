@@ -136,7 +136,13 @@ def test_registry_lists_every_mitigation_with_kind_and_options():
         "l2_init": TRANSFORM,
         "weight_clip": TRANSFORM,
         "soft_sp": TRANSFORM,
+        "w2_init": TRANSFORM,
+        "sam": TRANSFORM,
+        "parseval": TRANSFORM,
+        "trac": TRANSFORM,
         "shrink_perturb": SURGERY,
+        "mix_reset": SURGERY,
+        "nap": SURGERY,
         "redo": SURGERY,
         "reset": SURGERY,
         "cbp": SURGERY,
@@ -145,6 +151,8 @@ def test_registry_lists_every_mitigation_with_kind_and_options():
         "ocp_perturb": SURGERY,
         "layernorm": NETWORK,
         "crelu": NETWORK,
+        "groupnorm": NETWORK,
+        "dff": NETWORK,
     }
     assert {k: v.kind for k, v in MITIGATIONS.items()} == expected
     assert MITIGATIONS["soft_sp"].options.lam == 0.999999
@@ -155,7 +163,7 @@ def test_registry_lists_every_mitigation_with_kind_and_options():
 
 
 def test_check_compatible():
-    check_compatible(list(MITIGATIONS.keys() - {"reset", "crelu"}), activation="relu")
+    check_compatible(list(MITIGATIONS.keys() - {"reset", "crelu", "groupnorm"}), activation="relu")
     check_compatible(
         ["reset", "injection"],
         {"reset": dataclasses.replace(MITIGATIONS["reset"].options, layers=("policy/layer_1",))},

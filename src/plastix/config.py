@@ -129,7 +129,7 @@ class TrainConfig:
     target_kl: float | None = None
     """stop the epochs of an update early when the last minibatch's approx KL exceeds this"""
     activation: str = "tanh"
-    """hidden activation: tanh, relu, none (identity, the OCP paper's No-Act), gelu, silu, softplus, sigmoid, crelu"""
+    """hidden activation: tanh, relu, none (identity, the OCP paper's No-Act), gelu, silu, softplus, sigmoid, crelu, dff"""
     hidden_sizes: tuple[int, ...] = (64, 64)
     """hidden layer widths of both the policy and the value network"""
     layer_norm: bool = False
@@ -140,9 +140,9 @@ class TrainConfig:
     their MLP of --hidden-sizes on vectors, their conv64 encoder (4 convs 4x4/2, 32-64-128-128 channels, then
     one dense of the --hidden-sizes width) on images; CReLU halves each layer's units; discrete actions)"""
     mitigations: str = ""
-    """comma-separated mitigations to combine: l2, l2_init, weight_clip, soft_sp, shrink_perturb, redo, reset,
-    cbp, adam_reset, injection, ocp_perturb, layernorm, crelu (options: --<name>.<option>; surgery periods
-    `every` count gradient steps)"""
+    """comma-separated mitigations to combine: l2, l2_init, weight_clip, soft_sp, w2_init, sam, parseval, trac,
+    shrink_perturb, mix_reset, nap, redo, reset, cbp, adam_reset, injection, ocp_perturb, layernorm, crelu,
+    groupnorm, dff (options: --<name>.<option>; surgery periods `every` count gradient steps)"""
     l2: mit.L2Options = mit.L2Options()
     """L2 toward 0, added to --weight-decay (coupled) or as AdamW (decoupled)"""
     l2_init: mit.L2InitOptions = mit.L2InitOptions()
@@ -153,6 +153,21 @@ class TrainConfig:
     """soft shrink & perturb every update"""
     shrink_perturb: mit.ShrinkPerturbOptions = mit.ShrinkPerturbOptions()
     """hard shrink & perturb (Ash & Adams 2020)"""
+    w2_init: mit.W2InitOptions = mit.W2InitOptions()
+    """Wasserstein-2 regulariser toward each tensor's initial weight distribution (Juliani & Ash 2024)"""
+    mix_reset: mit.MixResetOptions = mit.MixResetOptions()
+    """replace each parameter entry by a fresh init's with probability fraction (Juliani & Ash's mix)"""
+    sam: mit.SAMOptions = mit.SAMOptions()
+    """sharpness-aware minimisation: the gradient at theta + rho g/||g|| (Foret et al. 2021)"""
+    parseval: mit.ParsevalOptions = mit.ParsevalOptions()
+    """Parseval regularisation lam ||W W^T - s I||^2 of hidden dense kernels (Chung et al. 2024; Plasticine)"""
+    trac: mit.TRACOptions = mit.TRACOptions()
+    """TRAC, a parameter-free scale on the optimizer's steps from theta_0 (Muppidi et al. 2024; Plasticine)"""
+    nap: mit.NaPOptions = mit.NaPOptions()
+    """Normalize-and-Project: weights rescaled to their initial norms (Lyle et al. 2024; Plasticine)"""
+    groupnorm: mit.GroupNormOptions = mit.GroupNormOptions()
+    """GroupNorm(groups) before every hidden activation (Juliani & Ash's groupnorm)"""
+
     redo: mit.ReDoOptions = mit.ReDoOptions()
     """recycle tau-dormant neurons (Sokar et al. 2023)"""
     reset: mit.ResetOptions = mit.ResetOptions()
@@ -178,6 +193,12 @@ class TrainConfig:
     """tau defining the dormant set used by overlaps and the relative zero-gradient ratio"""
     zero_grad_eps: float = 0.0
     """a neuron is zero-gradient when its MAGI <= this (0 = strictly zero)"""
+    activity_steps: int = 1000
+    """Dohare et al.'s unit activity (fraction of inputs with h > 0) over the last this-many steps of the
+    update's rollout, with the diagnostics (0 = off; at most the rollout)"""
+    interference_samples: int = 0
+    """gradient interference with the diagnostics: cosines of the per-example PPO-loss gradients of the first
+    this-many diagnostics samples (0 = off; costs a per-example backward pass)"""
     curvature_every: int = 100
     """measure the PPO loss's top Hessian eigenvalue and trace every M updates (0 = off)"""
     curvature_batch: int = 256
@@ -583,6 +604,16 @@ OPTION_RANGES: dict[str, Range] = {
     "ocp_perturb.threshold": NON_NEGATIVE,  # MAGI scores (and their ratio to the mean) are >= 0
     "ocp_perturb.noise_scale": POSITIVE,  # 0 would perturb nothing
     "ocp_perturb.every": AT_LEAST_ONE,
+    "w2_init.lam": NON_NEGATIVE,
+    "mix_reset.fraction": UNIT,  # the probability that an entry takes its fresh value
+    "mix_reset.every": AT_LEAST_ONE,
+    "sam.rho": POSITIVE,  # 0 would be plain SGD's gradient at twice the cost
+    "parseval.lam": NON_NEGATIVE,
+    "parseval.s": POSITIVE,  # the target scale of W W^T
+    "trac.s_prev": POSITIVE,
+    "trac.eps": POSITIVE,
+    "nap.every": AT_LEAST_ONE,
+    "groupnorm.groups": AT_LEAST_ONE,  # dividing the widths: plastix.mitigations.build
     # diagnostics
     "diagnostics_every": NON_NEGATIVE,  # 0 = off
     "diagnostics_batch": AT_LEAST_ONE,
@@ -593,6 +624,8 @@ OPTION_RANGES: dict[str, Range] = {
     "curvature_batch": AT_LEAST_ONE,
     "curvature_iters": AT_LEAST_ONE,
     "curvature_samples": AT_LEAST_ONE,
+    "activity_steps": NON_NEGATIVE,  # 0 = off
+    "interference_samples": NON_NEGATIVE,  # 0 = off; 1 is refused in validate (no pair)
     # rounds and shifts
     "rounds": AT_LEAST_ONE,
     "steps_per_round": AT_LEAST_ONE,  # and at least one rollout: validate
@@ -701,6 +734,8 @@ def validate(cfg: TrainConfig, check_env: bool = True) -> None:
         if getattr(cfg, name) not in allowed:
             raise ConfigError(f"--{name.replace('_', '-')}: unknown value {getattr(cfg, name)!r}; "
                               f"allowed: {', '.join(allowed)}")
+    if cfg.interference_samples == 1 or cfg.interference_samples < 0:
+        raise ConfigError(f"--interference-samples: 0 (off) or >= 2 (pairs of samples), got {cfg.interference_samples}")
     from plastix.mitigations.build import check as check_mitigations
 
     try:

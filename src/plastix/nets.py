@@ -31,6 +31,8 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "sigmoid": jax.nn.sigmoid,
     # CReLU (Abbas et al. 2023): [relu(x), relu(-x)], doubling the width seen by the next layer.
     "crelu": lambda x: jnp.concatenate([jax.nn.relu(x), jax.nn.relu(-x)], axis=-1),
+    # Deep Fourier features as Plasticine's DFF4Linear / DFF4Conv2d: [sin(x), cos(-x)], doubling the width too.
+    "dff": lambda x: jnp.concatenate([jnp.sin(x), jnp.cos(-x)], axis=-1),
 }
 
 
@@ -66,6 +68,7 @@ class MLP(nn.Module):
     output_dim: int
     output_std: float
     layer_norm: bool = False
+    norm_groups: int = 0  # > 0: GroupNorm with this many groups instead of LayerNorm (``hidden_norm``)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -73,8 +76,8 @@ class MLP(nn.Module):
         x = x.astype(jnp.float32)
         for i, width in enumerate(self.hidden_sizes, start=1):
             z = orthogonal_dense(width, math.sqrt(2.0), f"layer_{i}")(x)
-            if self.layer_norm:
-                z = nn.LayerNorm(name=f"layer_norm_{i}", param_dtype=jnp.float32)(z)
+            if self.layer_norm or self.norm_groups:
+                z = hidden_norm(f"layer_norm_{i}", -1, self.norm_groups)(z)
             x = act(z)
             self.sow("intermediates", f"layer_{i}/pre", z)
             self.sow("intermediates", f"layer_{i}/post", x)
@@ -91,10 +94,11 @@ class ActorCritic(nn.Module):
     hidden_sizes: Sequence[int] = (64, 64)
     activation: str = "tanh"
     layer_norm: bool = False
+    norm_groups: int = 0
 
     def setup(self):
-        self.policy = MLP(self.hidden_sizes, self.activation, self.action_dim, 0.01, self.layer_norm)
-        self.value = MLP(self.hidden_sizes, self.activation, 1, 1.0, self.layer_norm)
+        self.policy = MLP(self.hidden_sizes, self.activation, self.action_dim, 0.01, self.layer_norm, self.norm_groups)
+        self.value = MLP(self.hidden_sizes, self.activation, 1, 1.0, self.layer_norm, self.norm_groups)
         self.log_std = self.param("log_std", nn.initializers.zeros, (self.action_dim,), jnp.float32)
 
     def __call__(self, obs: jax.Array):
@@ -146,8 +150,21 @@ def orthogonal_conv(features: int, kernel: int, stride: int, std: float, name: s
     )
 
 
+def hidden_norm(name: str, axes: int | tuple[int, ...] = -1, norm_groups: int = 0, epsilon: float = 1e-6) -> nn.Module:
+    """The normalisation before a hidden activation: LayerNorm over ``axes`` (``norm_groups == 0``), or
+    Juliani & Ash's GroupNorm (``--mitigations groupnorm``: ``nn.GroupNorm(norm_groups, C)`` in
+    ``shared/modules.py`` ``map_activation``, PyTorch's eps 1e-5): the ``C`` channels in ``norm_groups``
+    groups, each normalised over its channels (and a conv map's positions), per-channel scale and bias. With
+    one group it is a LayerNorm over the same axes. Parameters ``scale``/``bias`` ``[C]`` under ``name``."""
+    if norm_groups:
+        reduction = (axes,) if isinstance(axes, int) else axes
+        return nn.GroupNorm(num_groups=norm_groups, reduction_axes=reduction, epsilon=1e-5, param_dtype=jnp.float32,
+                            name=name)
+    return nn.LayerNorm(reduction_axes=axes, feature_axes=-1, epsilon=epsilon, param_dtype=jnp.float32, name=name)
+
+
 def activation_point(module: nn.Module, z: jax.Array, index: int, activation: str, layer_norm: bool,
-                     conv: bool) -> jax.Array:
+                     conv: bool, norm_groups: int = 0) -> jax.Array:
     """Hidden layer ``layer_<index>`` of a CNN torso: ``[LayerNorm ->] activation``, pre and post sown.
 
     LayerNorm sits before the activation, as in Juliani & Ash's encoders (``shared/modules.py``
@@ -155,10 +172,9 @@ def activation_point(module: nn.Module, z: jax.Array, index: int, activation: st
     per-channel scale and bias (their ``GroupNorm(1, C)``), on a dense layer over its features. Its
     parameters are ``layer_norm_<index>`` (the convention of ``plastix.mitigations._layers``).
     """
-    if layer_norm:
+    if layer_norm or norm_groups:
         axes = (-3, -2, -1) if conv else -1
-        name = f"layer_norm_{index}"
-        z = nn.LayerNorm(reduction_axes=axes, feature_axes=-1, param_dtype=jnp.float32, name=name)(z)
+        z = hidden_norm(f"layer_norm_{index}", axes, norm_groups)(z)
     h = activation_fn(activation)(z)
     module.sow("intermediates", f"layer_{index}/pre", z)
     module.sow("intermediates", f"layer_{index}/post", h)
@@ -205,6 +221,7 @@ class NatureCNN(nn.Module):
     hidden: int = 512
     activation: str = "relu"
     layer_norm: bool = False
+    norm_groups: int = 0
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -212,10 +229,10 @@ class NatureCNN(nn.Module):
         layers = [(32, 8, 4), (64, 4, 2), (64, 3, 1)]
         for i, (features, kernel, stride) in enumerate(layers, start=1):
             z = orthogonal_conv(features, kernel, stride, math.sqrt(2.0), f"layer_{i}")(x)
-            x = activation_point(self, z, i, self.activation, self.layer_norm, conv=True)
+            x = activation_point(self, z, i, self.activation, self.layer_norm, True, self.norm_groups)
         x = x.reshape(x.shape[:-3] + (-1,))
         z = orthogonal_dense(self.hidden, math.sqrt(2.0), f"layer_{len(layers) + 1}")(x)
-        return activation_point(self, z, len(layers) + 1, self.activation, self.layer_norm, conv=False)
+        return activation_point(self, z, len(layers) + 1, self.activation, self.layer_norm, False, self.norm_groups)
 
 
 class ImpalaCNN(nn.Module):
@@ -238,6 +255,7 @@ class ImpalaCNN(nn.Module):
     hidden: int = 256
     activation: str = "relu"
     layer_norm: bool = False
+    norm_groups: int = 0
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -247,7 +265,7 @@ class ImpalaCNN(nn.Module):
         def relu(z, conv=True):
             nonlocal layer
             layer += 1
-            return activation_point(self, z, layer, self.activation, self.layer_norm, conv)
+            return activation_point(self, z, layer, self.activation, self.layer_norm, conv, self.norm_groups)
 
         def torch_conv(features, name, inputs):  # fan_in from what the conv reads (CReLU doubles it)
             return torch_default_conv(features, 3, inputs.shape[-1], name)(inputs)
@@ -277,12 +295,14 @@ class CNNActorCritic(nn.Module):
     torso: str = "nature"
     activation: str = "relu"
     layer_norm: bool = False
+    norm_groups: int = 0
 
     def setup(self):
         if self.torso not in ("nature", "impala"):
             raise ValueError(f"--torso: unknown CNN torso {self.torso!r}; allowed: 'nature', 'impala'")
         torso = NatureCNN if self.torso == "nature" else ImpalaCNN
-        self.torso_net = torso(activation=self.activation, layer_norm=self.layer_norm, name="torso")
+        self.torso_net = torso(activation=self.activation, layer_norm=self.layer_norm, norm_groups=self.norm_groups,
+                               name="torso")
         self.policy_head = orthogonal_dense(self.num_actions, 0.01, "policy_output")
         self.value_head = orthogonal_dense(1, 1.0, "value_output")
 
@@ -303,10 +323,11 @@ class DiscreteActorCritic(nn.Module):
     hidden_sizes: Sequence[int] = (64, 64)
     activation: str = "tanh"
     layer_norm: bool = False
+    norm_groups: int = 0
 
     def setup(self):
-        self.policy = MLP(self.hidden_sizes, self.activation, self.num_actions, 0.01, self.layer_norm)
-        self.value = MLP(self.hidden_sizes, self.activation, 1, 1.0, self.layer_norm)
+        self.policy = MLP(self.hidden_sizes, self.activation, self.num_actions, 0.01, self.layer_norm, self.norm_groups)
+        self.value = MLP(self.hidden_sizes, self.activation, 1, 1.0, self.layer_norm, self.norm_groups)
 
     def __call__(self, obs: jax.Array):
         return self.policy(obs), self.value(obs)[..., 0]
@@ -348,6 +369,7 @@ class JulianiAshEncoder(nn.Module):
     hidden_sizes: Sequence[int] = (256, 256)
     activation: str = "relu"
     layer_norm: bool = False
+    norm_groups: int = 0  # > 0: their GroupNorm(norm_groups, C) at every layer (map_activation's groupnorm)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -357,7 +379,10 @@ class JulianiAshEncoder(nn.Module):
 
         def unit(z, norm):
             nonlocal layer
-            if self.layer_norm:
+            if self.norm_groups:
+                z = nn.GroupNorm(num_groups=self.norm_groups, epsilon=1e-5, param_dtype=jnp.float32,
+                                 name=f"layer_norm_{layer}")(z)
+            elif self.layer_norm:
                 z = norm(epsilon=1e-5, param_dtype=jnp.float32, name=f"layer_norm_{layer}")(z)
             h = act(z)
             self.sow("intermediates", f"layer_{layer}/pre", z)
@@ -395,10 +420,12 @@ class JulianiAshActorCritic(nn.Module):
     hidden_sizes: Sequence[int] = (256, 256)
     activation: str = "relu"
     layer_norm: bool = False
+    norm_groups: int = 0
 
     @nn.compact
     def __call__(self, obs: jax.Array):
-        h = JulianiAshEncoder(self.encoder, self.hidden_sizes, self.activation, self.layer_norm, name="torso")(obs)
+        h = JulianiAshEncoder(self.encoder, self.hidden_sizes, self.activation, self.layer_norm, self.norm_groups,
+                              name="torso")(obs)
         logits = torch_default_dense(self.num_actions, h.shape[-1], "policy_output")(h)
         value = torch_default_dense(1, h.shape[-1], "value_output")(h)
         return logits, value[..., 0]

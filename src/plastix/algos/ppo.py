@@ -19,6 +19,7 @@ Differences from CleanRL, all deliberate:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import math
@@ -37,6 +38,7 @@ from plastix.envs import normalize as nz
 from plastix.mitigations import INJECTION_KEY, BatchInfo, add_injection_heads, injection_active, make_injected_apply
 from plastix.mitigations import build as mitigation_build
 from plastix.mitigations.ocp import hidden_layer_magi
+from plastix.mitigations.sam import sam_gradient
 from plastix.nets import (
     JA_MIN_IMAGE_SIDE,
     ActorCritic,
@@ -284,35 +286,44 @@ class Agent:
         self.forward_acts = lambda p, obs: base_acts({k: v for k, v in p.items() if k != INJECTION_KEY}, obs)
 
     @property
+    def norm_groups(self) -> int:
+        """GroupNorm's number of groups with ``groupnorm`` (``--groupnorm.groups``), else 0 (no GroupNorm)."""
+        return self.cfg.groupnorm.groups if "groupnorm" in self.mitigations else 0
+
+    @property
     def activation(self) -> str:
-        """The hidden activation: ``--activation``, or CReLU with ``crelu``, on every network (the CNN presets
-        set CleanRL's ReLU; any other activation acts at every activation point of the CNN torsos)."""
+        """The hidden activation: ``--activation``, or CReLU with ``crelu``, or Plasticine's Fourier features
+        with ``dff``, on every network (the CNN presets set CleanRL's ReLU; any other activation acts at every
+        activation point of the CNN torsos)."""
         if "crelu" in self.mitigations:
             return "crelu"
+        if "dff" in self.mitigations:
+            return "dff"
         return self.cfg.activation
 
     @property
     def plain_mlp(self) -> bool:
         """Hidden layers are ``Dense -> activation`` (diagnostics can take per-layer shortcuts)."""
-        layer_norm = self.cfg.layer_norm or "layernorm" in self.mitigations
+        layer_norm = self.cfg.layer_norm or "layernorm" in self.mitigations or "groupnorm" in self.mitigations
         return not self.spec.is_image and self.cfg.network == "cleanrl" and not layer_norm
 
     def _network(self):
         cfg, spec = self.cfg, self.spec
         activation = self.activation
         layer_norm = cfg.layer_norm or "layernorm" in self.mitigations
+        groups = self.norm_groups
         if cfg.network == "juliani-ash":
             return self._juliani_ash_network(activation, layer_norm)
         if not spec.discrete:
-            return ActorCritic(spec.action_dim, tuple(cfg.hidden_sizes), activation, layer_norm)
+            return ActorCritic(spec.action_dim, tuple(cfg.hidden_sizes), activation, layer_norm, groups)
         if not spec.is_image:
-            return DiscreteActorCritic(spec.action_dim, tuple(cfg.hidden_sizes), activation, layer_norm)
+            return DiscreteActorCritic(spec.action_dim, tuple(cfg.hidden_sizes), activation, layer_norm, groups)
         torso = cfg.cnn_torso if cfg.cnn_torso != "auto" else ("impala" if spec.family == "procgen" else "nature")
         if torso == "nature" and min(spec.obs_shape[:2]) < 36:  # else its dense layer gets 0 inputs
             side = f"{spec.obs_shape[0]}x{spec.obs_shape[1]}"
             raise ConfigError(f"--cnn-torso {cfg.cnn_torso}: images of {side} are too small for the Nature CNN's "
                               "convolutions (at least 36x36); use --cnn-torso impala, or a larger --grid-size (18)")
-        return CNNActorCritic(spec.action_dim, torso, activation, layer_norm)
+        return CNNActorCritic(spec.action_dim, torso, activation, layer_norm, groups)
 
     def _juliani_ash_network(self, activation: str, layer_norm: bool) -> JulianiAshActorCritic:
         """Juliani & Ash's actor-critic: their conv64 encoder on images (at least 16x16), else their MLP."""
@@ -324,7 +335,7 @@ class Agent:
                               "--grid-size)")
         encoder = "conv" if spec.is_image else "mlp"
         widths = tuple(self.cfg.hidden_sizes)
-        return JulianiAshActorCritic(spec.action_dim, encoder, widths, activation, layer_norm)
+        return JulianiAshActorCritic(spec.action_dim, encoder, widths, activation, layer_norm, self.norm_groups)
 
     def dummy_obs(self):
         return jnp.zeros((1,) + tuple(self.spec.obs_shape), jnp.float32 if self.normalize_obs else self.spec.obs_dtype)
@@ -499,6 +510,9 @@ class Agent:
             params, opt_state, surgery_state, switch, key, stopped = carry
             mb = jax.tree.map(lambda x: x[idx], batch)
             (_, (aux, acts)), grads = jax.value_and_grad(self.loss_and_activations, has_aux=True)(params, opt_state, mb)
+            if "sam" in self.mitigations:  # the gradient at theta + rho g / ||g|| (plastix.mitigations.sam)
+                loss = lambda p: ppo_loss(p, lambda q, o: self.forward(q, opt_state, o), mb, cfg, self.policy)[0]
+                grads = sam_gradient(loss, params, grads, cfg.sam.rho)
             updates, new_opt_state = tx.update(grads, opt_state, params)
             new_params = optax.apply_updates(params, updates)
             aux = dict(aux, **{"optim/grad_norm": optax.tree.norm(grads)})
@@ -602,10 +616,13 @@ class Agent:
             sample = jax.tree.map(lambda x: x[: min(cfg.diagnostics_batch, cfg.batch_size)], batch)
             loss_fn = lambda p: ppo_loss(p, lambda q, o: self.forward(q, state.opt_state, o), sample, cfg, self.policy)[0]
 
+            activity_obs = batch.obs[-min(cfg.activity_steps, cfg.batch_size):] if cfg.activity_steps > 0 else None
+            interference = self.interference(state, sample) if cfg.interference_samples > 0 else None
+
             def run(diag_state):
                 return diag.measure(state.params, self.forward_acts, loss_fn, sample.obs, self.activation, diag_state,
                                     tuple(cfg.dormant_taus), cfg.overlap_tau, cfg.zero_grad_eps, self.plain_mlp,
-                                    prev_params)
+                                    prev_params, activity_obs, interference)
 
             def skip(diag_state):
                 skipped_metrics, skipped_scores, _ = jax.eval_shape(run, diag_state)
@@ -619,6 +636,25 @@ class Agent:
             due = state.update % cfg.curvature_every == 0
             metrics.update(jax.lax.cond(due, measure_curvature, lambda: _nan_like(jax.eval_shape(measure_curvature))))
         return state, metrics, scores if cfg.save_neuron_scores else {}
+
+    def interference(self, state: TrainState, sample: Minibatch) -> tuple[Callable, Minibatch]:
+        """``(per_example_loss, examples)`` for the gradient-interference diagnostics: the first
+        ``interference_samples`` samples of the diagnostics sample, advantages normalised over them (a
+        one-sample minibatch would normalise its own advantage to 0), each example's PPO loss with
+        ``norm_adv`` off."""
+        cfg = self.cfg
+        size = min(cfg.interference_samples, sample.obs.shape[0])
+        examples = jax.tree.map(lambda x: x[:size], sample)
+        if cfg.norm_adv:
+            examples = examples.replace(advantage=normalize_advantages(
+                examples.advantage, examples.valid.astype(jnp.float32)))
+        one_cfg = dataclasses.replace(cfg, norm_adv=False)
+
+        def per_example_loss(params, example):
+            one = jax.tree.map(lambda x: x[None], example)
+            return ppo_loss(params, lambda q, o: self.forward(q, state.opt_state, o), one, one_cfg, self.policy)[0]
+
+        return per_example_loss, examples
 
     def curvature(self, state: TrainState, batch: Minibatch):
         """Largest and smallest Hessian eigenvalues (Lanczos: the PPO loss's Hessian is indefinite) and the

@@ -163,6 +163,12 @@ def gradient_cosine_matrix(
         ``[B, B]`` float matrix.
     """
     grads = jax.vmap(jax.grad(per_example_loss), in_axes=(None, 0))(params, batch)
+    return cosine_matrix(grads)
+
+
+def cosine_matrix(grads: Any) -> jax.Array:
+    """``[B, B]`` cosines between the ``B`` per-example gradients stacked on the leading axis of every leaf of
+    ``grads`` (``gradient_cosine_matrix``'s second half: the gradients flattened and concatenated)."""
     leaves = jax.tree_util.tree_leaves(grads)
     g = jnp.concatenate([leaf.reshape(leaf.shape[0], -1) for leaf in leaves], axis=1)
     norms = jnp.linalg.norm(g, axis=1)

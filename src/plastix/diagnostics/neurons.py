@@ -248,7 +248,7 @@ def dead_elements(acts: jax.Array, activation: str) -> jax.Array:
     - ``tanh``: ``|h| > 0.99`` (saturated, either sign).
     - ``sigmoid``: ``h < 0.01`` or ``h > 0.99`` (saturated, either side).
     - ``none`` (identity, the OCP paper's No-Act): a linear unit always passes gradient, so never dead
-      (J&A's code raises ``NotImplementedError`` here).
+      (J&A's code raises ``NotImplementedError`` here); ``dff`` (``[sin, cos]``) likewise.
     - ``gelu``, ``silu``, ``softplus`` (J&A's code raises here too): ``|h| < 0.01``, mirroring sigmoid's
       low-saturation threshold; on the negative tail this is where the slope is about 0.01 or less.
       Caveat: gelu/silu also have ``|h| < 0.01`` in a thin band ``|z| < ~0.02`` where the unit is not
@@ -265,7 +265,7 @@ def dead_elements(acts: jax.Array, activation: str) -> jax.Array:
         return jnp.abs(h) > SATURATION_THRESHOLD
     if activation == "sigmoid":
         return (h < SIGMOID_LOW_THRESHOLD) | (h > SATURATION_THRESHOLD)
-    if activation == "none":
+    if activation in ("none", "dff"):  # sin and cos (Plasticine's DFF) are never flat in both outputs
         return jnp.zeros_like(h, dtype=bool)
     if activation in ("gelu", "silu", "softplus"):
         return jnp.abs(h) < SMOOTH_DEAD_THRESHOLD

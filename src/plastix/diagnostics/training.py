@@ -19,6 +19,17 @@ Metric keys (``<net>`` is ``policy`` or ``value``, ``<layer>`` a hidden layer ``
 ``<net>/<layer>/overlap/zero_grad``          the same for zero-gradient sets (``layer`` target, eps)
 ``<net>/<layer>/overlap/dormant_zero_grad``  between the dormant and zero-gradient sets of this step
 ``<net>/<layer>/srank``, ``effective_rank``  of the layer's post-activation features on the batch
+``<net>/<layer>/numerical_rank``             singular values above numpy's ``matrix_rank`` tolerance
+``<net>/<layer>/feature_norm``               Plasticine's ``mean_b ||h_b||_2`` (``features``)
+``<net>/<layer>/feature_variance``           Plasticine's ``mean_b var_j(h_bj)`` (unbiased)
+``<net>/<layer>/unit_activity``              Dohare et al.'s activity (fraction of inputs with ``h > 0``)
+                                             over the last ``activity_obs`` (the rollout's last steps),
+                                             mean over units; ``inactive_units``: fraction <= 0.01
+``<net>/<layer or output>/weight/srank``     ranks of each kernel as a ``[fan_in, units]`` matrix
+                                             (also ``weight/effective_rank``, ``weight/numerical_rank``)
+``<net>/<layer>/grad_cosine``                gradient interference with ``interference``: mean
+                                             off-diagonal cosine of per-example loss gradients of the
+                                             layer (``model/grad_cosine``, ``model/grad_conflict``: all)
 ``<net>/<layer>/dead_units``                 Juliani & Ash's dead-unit fraction: dead *elements* over
                                              batch x units (``neurons.dead_units``)
 ``<net>/<layer>/dead_units_every_input``     fraction of units dead on every input of the batch
@@ -49,8 +60,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from plastix.diagnostics import neurons, rank
-from plastix.diagnostics.weights import params_rms, params_rms_distance, weight_stats
+from plastix.diagnostics import features, neurons, rank
+from plastix.diagnostics.weights import kernels, params_rms, params_rms_distance, weight_stats
 from plastix.nets import hidden_activations
 
 
@@ -150,6 +161,8 @@ def measure(
     zero_grad_eps: float,
     plain_mlp: bool = False,
     prev_params: Any = None,
+    activity_obs: jax.Array | None = None,
+    interference: tuple[Callable[[Any, Any], jax.Array], Any] | None = None,
 ) -> tuple[dict, dict, DiagnosticsState]:
     """All diagnostics of one measurement.
 
@@ -165,6 +178,9 @@ def measure(
             LayerNorm): the ``layer`` MAGI target is then computed layer by layer (``local_layer_magi``).
         prev_params: the parameters before this update (same structure as ``params``): adds the
             per-update change (``weight/update_*``, ``model/weight_diff``, ``model/update_rms``).
+        activity_obs: the observations of the last N steps: adds ``unit_activity`` and ``inactive_units``.
+        interference: ``(per_example_loss, examples)``: adds the ``grad_cosine`` keys
+            (``features.gradient_cosines``).
 
     Returns:
         ``(metrics {key: scalar}, neuron_scores {"<layer>/dormancy|magi_layer|magi_loss": [H]}, new state)``.
@@ -191,6 +207,9 @@ def measure(
         ranks = rank.rank_stats(post)
         metrics[f"{name}/srank"] = ranks["srank"]
         metrics[f"{name}/effective_rank"] = ranks["effective_rank"]
+        metrics[f"{name}/numerical_rank"] = ranks["numerical_rank"]
+        metrics[f"{name}/feature_norm"] = features.feature_norm(post)
+        metrics[f"{name}/feature_variance"] = features.feature_variance(post)
         metrics[f"{name}/dead_units"] = neurons.dead_units(post, activation)
         metrics[f"{name}/dead_units_every_input"] = neurons.dead_units_every_input(post, activation)
         metrics[f"{name}/active_units"] = neurons.active_units(post, activation)
@@ -220,6 +239,17 @@ def measure(
         for tau in dormant_taus:
             metrics[f"{net}/dormant_ratio@{tau:g}"] = neurons.dormant_ratio_from_scores(all_scores, tau)
     metrics.update(weight_stats(params, state.init_params, prev_params))
+    for path, kernel in kernels(params).items():
+        metrics.update({f"{path}/{k}": v for k, v in features.weight_rank_stats(kernel).items()})
+    if activity_obs is not None:
+        recent = forward_acts(params, activity_obs)
+        for name in layers:
+            activity = features.unit_activity(recent[name][1])
+            metrics[f"{name}/unit_activity"] = jnp.mean(activity)
+            metrics[f"{name}/inactive_units"] = features.inactive_units(activity)
+    if interference is not None:
+        per_example_loss, examples = interference
+        metrics.update(features.gradient_cosines(per_example_loss, params, examples, layer_params, layers))
     metrics.update(model_stats(params, state.init_params, prev_params))
     metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
     new_state = state.replace(prev_dormant=dormant_sets, prev_zero_grad=zero_grad_sets, has_prev=jnp.ones((), bool))

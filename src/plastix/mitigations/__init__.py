@@ -31,8 +31,14 @@ from exactly the network's own init (CleanRL's orthogonal init with each layer's
     )
     surgery_state = surgery.init(params, key)                  # carry it in the train state
 
+More transforms: ``w2_init`` (Juliani & Ash's Wasserstein regulariser) and ``parseval`` (Plasticine's
+Parseval penalty) are loss terms before the clip; ``trac`` wraps the base optimizer after the clip
+(``make_optimizer(wrap_base=...)``); ``sam`` changes the gradient itself (``sam.sam_gradient``, in the
+trainer). More surgeries: ``mix_reset`` (J&A's mix reset), ``nap`` (Normalize-and-Project's projection).
+
 **Network options**: ``"layernorm"`` -> ``ActorCritic(layer_norm=True)``, ``"crelu"`` ->
-``ActorCritic(activation="crelu")`` (plastix.nets); on the CNN actor-critic both act at every activation
+``ActorCritic(activation="crelu")``, ``"groupnorm"`` -> ``norm_groups=G``, ``"dff"`` -> ``activation="dff"``
+(plastix.nets); on the CNN actor-critic both act at every activation
 point of the torso (``plastix.nets.activation_point``).
 
 **Image networks.** The unit surgeries (ReDo, continual backprop, the OCP perturbation) treat a conv channel
@@ -96,7 +102,10 @@ from plastix.mitigations.injection import (
     trainable_mask,
     with_injection_heads,
 )
+from plastix.mitigations.juliani_ash import mix_reset, w2_init
 from plastix.mitigations.ocp import hidden_layer_magi, ocp_perturb
+from plastix.mitigations.plasticine import normalize_and_project, parseval, trac
+from plastix.mitigations.sam import sam_gradient
 from plastix.mitigations.optimizer_state import (
     ScaleByAdamGnTState,
     adam_states,
@@ -137,6 +146,12 @@ from plastix.mitigations.transforms import (
 )
 
 __all__ = [
+    "sam_gradient",
+    "trac",
+    "parseval",
+    "normalize_and_project",
+    "w2_init",
+    "mix_reset",
     "INJECTION_KEY",
     "MITIGATIONS",
     "NETWORK",

@@ -29,6 +29,8 @@ from plastix.mitigations import (
     scheduled,
     shrink_perturb,
 )
+from plastix.mitigations.juliani_ash import mix_reset, w2_init
+from plastix.mitigations.plasticine import normalize_and_project, parseval, trac
 from plastix.mitigations.optimizer_state import reset_adam_states
 from plastix.suggest import did_you_mean
 from plastix.mitigations.surgery import Surgery, stateless_init
@@ -42,7 +44,8 @@ from plastix.mitigations.transforms import (
     weight_clipping,
 )
 
-NETWORK_OPTIONS = ("layernorm", "crelu")
+NETWORK_OPTIONS = ("layernorm", "crelu", "groupnorm", "dff")
+ONCE_PER_UPDATE = ("nap",)  # surgeries whose every=None means once per PPO update (not never)
 
 
 def parse_mitigations(text: str) -> tuple[str, ...]:
@@ -92,6 +95,8 @@ def check(cfg: Any, image: bool | None = None) -> tuple[str, ...]:
                          f"allowed: {', '.join(BOUND_METHODS)}")
     if image:
         _check_cnn(cfg, names)
+    if "groupnorm" in names:
+        _check_groups(cfg, image)
     for name in names:
         _check_fires(cfg, name)
     return names
@@ -106,7 +111,7 @@ def _check_fires(cfg: Any, name: str) -> None:
         return
     if opts.every is not None and opts.every < 1:
         raise ValueError(f"{flag}.every: must be >= 1 gradient steps, got {opts.every}")
-    if opts.every is not None:
+    if opts.every is not None or name in ONCE_PER_UPDATE:
         return
     if not getattr(opts, "at_switch", False):
         raise ValueError(f"{flag}.every: {name} would never fire; give {flag}.every N or {flag}.at-switch")
@@ -150,10 +155,10 @@ def _check_cnn(cfg: Any, names: tuple[str, ...]) -> None:
     ``crelu``, ``layernorm``, ``--layer-norm`` or an ``--activation`` other than relu."""
     if "injection" not in names or cfg.injection.head_layers != 2:
         return
-    changed = [n for n in ("crelu", "layernorm") if n in names]
+    changed = [n for n in NETWORK_OPTIONS if n in names]
     if cfg.layer_norm and "layernorm" not in names:
         changed.append("--layer-norm")
-    if cfg.activation not in ("relu", "crelu" if "crelu" in names else "relu"):
+    if cfg.activation not in ("relu", "crelu" if "crelu" in names else "dff" if "dff" in names else "relu"):
         changed.append(f"--activation {cfg.activation}")
     if changed:
         raise ValueError(
@@ -161,6 +166,20 @@ def _check_cnn(cfg: Any, names: tuple[str, ...]) -> None:
             "on the CNN actor-critic: the injected head re-runs the torso's final dense layer with a plain ReLU "
             "and no LayerNorm; use --injection.head-layers 1 (the output layers only)"
         )
+
+
+def _check_groups(cfg: Any, image: bool) -> None:
+    """``--groupnorm.groups`` divides every hidden width (and, on the CNNs, 16: every channel count plastix's
+    torsos use is a multiple of 16), and ``groupnorm`` is not also ``--layer-norm``."""
+    groups = cfg.groupnorm.groups
+    if cfg.layer_norm:
+        raise ValueError("--mitigations: 'groupnorm' conflicts with --layer-norm: both normalise before the activation")
+    widths = (16,) if image else ()
+    widths += tuple(cfg.hidden_sizes) if (not image or cfg.network == "juliani-ash") else ()
+    bad = [w for w in widths if w % groups]
+    if bad:
+        raise ValueError(f"--groupnorm.groups: {groups} does not divide the layer widths {bad} (hidden sizes "
+                         f"{tuple(cfg.hidden_sizes)}{'; CNN channels are multiples of 16' if image else ''})")
 
 
 def build_optimizer(cfg: Any, names: tuple[str, ...], init_fn: Callable, learning_rate) -> optax.GradientTransformation:
@@ -176,6 +195,10 @@ def build_optimizer(cfg: Any, names: tuple[str, ...], init_fn: Callable, learnin
     if "l2_init" in names:
         penalty = l2_init(cfg.l2_init.lam, cfg.l2_init.form)
         (loss_transforms if cfg.l2_init.before_clip else gradient_transforms).append(penalty)
+    if "w2_init" in names:
+        (loss_transforms if cfg.w2_init.before_clip else gradient_transforms).append(w2_init(cfg.w2_init.lam))
+    if "parseval" in names:  # Plasticine adds it to the loss: before the clip
+        loss_transforms.append(parseval(cfg.parseval.lam, cfg.parseval.s))
     parameter_transforms = []
     if "soft_sp" in names:
         parameter_transforms.append(soft_shrink_perturb(init_fn, 0, cfg.soft_sp.lam, cfg.soft_sp.sigma))
@@ -198,6 +221,7 @@ def build_optimizer(cfg: Any, names: tuple[str, ...], init_fn: Callable, learnin
         parameter_transforms=parameter_transforms,
         final_transforms=final_transforms,
         per_element_count="cbp" in names and cfg.cbp.adam_gnt,
+        wrap_base=(lambda base: trac(base, s_prev=cfg.trac.s_prev, eps=cfg.trac.eps)) if "trac" in names else None,
     )
 
 
@@ -236,6 +260,11 @@ def build_surgery(cfg: Any, names: tuple[str, ...], init_fn: Callable):
         add("redo", redo(init_fn, opts.tau, opts.fraction, opts.score, opts.start, opts.end))
     if "reset" in names:
         add("reset", reset_layers(init_fn, cfg.reset.layers))
+    if "nap" in names:  # Plasticine: after each rollout, i.e. once per update unless --nap.every
+        every = cfg.nap.every or cfg.update_epochs * cfg.num_minibatches
+        parts.append(scheduled(normalize_and_project(), every=every, at_switch=cfg.nap.at_switch, name="nap"))
+    if "mix_reset" in names:
+        add("mix_reset", mix_reset(init_fn, cfg.mix_reset.fraction))
     if "shrink_perturb" in names:
         add("shrink_perturb", shrink_perturb(init_fn, cfg.shrink_perturb.lam, cfg.shrink_perturb.sigma))
     if "adam_reset" in names:

@@ -129,6 +129,66 @@ class OCPPerturbOptions:
 
 
 @dataclasses.dataclass(frozen=True)
+class W2InitOptions:
+    """W2-init: Wasserstein regulariser toward the initial weight distributions (``juliani_ash.w2_init``)."""
+
+    lam: float = 0.01  # Juliani & Ash's hyperparams.yaml (w2-init: model.w2_init 0.01)
+    before_clip: bool = True  # their loss term: its gradient joins the loss gradient before the clip
+
+
+@dataclasses.dataclass(frozen=True)
+class MixResetOptions:
+    """Juliani & Ash's "mix" reset (``juliani_ash.mix_reset``)."""
+
+    fraction: float = 0.5  # mix_factor: probability that an entry takes its fresh value (no default there)
+    every: int | None = None
+    at_switch: bool = True  # their model.adapt() at every shift
+
+
+@dataclasses.dataclass(frozen=True)
+class SAMOptions:
+    """Sharpness-aware minimisation (``plastix.mitigations.sam``)."""
+
+    rho: float = 0.05  # Foret et al. 2021's neighbourhood radius (their default)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsevalOptions:
+    """Parseval regularisation of every hidden Dense kernel (``plasticine.parseval``)."""
+
+    lam: float = 1e-3  # Plasticine's PRLinear lambda_reg
+    s: float = 1.0  # target scale of W W^T
+
+
+@dataclasses.dataclass(frozen=True)
+class TRACOptions:
+    """TRAC around the agent's Adam (``plasticine.trac``); Plasticine's ``start_trac`` defaults."""
+
+    s_prev: float = 1e-8
+    eps: float = 1e-8
+
+
+@dataclasses.dataclass(frozen=True)
+class NaPOptions:
+    """Normalize-and-Project's projection of every weight to its initial norm (``plasticine.normalize_and_project``)."""
+
+    every: int | None = None  # None: once per PPO update (Plasticine: after each rollout); else gradient steps
+    at_switch: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupNormOptions:
+    """GroupNorm before each hidden activation (``plastix.nets.hidden_norm``), Juliani & Ash's ``GroupNorm(groups, C)``."""
+
+    groups: int = 1  # their GnReLU / map_activation default
+
+
+@dataclasses.dataclass(frozen=True)
+class DFFOptions:
+    """Deep Fourier features: hidden activation ``[sin(x), cos(x)]`` (``plastix.nets``, Plasticine's DFF)."""
+
+
+@dataclasses.dataclass(frozen=True)
 class LayerNormOptions:
     """LayerNorm after each hidden Dense (``plastix.nets.ActorCritic(layer_norm=True)``)."""
 
@@ -152,7 +212,13 @@ MITIGATIONS: dict[str, MitigationSpec] = {
     "l2_init": MitigationSpec(TRANSFORM, L2InitOptions(), "transforms.l2_init"),
     "weight_clip": MitigationSpec(TRANSFORM, WeightClipOptions(), "transforms.weight_clipping"),
     "soft_sp": MitigationSpec(TRANSFORM, SoftShrinkPerturbOptions(), "transforms.soft_shrink_perturb"),
+    "w2_init": MitigationSpec(TRANSFORM, W2InitOptions(), "juliani_ash.w2_init"),
+    "sam": MitigationSpec(TRANSFORM, SAMOptions(), "sam.sam_gradient (in the trainer's gradient step)"),
+    "parseval": MitigationSpec(TRANSFORM, ParsevalOptions(), "plasticine.parseval"),
+    "trac": MitigationSpec(TRANSFORM, TRACOptions(), "plasticine.trac (wraps the optimizer after the clip)"),
     "shrink_perturb": MitigationSpec(SURGERY, ShrinkPerturbOptions(), "reset.shrink_perturb"),
+    "nap": MitigationSpec(SURGERY, NaPOptions(), "plasticine.normalize_and_project"),
+    "mix_reset": MitigationSpec(SURGERY, MixResetOptions(), "juliani_ash.mix_reset"),
     "redo": MitigationSpec(SURGERY, ReDoOptions(), "redo.redo"),
     "reset": MitigationSpec(SURGERY, ResetOptions(), "reset.reset_layers"),
     "cbp": MitigationSpec(SURGERY, CBPOptions(), "cbp.continual_backprop"),
@@ -161,6 +227,8 @@ MITIGATIONS: dict[str, MitigationSpec] = {
     "ocp_perturb": MitigationSpec(SURGERY, OCPPerturbOptions(), "ocp.ocp_perturb"),
     "layernorm": MitigationSpec(NETWORK, LayerNormOptions(), "plastix.nets (layer_norm=True)"),
     "crelu": MitigationSpec(NETWORK, CReLUOptions(), "plastix.nets (activation='crelu')"),
+    "groupnorm": MitigationSpec(NETWORK, GroupNormOptions(), "plastix.nets (norm_groups=G)"),
+    "dff": MitigationSpec(NETWORK, DFFOptions(), "plastix.nets (activation='dff')"),
 }
 """Every mitigation by name: ``MITIGATIONS[name].kind`` and ``.options`` (a frozen dataclass of defaults;
 override with ``dataclasses.replace``)."""
@@ -227,6 +295,24 @@ def check_compatible(
                          f"got {_options('l2_init', options).form!r}")
     if "redo" in seen:
         _check_redo(_options("redo", options))
+    if "w2_init" in seen and _options("w2_init", options).lam < 0:
+        raise ValueError(f"--w2-init.lam must be >= 0, got {_options('w2_init', options).lam}")
+    if "mix_reset" in seen and not 0 <= _options("mix_reset", options).fraction <= 1:
+        raise ValueError(f"--mix-reset.fraction must be in [0, 1], got {_options('mix_reset', options).fraction}")
+    if "parseval" in seen and (_options("parseval", options).lam < 0 or _options("parseval", options).s <= 0):
+        raise ValueError("--parseval.lam must be >= 0 and --parseval.s > 0, got "
+                         f"{_options('parseval', options).lam}, {_options('parseval', options).s}")
+    if "trac" in seen and not (_options("trac", options).s_prev > 0 and _options("trac", options).eps > 0):
+        raise ValueError("--trac.s-prev and --trac.eps must be > 0")
+    if "groupnorm" in seen and _options("groupnorm", options).groups < 1:
+        raise ValueError(f"--groupnorm.groups must be >= 1, got {_options('groupnorm', options).groups}")
+    for a, b in (("groupnorm", "layernorm"), ("dff", "crelu")):
+        if a in seen and b in seen:
+            raise ValueError(f"'{a}' conflicts with '{b}': both set the same part of the network")
+    if "dff" in seen and activation not in (None, "relu", "dff"):
+        raise ValueError(f"'dff' conflicts with activation={activation!r}: DFF replaces the hidden activation")
+    if "sam" in seen and not _options("sam", options).rho > 0:
+        raise ValueError(f"--sam.rho must be > 0, got {_options('sam', options).rho}")
     if "cbp" in seen:
         _check_cbp(_options("cbp", options))
     if "reset" in seen and "injection" in seen:

@@ -248,6 +248,7 @@ def make_optimizer(
     parameter_transforms: Sequence[optax.GradientTransformation] = (),
     final_transforms: Sequence[optax.GradientTransformation] = (),
     per_element_count: bool = False,
+    wrap_base: Callable[[optax.GradientTransformation], optax.GradientTransformation] | None = None,
 ) -> optax.GradientTransformation:
     """Adam with the per-update mitigations in their right places.
 
@@ -277,12 +278,15 @@ def make_optimizer(
       final_transforms: masks that must see the very last update (``injection_freeze``).
       per_element_count: Adam with a step count per parameter element (``scale_by_adam_gnt``, Dohare et
         al.'s AdamGnT, for continual backprop) instead of ``optax.scale_by_adam``.
+      wrap_base: wraps the base optimizer, the part from the coupled L2 to the learning-rate scale (it sees
+        the clipped gradient), e.g. ``plasticine.trac``; parameter and final transforms stay outside.
     """
     if weight_decay_mode not in ("coupled", "decoupled"):
         raise ValueError(f"weight_decay_mode must be 'coupled' or 'decoupled', got {weight_decay_mode!r}")
-    parts: list[optax.GradientTransformation] = list(loss_transforms)
+    head: list[optax.GradientTransformation] = list(loss_transforms)
     if max_grad_norm is not None:
-        parts.append(optax.clip_by_global_norm(max_grad_norm))
+        head.append(optax.clip_by_global_norm(max_grad_norm))
+    parts: list[optax.GradientTransformation] = []
     if weight_decay and weight_decay_mode == "coupled":
         parts.append(l2(weight_decay))
     parts.extend(gradient_transforms)
@@ -291,6 +295,6 @@ def make_optimizer(
     if weight_decay and weight_decay_mode == "decoupled":
         parts.append(decoupled_weight_decay(weight_decay))
     parts.append(optax.scale_by_learning_rate(learning_rate))
-    parts.extend(parameter_transforms)
-    parts.extend(final_transforms)
-    return optax.chain(*parts)
+    if wrap_base is not None:
+        parts = [wrap_base(optax.chain(*parts))]
+    return optax.chain(*head, *parts, *parameter_transforms, *final_transforms)
