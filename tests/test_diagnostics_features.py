@@ -70,3 +70,16 @@ def test_new_metrics_leave_the_other_diagnostics_unchanged():
     assert "policy/layer_1/grad_cosine" in extra and "value/layer_2/grad_cosine" in extra
     assert "policy/layer_1/weight/numerical_rank" in base
     assert layer_params(params, "policy/layer_1") is not None
+
+
+def test_metric_options_are_range_checked():
+    import dataclasses
+
+    import pytest
+
+    from plastix.config import ConfigError, TrainConfig, validate
+
+    with pytest.raises(ConfigError, match="--interference-samples"):
+        validate(dataclasses.replace(TrainConfig(), interference_samples=1), check_env=False)
+    with pytest.raises(ConfigError, match="--activity-steps"):
+        validate(dataclasses.replace(TrainConfig(), activity_steps=-1), check_env=False)

@@ -10,12 +10,21 @@ Plasticity probes (Eq. 15 regression, random-target fitting) live in ``plastix.p
 """
 
 from plastix.diagnostics.curvature import (
+    cosine_matrix,
     gradient_cosine_matrix,
     hessian_eigenvalue_range,
     hessian_min_eigenvalue,
     hessian_top_eigenvalue,
     hessian_trace,
     hvp,
+)
+from plastix.diagnostics.features import (
+    feature_norm,
+    feature_variance,
+    gradient_cosines,
+    inactive_units,
+    unit_activity,
+    weight_rank_stats,
 )
 from plastix.diagnostics.neurons import (
     active_units,
@@ -46,6 +55,13 @@ from plastix.diagnostics.rank import (
 from plastix.diagnostics.weights import kernel_stats, kernels, params_rms, params_rms_distance, weight_stats
 
 __all__ = [
+    "weight_rank_stats",
+    "unit_activity",
+    "inactive_units",
+    "gradient_cosines",
+    "feature_variance",
+    "feature_norm",
+    "cosine_matrix",
     "active_units",
     "dead_elements",
     "dead_units",
