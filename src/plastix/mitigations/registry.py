@@ -259,7 +259,10 @@ def check_compatible(
     * ``crelu`` with an ``activation`` other than ``"relu"``/``"crelu"``: CReLU *is* the activation
       (``[relu(x), relu(-x)]``), it cannot also be tanh or the OCP paper's identity ("none");
     * ``layernorm`` with ``activation="none"``: the network would no longer be the No-Act (linear) network
-      it is meant to study (LayerNorm is nonlinear).
+      it is meant to study (LayerNorm is nonlinear);
+    * ``groupnorm`` with ``layernorm`` (both the normalisation before the activation), ``dff`` with ``crelu``
+      or with an ``activation`` other than ``"relu"``/``"dff"`` (DFF *is* the activation);
+    * options out of range (ReDo's fraction, score and window, CBP's utility, ...), naming the flag.
 
     Args:
       names: mitigation names (keys of ``MITIGATIONS``).
