@@ -135,6 +135,8 @@ analyses = ["return"]
 [base]
 env_id = "GridWorld-v0"
 activation = "relu"
+rounds = 2
+shift = "permute"
 [arms]
 redo_fraction = { mitigations = "redo", redo = { fraction = 0.3, score = "redo_inverted", every = 1000, end = 100000 } }
 cbp_weight = { mitigations = "cbp", cbp = { utility = "weight" } }
