@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from plastix.mitigations import adam_states
 from plastix.mitigations.juliani_ash import mix_reset, w2_init
@@ -98,6 +99,7 @@ def _tiny_run(tmp_path, **changes):
     return lambda key: df[df.key == key].value.sum()
 
 
+@pytest.mark.slow  # one compile of ten mitigations: 1184 s on the 2 shared cores at load 35 (passes)
 def test_every_new_method_composes_with_the_others_in_one_training_run(tmp_path):
     """Issue 16's methods together in one `plastix train` run (two rounds, a permute shift), beside ReDo's
     scheduled fraction, a CBP utility type and the new diagnostics."""
