@@ -47,6 +47,9 @@ class ConfigError(ValueError):
 class ESOptions:
     """OpenAI-ES (``--optimizer es``; ``plastix.algos.es``). Defaults: Salimans et al. 2017."""
 
+    strategy: Literal["openai", "cma_es", "snes", "pgpe"] = "openai"
+    """openai (plastix's OpenAI-ES), or evosax's cma_es, snes, pgpe through the same population interface
+    (`pip install 'plastix[evosax]'`)"""
     popsize: int = 64
     """population size (even: mirrored pairs)"""
     sigma: float = 0.02

@@ -256,6 +256,9 @@ class ESConfig:
     """comma-separated integer seeds trained together in one process (vmapped), e.g. `0,1,2,3`"""
     total_timesteps: int = 20_000_000
     """env steps per seed consumed by the population (popsize * episode_steps per generation)"""
+    strategy: str = "openai"
+    """the search strategy: openai (this module's OpenAI-ES), or evosax's cma_es, snes, pgpe
+    (``plastix.algos.es_strategies``)"""
     popsize: int = 64
     """population size (even: popsize / 2 antithetic pairs)"""
     sigma: float = 0.02
@@ -356,6 +359,9 @@ class ESConfig:
             raise ValueError(f"--activation: unknown activation {self.activation!r}; allowed: {', '.join(ACTIVATIONS)}")
         if self.popsize < 2 or self.popsize % 2:
             raise ValueError(f"--popsize: must be an even number >= 2 (antithetic pairs), got {self.popsize}")
+        from plastix.algos.es_strategies import check_strategy
+
+        check_strategy(self.strategy, self.learning_rate, ESConfig.learning_rate)
         for name in ("sigma", "learning_rate", "episode_steps", "obs_clip", "log_every", "diagnostics_batch"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')}: must be positive, got {getattr(self, name)}")
@@ -387,6 +393,15 @@ class ESConfig:
                 f"{option}: {self.round_steps} env steps per round is less than one generation "
                 f"(popsize * episode_steps = {self.steps_per_generation})"
             )
+
+
+def _ask_tell(strategy: str) -> tuple[Callable, Callable]:
+    """``(ask, tell)`` of ``--es.strategy``: ``es_ask``/``es_tell``, or evosax's through ``es_strategies``."""
+    if strategy == "openai":
+        return es_ask, es_tell
+    from plastix.algos.es_strategies import strategy_ask, strategy_tell
+
+    return strategy_ask, strategy_tell
 
 
 def es_config_from_train_config(train_cfg: Any, **es_options: Any) -> ESConfig:
@@ -538,7 +553,12 @@ class ESTrainer:
         params = self.net.init(init_key, jnp.zeros((1, self.obs_dim), jnp.float32))["params"]
         flat, _ = ravel_pytree(params)
         cfg = self.cfg
-        es = es_init(flat, cfg.popsize, cfg.sigma, cfg.learning_rate, cfg.weight_decay)
+        if cfg.strategy == "openai":
+            es = es_init(flat, cfg.popsize, cfg.sigma, cfg.learning_rate, cfg.weight_decay)
+        else:  # evosax's CMA-ES / SNES / PGPE, with the same ask / tell interface
+            from plastix.algos.es_strategies import strategy_init
+
+            es = strategy_init(cfg.strategy, flat, cfg.popsize, cfg.sigma, cfg.learning_rate, cfg.weight_decay)
         obs_rms = nz.rms_update(nz.rms_init((self.obs_dim,)), raw_obs)
         tree = {"policy": params}
         return ESRunState(es, obs_rms, diag.diagnostics_init(tree, self.layer_shapes(tree)), run_key)
@@ -558,7 +578,8 @@ class ESTrainer:
         cfg = self.cfg
         gen_keys = jax.vmap(jax.random.fold_in)(state.key, state.es.generation)
         ask_keys, sample_keys, diag_keys = jnp.moveaxis(jax.vmap(lambda k: jax.random.split(k, 3))(gen_keys), 1, 0)
-        population, noise = jax.vmap(es_ask)(state.es, ask_keys)
+        ask, tell = _ask_tell(cfg.strategy)
+        population, noise = jax.vmap(ask)(state.es, ask_keys)
         members = jnp.concatenate([population, state.es.mean[:, None]], axis=1) if cfg.eval_mean_policy else population
         m = members.shape[1]
         sample_members = jax.vmap(
@@ -567,7 +588,7 @@ class ESTrainer:
         handle, ro = rollout(self.policy_fn, pool_step, members, state.obs_rms, raw_obs, handle, sample_members,
                              cfg.obs_clip, cfg.normalize_obs, self.action_low, self.action_high)
         pop_returns = ro.returns[:, : cfg.popsize]
-        es, es_metrics = jax.vmap(es_tell)(state.es, noise, pop_returns.astype(jnp.float32))
+        es, es_metrics = jax.vmap(tell)(state.es, noise, pop_returns.astype(jnp.float32))
         metrics = dict(es_metrics)
         metrics["return/mean"] = jnp.mean(pop_returns, axis=1)
         metrics["return/max"] = jnp.max(pop_returns, axis=1)
