@@ -102,6 +102,7 @@ def connect(folder: str | Path):
     rows = [{"run": name, **{f: _scalar(spec["values"].get(f)) for f in fields},
              "seeds": ",".join(map(str, spec["seeds"]))} for name, spec in specs.items()]
     con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")  # no bar on stderr from a long scan (the report, a query)
     con.register("runs_frame", pd.DataFrame(rows, columns=["run", *fields, "seeds"]))
     con.execute("CREATE TABLE runs AS SELECT * FROM runs_frame")
     con.unregister("runs_frame")

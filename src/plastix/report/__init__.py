@@ -42,13 +42,22 @@ How to add an analysis (one new file; nothing else to edit):
                 return
             panels = [("my/key", variant_lines(frame, "my/key", run_labels))]
             sec.figure("my_analysis", "My key (mean over seeds, 95% bootstrap band)",
-                       lambda path: curves_figure(path, panels, "value"))
+                       lambda path: curves_figure(path, panels, "value", colors=sec.colors,
+                                                  round_ends=sec.round_ends))
             sec.verdict("What the paper says", "yes, ...")        # optional: a computed verdict
             sec.table(some_frame, "caption")                      # optional: a table
 
-    ``sec`` (a ``page.Section``) collects figures, tables, verdicts and what is missing. An analysis of a
-    probe's own result file (like ``task_switch``) passes ``read=`` and ``finals=`` to the decorator and
-    is called as ``draw(sec, rows, exp)``; see ``registry.Analysis``.
+    ``sec`` (a ``page.Section``) collects figures, tables, verdicts and what is missing; ``sec.colors`` is
+    the report's colour of every variant (by legend label and run name: pass it to every figure of
+    variants, so that a variant keeps one colour across the page) and ``sec.round_ends`` the env steps at
+    which rounds end (per-step figures mark them). An analysis of a probe's own result file (like
+    ``task_switch``) passes ``read=`` and ``finals=`` to the decorator and is called as
+    ``draw(sec, rows, exp)``; ``single_run=False`` keeps an analysis that needs several variants off the
+    page of one run folder (``plastix report RUN``). See ``registry.Analysis``.
+
+Colours: ``figures.color_map`` gives every run of the page a colour in the order of the sorted run names;
+figures pick from it (``figures.pick_colors``), so a variant has one colour and one legend label in every
+figure of a report.
 """
 
 from plastix.report import analyses as _analyses  # noqa: F401  (registers every analysis)

@@ -124,6 +124,22 @@ def run_manifest(run_dir: Path) -> dict:
     return {"experiments": {name: exp}, "runs": {name: {"values": values, "seeds": seeds}}}
 
 
+def read_rows(con, runs: list[str]) -> pd.DataFrame:
+    """Every metric row of ``runs`` (``run, seed, update, env_step, key, value``), sorted, in one read of
+    their Parquet parts: experiments that share runs (``ocp-fig1``, ``ocp-weights``, ...) are read once,
+    not once per experiment."""
+    return con.execute("SELECT run, seed, \"update\", env_step, \"key\", value FROM metrics WHERE run IN "
+                       "(SELECT unnest(?::VARCHAR[])) ORDER BY run, seed, \"update\", \"key\"",
+                       [sorted(set(runs))]).df()
+
+
+def rows_of(rows: pd.DataFrame, runs: list[str]) -> pd.DataFrame:
+    """The rows of ``runs`` (all of ``rows`` without a copy when they are every run it holds)."""
+    if rows.empty or set(rows.run.unique()) <= set(runs):
+        return rows
+    return rows[rows.run.isin(runs)].reset_index(drop=True)
+
+
 def build_report(folder: str | Path, out_dir: str | Path | None = None) -> Path:
     """Write ``index.html`` and its PNGs to ``out_dir`` (default ``FOLDER/report``); return the page's path.
 
@@ -146,13 +162,13 @@ def build_report(folder: str | Path, out_dir: str | Path | None = None) -> Path:
         old.unlink()
     run_colors = color_map(manifest["runs"])  # one colour per run across every figure of the page
     con = connect(folder)
+    every_row = read_rows(con, [r for exp in manifest["experiments"].values() for r in exp["runs"]])
     sections = []
     for name, exp in manifest["experiments"].items():
         runs = exp["runs"]
         run_values = {r: manifest["runs"][r]["values"] for r in runs if r in manifest["runs"]}
         run_labels = short_labels(runs, run_values)
-        frame = con.execute("SELECT run, seed, \"update\", env_step, \"key\", value FROM metrics WHERE run IN "
-                            "(SELECT unnest(?::VARCHAR[])) ORDER BY run, seed, \"update\", \"key\"", [runs]).df()
+        frame = rows_of(every_row, runs)
         sec = Section(out_dir, slug(name), colors=section_colors(run_colors, run_labels), round_ends=round_ends(frame))
         probe = probe_name(exp)
         probes = {probe: ANALYSES[probe].read(folder, name)} if probe else {}

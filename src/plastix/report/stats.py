@@ -52,8 +52,17 @@ def stratified_bootstrap_ci(
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(reps, n, scores.shape[1]))
     samples = np.take_along_axis(scores[None], idx, axis=1)
-    stats = np.array([statistic(s) for s in samples])
+    stats = iqm_rows(samples) if statistic is iqm else np.array([statistic(s) for s in samples])
     return point, float(np.quantile(stats, alpha / 2)), float(np.quantile(stats, 1 - alpha / 2))
+
+
+def iqm_rows(samples: np.ndarray) -> np.ndarray:
+    """``iqm`` of every replicate ``samples[i]`` at once (sort each flattened replicate, average the middle
+    50%), instead of a Python loop over the 2,000 replicates of every table cell."""
+    x = np.sort(samples.reshape(len(samples), -1), axis=1)
+    n = x.shape[1]
+    cut = int(0.25 * n)
+    return x[:, cut : n - cut].mean(axis=1)  # the same pairwise sums as iqm's per row: bit-identical
 
 
 def bootstrap_ci(values: np.ndarray, reps: int = BOOTSTRAP_REPS, alpha: float = 0.05, seed: int = 0):
@@ -73,7 +82,28 @@ def bootstrap_ci(values: np.ndarray, reps: int = BOOTSTRAP_REPS, alpha: float = 
         rng = np.random.default_rng(seed)
         idx = rng.integers(0, n, size=(reps, n))
         boot = np.nanmean(values[idx], axis=1)  # [reps, points]
-        return mean, np.nanquantile(boot, alpha / 2, axis=0), np.nanquantile(boot, 1 - alpha / 2, axis=0)
+        return mean, nanquantile_columns(boot, alpha / 2), nanquantile_columns(boot, 1 - alpha / 2)
+
+
+def nanquantile_columns(a: np.ndarray, q: float) -> np.ndarray:
+    """``np.nanquantile(a, q, axis=0)`` (its default linear method, bit for bit) in one vectorised pass:
+    numpy's version loops over columns in Python (``apply_along_axis``), which dominated the report's time.
+
+    Per column with ``m`` finite values sorted ``v``: ``pos = q (m - 1)``, ``t = pos - floor(pos)``, and
+    ``v[floor] + (v[ceil] - v[floor]) t`` (``v[ceil] - (v[ceil] - v[floor]) (1 - t)`` when ``t >= 0.5``,
+    as numpy's ``_lerp``); NaN for a column without values.
+    """
+    a = np.sort(np.asarray(a, np.float64), axis=0)  # NaNs sort last
+    m = (~np.isnan(a)).sum(axis=0)
+    pos = q * (np.maximum(m, 1) - 1)
+    lo = np.floor(pos).astype(np.intp)
+    hi = np.minimum(lo + 1, np.maximum(m - 1, 0))
+    below = np.take_along_axis(a, lo[None], axis=0)[0]
+    above = np.take_along_axis(a, hi[None], axis=0)[0]
+    t = pos - lo
+    diff = above - below
+    out = np.where(t >= 0.5, above - diff * (1 - t), below + diff * t)
+    return np.where(m > 0, out, np.nan)
 
 
 class _quiet:
@@ -94,17 +124,29 @@ def binned_curves(frame: pd.DataFrame, bins: int = CURVE_BINS) -> tuple[np.ndarr
     When a key has more measurements than ``bins``, steps are grouped into ``bins`` equal-width bins of
     env steps and averaged per seed (episodic returns arrive at different updates in different seeds).
     """
-    steps = np.sort(frame.env_step.unique())
+    env_step = frame.env_step.to_numpy()
+    steps = np.unique(env_step)
     if len(steps) <= bins:
-        wide = frame.pivot_table(index="seed", columns="env_step", values="value", aggfunc="mean")
-        return wide.columns.to_numpy(np.float64), wide.to_numpy(np.float64)
+        return steps.astype(np.float64), _mean_table(frame.seed.to_numpy(), np.searchsorted(steps, env_step),
+                                                     frame.value.to_numpy(), len(steps))
     edges = np.linspace(steps.min(), steps.max(), bins + 1)
-    b = np.clip(np.searchsorted(edges, frame.env_step.to_numpy(), side="right") - 1, 0, bins - 1)
-    wide = frame.assign(bin=b).pivot_table(index="seed", columns="bin", values="value", aggfunc="mean")
-    wide = wide.reindex(columns=range(bins))
+    b = np.clip(np.searchsorted(edges, env_step, side="right") - 1, 0, bins - 1)
+    wide = _mean_table(frame.seed.to_numpy(), b, frame.value.to_numpy(), bins)
     centers = (edges[:-1] + edges[1:]) / 2
-    keep = ~np.all(np.isnan(wide.to_numpy()), axis=0)
-    return centers[keep], wide.to_numpy(np.float64)[:, keep]
+    keep = ~np.all(np.isnan(wide), axis=0)
+    return centers[keep], wide[:, keep]
+
+
+def _mean_table(seeds: np.ndarray, columns: np.ndarray, values: np.ndarray, ncols: int) -> np.ndarray:
+    """``[distinct seeds (sorted), ncols]``: the mean of ``values`` per (seed, column), NaN where none
+    (``pivot_table(index="seed", columns=..., aggfunc="mean")`` without pandas' per-call overhead)."""
+    rows_of, rows = np.unique(seeds, return_inverse=True)
+    sums = np.zeros((len(rows_of), ncols))
+    counts = np.zeros((len(rows_of), ncols))
+    np.add.at(sums, (rows, columns), np.asarray(values, np.float64))
+    np.add.at(counts, (rows, columns), 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / counts, np.nan)
 
 
 def final_count(n):
