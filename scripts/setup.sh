@@ -27,5 +27,10 @@ STAMP=.venv/.plastix-installed
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   echo "[setup] pip install -e .[test]"
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+  # The `jaxenvs` extra's packages, without their pins: gymnax 1.0.1 asks for gymnasium < 1.4 (for wrappers
+  # plastix does not use), which would downgrade the gymnasium the CleanRL parity tests run; it also imports
+  # six, seaborn and dotmap without declaring them. With these, the gymnax/Craftax tests run instead of skipping.
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
+    gymnax==1.0.1 craftax==1.6.1 six imageio seaborn dotmap
   touch "$STAMP"
 fi
