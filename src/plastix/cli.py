@@ -64,7 +64,7 @@ def parse_train_args(argv: list[str]):
     from plastix.config import canonical, preset_config
 
     argv = _map_anneal_lr(list(argv))
-    default = preset_config(_preset_from_argv(argv))
+    default = _resume_default(argv) or preset_config(_preset_from_argv(argv))
     return canonical(tyro.cli(type(default), default=default, args=argv, prog="plastix train"))
 
 
@@ -78,6 +78,26 @@ SWEEP_CHECKED = "--sweep-checked"
 """First argument of the trainers a sweep starts (``plastix.runner.train_command``): their flags spell out
 every option of the run's config, so "given but ignored" is judged once, on the experiment file's own keys
 (``plastix.experiments``), not on each trainer's flags."""
+
+
+def _resume_default(argv: list[str]):
+    """With ``--resume RUN``, the run's saved config (so the flags given are exactly the options that
+    differ from it: ``training.check_resume`` refuses those that do not extend the run); else None."""
+    import dataclasses
+
+    from plastix.config import ConfigError, preset_config
+    from plastix.training import saved_config
+
+    run_dir = _flag_value(argv, "--resume")
+    if run_dir is None:
+        return None
+    saved = saved_config(run_dir)
+    preset = _flag_value(argv, "--preset")
+    if preset is not None and preset != saved.preset:
+        preset_config(preset)  # an unknown preset is named as such
+        raise ConfigError(f"--preset: the run in {run_dir} was trained with {saved.preset!r}, not {preset!r}; "
+                          "a resumed run keeps its config")
+    return dataclasses.replace(saved, resume=run_dir)
 
 
 def train_main(argv: list[str]) -> int:

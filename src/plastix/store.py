@@ -132,30 +132,76 @@ def drop_metrics_after(run_dir: Path, update: int) -> None:
         if not folder.exists():
             continue
         for part in folder.glob("part-*.parquet"):
-            if int(part.stem.split("-")[1]) > update:
+            if part_update(part) > update:
                 part.unlink()
         for tmp in folder.glob(".*.tmp"):
             tmp.unlink()
 
 
-def _read_parts(folder: Path) -> pd.DataFrame | None:
-    parts = sorted(folder.glob("part-*.parquet"))
-    if not parts:
+class DamagedPartError(RuntimeError):
+    """A metrics part that cannot be read (e.g. truncated when the disk filled); the message names it."""
+
+
+def part_update(part: Path) -> int:
+    """The update number in a part's name (``part-000000011.parquet``, ``part-000000020-round.parquet``)."""
+    return int(part.name.split("-")[1].split(".")[0])
+
+
+def _read_part(part: Path) -> pa.Table:
+    try:
+        return pq.read_table(part)
+    except (pa.ArrowException, OSError) as err:
+        raise DamagedPartError(
+            f"{part}: damaged metrics part ({type(err).__name__}: {err}). Read the run without it with "
+            f"skip_damaged=True, or rewrite it with `plastix train --resume {part.parent.parent}`"
+        ) from None
+
+
+def damaged_parts(run_dir: str | Path) -> list[Path]:
+    """The parts of a run folder (metrics and neuron scores) that cannot be read, oldest first."""
+    damaged = []
+    for name in (METRICS_DIR, NEURONS_DIR):
+        for part in sorted((Path(run_dir) / name).glob("part-*.parquet")):
+            try:
+                _read_part(part)
+            except DamagedPartError:
+                damaged.append(part)
+    return sorted(damaged, key=part_update)
+
+
+def _read_parts(folder: Path, skip_damaged: bool = False) -> pd.DataFrame | None:
+    """The parts of ``folder`` as one frame. A damaged part raises ``DamagedPartError`` naming it; with
+    ``skip_damaged`` it is left out with a warning naming it."""
+    import warnings
+
+    tables = []
+    for part in sorted(folder.glob("part-*.parquet")):
+        try:
+            tables.append(_read_part(part))
+        except DamagedPartError as err:
+            if not skip_damaged:
+                raise
+            warnings.warn(f"skipped {err}", stacklevel=3)
+    if not tables:
         return None
-    return pa.concat_tables([pq.read_table(p) for p in parts]).to_pandas()
+    return pa.concat_tables(tables).to_pandas()
 
 
-def read_metrics(run_dir: str | Path) -> pd.DataFrame:
-    """All metric rows of a run folder, sorted by ``key, seed, update``."""
-    frame = _read_parts(Path(run_dir) / METRICS_DIR)
+def read_metrics(run_dir: str | Path, skip_damaged: bool = False) -> pd.DataFrame:
+    """All metric rows of a run folder, sorted by ``key, seed, update``.
+
+    A damaged part (unreadable Parquet) raises ``DamagedPartError`` naming it; ``skip_damaged=True`` reads the
+    others and warns. ``plastix train --resume RUN`` rewrites damaged parts (``training.prepare_run``)."""
+    frame = _read_parts(Path(run_dir) / METRICS_DIR, skip_damaged)
     if frame is None:
         return SCHEMA.empty_table().to_pandas()
     return frame.sort_values(["key", "seed", "update"], kind="stable").reset_index(drop=True)
 
 
-def read_neuron_scores(run_dir: str | Path) -> pd.DataFrame:
-    """Per-neuron scores of a run folder (``--save-neuron-scores``), sorted by layer, seed, update, neuron."""
-    frame = _read_parts(Path(run_dir) / NEURONS_DIR)
+def read_neuron_scores(run_dir: str | Path, skip_damaged: bool = False) -> pd.DataFrame:
+    """Per-neuron scores of a run folder (``--save-neuron-scores``), sorted by layer, seed, update, neuron;
+    damaged parts as ``read_metrics``."""
+    frame = _read_parts(Path(run_dir) / NEURONS_DIR, skip_damaged)
     if frame is None:
         raise FileNotFoundError(f"{run_dir} has no {NEURONS_DIR}: train with --save-neuron-scores")
     return frame.sort_values(["layer", "seed", "update", "neuron"], kind="stable").reset_index(drop=True)
@@ -183,13 +229,18 @@ def save_checkpoint(run_dir: Path, update: int, state: Any, keep: int = 2) -> Pa
     return path
 
 
-def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
-    """``(update, path)`` of the newest complete checkpoint, or None."""
+def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(update, path)`` of every complete checkpoint, oldest first."""
     root = Path(run_dir) / CHECKPOINT_DIR
     if not root.exists():
-        return None
-    done = sorted(p for p in root.iterdir() if p.name.isdigit())
-    return (int(done[-1].name), done[-1]) if done else None
+        return []
+    return [(int(p.name), p) for p in sorted(p for p in root.iterdir() if p.name.isdigit())]
+
+
+def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
+    """``(update, path)`` of the newest complete checkpoint, or None."""
+    done = checkpoints(run_dir)
+    return done[-1] if done else None
 
 
 def restore_checkpoint(path: Path, like: Any) -> Any:

@@ -1,10 +1,11 @@
-"""The host side of ``plastix train``: run folder, compiled chunks of updates, metrics, checkpoints, resume.
+"""The host side of ``plastix train``: its config, run folder and the two trainers on ``plastix.runloop``.
 
-``train(cfg)`` builds the env pool (one env group per seed), the agent and the per-seed train states
-(stacked on a leading seed axis), then repeatedly calls one compiled chunk of ``cfg.log_every`` updates,
-writes the chunk's metrics as a Parquet part and, every ``cfg.checkpoint_every`` updates, an orbax
-checkpoint. A killed run resumes from its newest checkpoint (``--resume RUN_DIR``) and produces the same
-metrics as an uninterrupted run: parts written after that checkpoint are replaced.
+``train(cfg)`` checks the config (and, with ``--resume``, that it only extends the saved one), then runs
+``PPOTrainer`` (PPO: the env pool, one env group per seed, the agent and the per-seed train states stacked on
+a leading seed axis; one compiled chunk of ``cfg.log_every`` updates per call) or ``algos.es.ESRun``
+(``--optimizer es``) through ``runloop.run_loop``: metrics parts, per-round rows, checkpoints every
+``cfg.checkpoint_every`` iterations. A killed run resumes from its newest checkpoint (``--resume RUN_DIR``)
+and produces the same metrics as an uninterrupted run: parts written after that checkpoint are replaced.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from plastix.config import (NETWORK_MITIGATIONS, ConfigError, TrainConfig, canon
 from plastix.envs import make_bridge
 from plastix.envs.heldout import HeldoutEvaluation
 from plastix.loggers import check_loggers, open_loggers
-from plastix.progress import TrainProgress
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -34,22 +34,82 @@ def default_run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{cfg.env_id}__{cfg.preset}__{cfg.activation}__{stamp}"
 
 
+# Options a resume may change: those that extend the run, and those that only change what is shown or logged.
+EXTENDING = ("total_timesteps", "rounds", "steps_per_round")
+NOT_RESULTS = ("resume", "quiet", "tensorboard", "wandb", "wandb_project")
+
+
 def prepare_run(cfg: TrainConfig) -> tuple[TrainConfig, Path, bool]:
-    """Validate and pick the run folder. Returns ``(config, run_dir, resuming)``; nothing is computed."""
+    """Validate and pick the run folder. Returns ``(config, run_dir, resuming)``; nothing is computed.
+
+    With ``cfg.resume``, ``cfg`` is the saved config (``plastix train --resume RUN`` starts from it) with
+    any flags given: ``--total-timesteps``, ``--rounds`` and ``--steps-per-round`` may extend the run
+    (``check_resume``); any other option that differs from the saved one is a ``ConfigError``.
+    """
     if cfg.resume is not None:
         run_dir = Path(cfg.resume)
-        if not (run_dir / "config.json").exists():
-            raise ConfigError(f"--resume: {run_dir} is not a plastix run folder (no config.json)")
-        saved = config_from_dict(store.read_config(run_dir))
-        cfg = dataclasses.replace(saved, resume=str(run_dir), quiet=cfg.quiet)
-        validate(cfg)
+        saved, cfg = saved_config(run_dir), canonical(cfg)
+        check_resume(saved, cfg)
+        cfg = dataclasses.replace(cfg, resume=str(run_dir), run_dir=saved.run_dir)
+        if cfg.optimizer != "es":  # ES checks its own options (_train_es)
+            validate(cfg)
         return cfg, run_dir, True
     cfg = canonical(cfg)  # config.json says what runs, however it was spelled
-    validate(cfg)
+    if cfg.optimizer != "es":  # ES checks its own options (_train_es)
+        validate(cfg)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
     if run_dir.exists():
         raise ConfigError(f"--run-dir: {run_dir} already exists; pass --resume {run_dir} to continue it, or choose another folder")
     return dataclasses.replace(cfg, run_dir=str(run_dir)), run_dir, False
+
+
+def saved_config(run_dir: Path) -> TrainConfig:
+    """The ``TrainConfig`` of a run folder (``--resume``'s starting point)."""
+    if not (Path(run_dir) / "config.json").exists():
+        raise ConfigError(f"--resume: {run_dir} is not a plastix run folder (no config.json)")
+    return config_from_dict(store.read_config(run_dir))
+
+
+def check_resume(saved: TrainConfig, given: TrainConfig) -> None:
+    """Refuse, before any compute, a resume whose options change the run rather than extend it: every option
+    but ``EXTENDING`` and ``NOT_RESULTS`` must equal the saved one; the extended run must have at least the
+    saved number of iterations and, with rounds, the same iterations per round."""
+    for flag, old, new in _differences(saved, given, ""):
+        if flag.split(".")[0] in EXTENDING + NOT_RESULTS + ("run_dir",):
+            continue
+        raise ConfigError(f"--{flag.replace('_', '-')}: the run in {given.resume} was trained with {old!r}, "
+                          f"not {new!r}; a resumed run keeps its config (only --total-timesteps, --rounds and "
+                          "--steps-per-round may extend it). Train a new run (--run-dir) to change it")
+    if given.run_dir is not None and saved.run_dir is not None and Path(given.run_dir) != Path(saved.run_dir) \
+            and Path(given.run_dir) != Path(given.resume):
+        raise ConfigError(f"--run-dir: {given.run_dir} is not the resumed run's folder {given.resume}; drop --run-dir")
+    (old_total, old_round), (new_total, new_round) = _iterations(saved), _iterations(given)
+    unit = "generations" if saved.optimizer == "es" else "updates"
+    if new_total < old_total:
+        raise ConfigError(f"--total-timesteps/--rounds/--steps-per-round: the extended run would have {new_total} "
+                          f"{unit}, fewer than the {old_total} of the run in {given.resume}; a resume can only extend it")
+    if max(saved.rounds, given.rounds) > 1 and new_round != old_round:
+        raise ConfigError(f"--rounds/--steps-per-round/--total-timesteps: the run in {given.resume} has {old_round} "
+                          f"{unit} per round, the extended one would have {new_round}; keep the rounds' length "
+                          f"(--steps-per-round {saved.steps_per_round or saved.total_timesteps // saved.rounds})")
+
+
+def _differences(saved, given, prefix: str):
+    """``(flag, saved value, given value)`` of every option (nested groups as ``group.option``) that differs."""
+    for f in dataclasses.fields(saved):
+        old, new = getattr(saved, f.name), getattr(given, f.name)
+        if dataclasses.is_dataclass(old) and dataclasses.is_dataclass(new):
+            yield from _differences(old, new, f"{prefix}{f.name}.")
+        elif old != new:
+            yield f"{prefix}{f.name}", old, new
+
+
+def _iterations(cfg: TrainConfig) -> tuple[int, int]:
+    """``(iterations, iterations per round)``: PPO updates, or ES generations."""
+    if cfg.optimizer == "es":
+        es_cfg = _es_config(cfg)
+        return es_cfg.num_generations, es_cfg.generations_per_round
+    return cfg.num_updates, cfg.updates_per_round
 
 
 def member_seeds(cfg: TrainConfig) -> list[int]:
@@ -73,27 +133,35 @@ def build(cfg: TrainConfig):
 
 
 def train(cfg: TrainConfig) -> Path:
-    """Train every seed of ``cfg`` (PPO, or ES with ``--optimizer es``) and return the run folder."""
-    if cfg.optimizer == "es":
-        return _train_es(cfg)
+    """Train every seed of ``cfg`` (PPO, or ES with ``--optimizer es``) and return the run folder.
+
+    ``--resume`` of a finished run that is not extended computes nothing and says so (on stderr), unless a
+    metrics part is damaged: the run then continues from the newest checkpoint before it and rewrites it."""
+    from plastix.runloop import resume_point, run_loop, usable_checkpoint
+
     cfg, run_dir, resuming = prepare_run(cfg)
+    if cfg.optimizer == "es":
+        return _train_es(cfg, run_dir, resuming)
     check_loggers(cfg)  # a missing TensorBoard / W&B package fails before any compute
-    bridge, agent, states = build(cfg)
-    handle = bridge.handle()
+    if resuming and _finished(run_dir, cfg.num_updates, usable_checkpoint(run_dir), "updates"):
+        return run_dir
+    trainer = PPOTrainer(cfg)
     if resuming:
-        states, handle = _resume(run_dir, bridge, agent, states, handle)
+        states, done = resume_point(trainer, run_dir)
+        store.write_config(run_dir, dataclasses.asdict(dataclasses.replace(cfg, resume=None)))  # an extension
     else:
+        states, done = trainer.init(), 0
         run_dir.mkdir(parents=True)
         store.write_config(run_dir, dataclasses.asdict(cfg))
     try:
-        # Opened after _resume dropped the stale parts: TensorBoard then hides the steps that are recomputed.
+        # Opened after resume_point dropped the stale parts: TensorBoard then hides the steps that are recomputed.
         with open_loggers(cfg, run_dir) as loggers:
-            _run_chunks(cfg, run_dir, bridge, agent, states, handle, loggers)
+            run_loop(trainer, run_dir, states, done, loggers)
     except BaseException:
         if not resuming:
             remove_unstarted_run(run_dir)
         raise
-    bridge.close()
+    trainer.close()
     return run_dir
 
 
@@ -103,13 +171,30 @@ def remove_unstarted_run(run_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _train_es(cfg: TrainConfig) -> Path:
-    """``--optimizer es``: OpenAI-ES on the same actor network (``plastix.algos.es``), in ``--rounds`` rounds
-    under ``--shift none`` or ``task``, with ``--baseline fresh`` (the fresh copies of ``algos/es.py``)."""
-    from plastix.algos.es import ES_SHIFTS, es_config_from_train_config, train_es
+def _finished(run_dir: Path, total: int, usable, unit: str) -> bool:
+    """Whether a resumed run is already complete (a final checkpoint and no damaged part); says so."""
+    import sys
 
-    if cfg.resume is not None:
-        raise ConfigError("--resume: ES runs cannot be resumed yet (they keep only a final checkpoint)")
+    if usable is None or usable[0] < total:
+        return False
+    print(f"plastix train: {run_dir} has finished its {total} {unit}; nothing to do (extend it with a larger "
+          "--total-timesteps, or more --rounds)", file=sys.stderr)
+    return True
+
+
+def _es_config(cfg: TrainConfig):
+    from plastix.algos.es import es_config_from_train_config
+
+    return es_config_from_train_config(cfg, **dataclasses.asdict(cfg.es))
+
+
+def _train_es(cfg: TrainConfig, run_dir: Path | None = None, resuming: bool = False) -> Path:
+    """``--optimizer es``: OpenAI-ES on the same actor network (``plastix.algos.es``), in ``--rounds`` rounds
+    under ``--shift none`` or ``task``, with ``--baseline fresh`` (the fresh copies of ``algos/es.py``).
+    ``config.json`` holds the ``TrainConfig`` (so ``--resume`` reads ES and PPO runs alike)."""
+    from plastix.algos.es import ES_SHIFTS, train_es
+    from plastix.runloop import usable_checkpoint
+
     if cfg.shift not in ES_SHIFTS:
         raise ConfigError(f"--shift {cfg.shift}: not supported with --optimizer es; ES trains with --shift "
                           f"{' or '.join(ES_SHIFTS)} (task: running direction of HalfCheetah, Ant, Hopper, Walker2d)")
@@ -122,37 +207,57 @@ def _train_es(cfg: TrainConfig) -> Path:
         raise ConfigError("--adam-b1/--adam-b2: set PPO's Adam; --optimizer es keeps OpenAI-ES's Adam "
                           "(0.9, 0.999, as openai/evolution-strategies-starter); drop them")
     check_ranges(cfg)  # --es.* and the shared options, named as flags, before ESConfig's own checks
-    es_cfg = es_config_from_train_config(cfg, **dataclasses.asdict(cfg.es))
+    es_cfg = _es_config(cfg)
     try:
         es_cfg.validate()
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
-    if run_dir.exists():
-        raise ConfigError(f"--run-dir: {run_dir} already exists; choose another folder")
+    if run_dir is None:
+        run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(cfg)
+    if not resuming and run_dir.exists():
+        raise ConfigError(f"--run-dir: {run_dir} already exists; pass --resume {run_dir} to continue it, or choose another folder")
     check_loggers(cfg)
+    if resuming and _finished(run_dir, es_cfg.num_generations, usable_checkpoint(run_dir), "generations"):
+        return run_dir
+    config = dataclasses.asdict(dataclasses.replace(cfg, resume=None, run_dir=str(run_dir)))
     try:
         with open_loggers(cfg, run_dir) as loggers:
-            return train_es(es_cfg, run_dir, loggers=loggers)
+            return train_es(es_cfg, run_dir, loggers=loggers, resume=resuming, config=config)
     except BaseException:
-        remove_unstarted_run(run_dir)  # ES runs are not resumed: only a folder with metrics is kept
+        if not resuming:
+            remove_unstarted_run(run_dir)  # only a folder with metrics is kept (to be resumed)
         raise
 
 
-def load_checkpoint(run_dir: str | Path, final: bool = True) -> tuple[TrainConfig, TrainState]:
-    """``(config, train states stacked over seeds)`` of a run folder's newest checkpoint.
+def load_checkpoint(run_dir: str | Path, final: bool = True):
+    """``(config, state)`` of a run folder's newest checkpoint: PPO's train states stacked over seeds, or for
+    an ES run (``--optimizer es``) an ``algos.es.ESFinal`` (the seeds' mean policies as ``params["policy"]``,
+    their observation statistics and ES states).
 
-    With ``final``, the checkpoint must be the last update's (a finished run); else ``ValueError``.
+    With ``final``, the checkpoint must be the last iteration's (a finished run); else ``ValueError``.
     """
     run_dir = Path(run_dir)
     cfg = config_from_dict(store.read_config(run_dir))
+    total = _iterations(cfg)[0]
     latest = store.latest_checkpoint(run_dir)
-    if latest is None or (final and latest[0] < cfg.num_updates):
-        raise ValueError(f"{run_dir}: no final checkpoint (update {cfg.num_updates}); finish the run with --resume")
+    if latest is None or (final and latest[0] < total):
+        raise ValueError(f"{run_dir}: no final checkpoint (iteration {total}); finish the run with --resume")
+    if cfg.optimizer == "es":
+        return cfg, _load_es_checkpoint(cfg, latest[1])
     bridge, _, fresh = build(cfg)
     tree = store.restore_checkpoint(latest[1], _checkpoint_tree(bridge, fresh, bridge.handle()))
     bridge.close()
     return cfg, _warm(cfg, tree["train"])
+
+
+def _load_es_checkpoint(cfg: TrainConfig, path: Path):
+    from plastix.algos.es import ESFinal, ESRun
+
+    trainer = ESRun(_es_config(cfg))
+    tree = store.restore_checkpoint(path, trainer.checkpoint_tree(trainer.init()))
+    trainer.close()
+    seeds = jax.tree.map(lambda x: x[: len(cfg.seed_list)], tree["run"])
+    return ESFinal(tree["params"], tree["obs_rms"], seeds)
 
 
 def _warm(cfg: TrainConfig, tree):
@@ -190,77 +295,85 @@ def _checkpoint_tree(bridge, states: TrainState, handle) -> dict:
     return {"train": states, "env": handle} if bridge.spec.resume == "state" else {"train": states}
 
 
-def _resume(run_dir: Path, bridge, agent: Agent, fresh: TrainState, handle):
-    """Restore the newest checkpoint; bring the envs back as their ``EnvSpec.resume`` says."""
-    latest = store.latest_checkpoint(run_dir)
-    if latest is None:  # killed before the first checkpoint: start again from scratch
-        store.drop_metrics_after(run_dir, 0)
-        return fresh, handle
-    update, path = latest
-    tree = store.restore_checkpoint(path, _checkpoint_tree(bridge, fresh, handle))
-    states = tree["train"]
-    if bridge.spec.resume == "replay":
-        env = jax.device_get(states.env)
-        bridge.restore(env.num_resets, env.episode_actions, env.actions_recorded)
-    elif bridge.spec.resume == "state":
-        handle = tree["env"]
-        bridge.restore(handle)
-    else:  # the envs restarted from a reset: the learner continues on the fresh episodes
-        states = states.replace(env=states.env.replace(
-            obs=fresh.env.obs, done=fresh.env.done, episode_return=fresh.env.episode_return,
-            episode_length=fresh.env.episode_length))
-    store.drop_metrics_after(run_dir, update)
-    return states, handle
+class PPOTrainer:
+    """PPO as a ``plastix.runloop.Trainer``: its state is ``(train states stacked over members, env handle)``;
+    ``run`` calls one compiled chunk of ``k`` updates (``ppo.make_chunk_fn``, compiled once per ``k``)."""
 
+    def __init__(self, cfg: TrainConfig):
+        from plastix.runloop import Schedule
 
-def _run_chunks(cfg: TrainConfig, run_dir: Path, bridge, agent: Agent, states: TrainState, handle, loggers) -> None:
-    """Compiled chunks of updates, round by round: metrics parts (also sent to ``loggers``), checkpoints,
-    per-round summaries."""
-    seeds = cfg.seed_list
-    members = len(member_seeds(cfg))
-    done = int(np.asarray(states.update)[0])
-    per_round = cfg.updates_per_round
-    compiled: dict[int, object] = {}
-    chunks_since_checkpoint = 0
-    heldout = HeldoutEvaluation(cfg, agent, bridge) if cfg.rounds > 1 else None
-    if done < cfg.num_updates:
-        handle = bridge.set_round(done // per_round, handle)
-    with _progress(cfg, done) as progress:
-        while done < cfg.num_updates:
-            round_idx, into_round = divmod(done, per_round)
-            if into_round == 0 and done > 0:  # a shift: new round, and at-switch mitigations fire
-                pool = getattr(bridge, "pool_version", 0)
-                handle = bridge.set_round(round_idx, handle)
-                if getattr(bridge, "pool_version", 0) != pool:  # window/expand on envpool built a new pool
-                    compiled.clear()
-                states = _start_round(cfg, agent, states, round_idx)
-            k = min(cfg.chunk_updates, per_round - into_round)
-            if k not in compiled:
-                compiled[k] = make_chunk_fn(agent, bridge.step, k).lower(states, handle).compile()
-            start = time.perf_counter()
-            states, handle, (metrics, scores) = compiled[k](states, handle)
-            metrics, scores = jax.device_get((metrics, scores))
-            elapsed = time.perf_counter() - start
-            sps = k * cfg.batch_size * members / elapsed
-            metrics = _split_members(cfg, metrics)
-            metrics["time/sps"] = np.full((k, len(seeds)), sps)
-            table = store.metrics_table(metrics, seeds, done + 1, cfg.batch_size)
-            store.write_metrics_part(run_dir, table, done + 1)
-            loggers.log(table)
-            if scores:
-                scores = {key: np.asarray(v)[:, : len(seeds)] for key, v in scores.items()}
-                table = store.neuron_table(scores, seeds, done + 1, cfg.batch_size)
-                store.write_metrics_part(run_dir, table, done + 1, store.NEURONS_DIR)
-            done += k
-            if cfg.rounds > 1 and done % per_round == 0:
-                loggers.log(_write_round_summary(cfg, run_dir, heldout, states, round_idx, done))
-            chunks_since_checkpoint += 1
-            if chunks_since_checkpoint >= cfg.checkpoint_chunks or done == cfg.num_updates:
-                store.save_checkpoint(run_dir, done, _checkpoint_tree(bridge, states, handle))
-                chunks_since_checkpoint = 0
-            progress.advance(done, sps, _latest_return(metrics["return/episodic"]))
-    if heldout is not None:
-        heldout.close()
+        self.cfg = cfg
+        self.bridge, self.agent, self.fresh_states = build(cfg)
+        self.members = len(member_seeds(cfg))
+        self.compiled: dict[int, object] = {}
+        self.heldout = HeldoutEvaluation(cfg, self.agent, self.bridge) if cfg.rounds > 1 else None
+        self.schedule = Schedule(
+            seeds=cfg.seed_list, num_iterations=cfg.num_updates, iterations_per_round=cfg.updates_per_round,
+            log_every=cfg.chunk_updates, checkpoint_every=cfg.checkpoint_every, steps_per_iteration=cfg.batch_size,
+            max_chunk=cfg.chunk_updates, parts_end_at_rounds=True, writes_rounds=cfg.rounds > 1,
+            label=f"{cfg.env_id} seeds {cfg.seeds}", quiet=cfg.quiet)
+
+    def init(self):
+        return self.fresh_states, self.bridge.handle()
+
+    def checkpoint_tree(self, state) -> dict:
+        return _checkpoint_tree(self.bridge, *state)
+
+    def restore(self, run_dir: Path, checkpoint: Path, iteration: int, fresh):
+        """The checkpoint's train states; the envs come back as their ``EnvSpec.resume`` says."""
+        fresh_states, handle = fresh
+        tree = store.restore_checkpoint(checkpoint, _checkpoint_tree(self.bridge, fresh_states, handle))
+        states, bridge = tree["train"], self.bridge
+        if bridge.spec.resume == "replay":
+            env = jax.device_get(states.env)
+            bridge.restore(env.num_resets, env.episode_actions, env.actions_recorded)
+        elif bridge.spec.resume == "state":
+            handle = tree["env"]
+            bridge.restore(handle)
+        else:  # the envs restarted from a reset: the learner continues on the fresh episodes
+            states = states.replace(env=states.env.replace(
+                obs=fresh_states.env.obs, done=fresh_states.env.done,
+                episode_return=fresh_states.env.episode_return, episode_length=fresh_states.env.episode_length))
+        return states, handle
+
+    def enter_round(self, state, round_idx: int):
+        states, handle = state
+        return states, self.bridge.set_round(round_idx, handle)
+
+    def start_round(self, state, round_idx: int):
+        """A shift: the envs' new round (a new envpool pool for window/expand: recompile), at-switch hooks."""
+        states, handle = state
+        pool = getattr(self.bridge, "pool_version", 0)
+        handle = self.bridge.set_round(round_idx, handle)
+        if getattr(self.bridge, "pool_version", 0) != pool:  # window/expand on envpool built a new pool
+            self.compiled.clear()
+        return _start_round(self.cfg, self.agent, states, round_idx), handle
+
+    def run(self, state, k: int):
+        cfg, (states, handle) = self.cfg, state
+        if k not in self.compiled:
+            self.compiled[k] = make_chunk_fn(self.agent, self.bridge.step, k).lower(states, handle).compile()
+        start = time.perf_counter()
+        states, handle, (metrics, scores) = self.compiled[k](states, handle)
+        metrics, scores = jax.device_get((metrics, scores))
+        sps = k * cfg.batch_size * self.members / (time.perf_counter() - start)
+        metrics = _split_members(cfg, metrics)
+        metrics["time/sps"] = np.full((k, len(cfg.seed_list)), sps)
+        scores = {key: np.asarray(v)[:, : len(cfg.seed_list)] for key, v in scores.items()} if scores else None
+        return (states, handle), metrics, scores
+
+    def round_rows(self, run_dir: Path, state, round_idx: int, update: int) -> dict:
+        return _round_rows(self.cfg, run_dir, self.heldout, state[0], round_idx, update)
+
+    def latest_return(self, metrics: dict) -> float:
+        from plastix.runloop import latest_return
+
+        return latest_return(metrics["return/episodic"])
+
+    def close(self) -> None:
+        if self.heldout is not None:
+            self.heldout.close()
+        self.bridge.close()
 
 
 def _start_round(cfg: TrainConfig, agent: Agent, states: TrainState, round_idx: int) -> TrainState:
@@ -296,9 +409,9 @@ def _round_mean(df, key: str, seeds: list[int], first: int, last: int) -> np.nda
     return rows.groupby("seed").value.mean().reindex(seeds).to_numpy()
 
 
-def _write_round_summary(cfg, run_dir: Path, heldout, states: TrainState, round_idx: int, update: int):
-    """Write (and return, as a table) the per-round rows at the round's last update; returns are averaged
-    over the round's last quarter of updates:
+def _round_rows(cfg, run_dir: Path, heldout, states: TrainState, round_idx: int, update: int) -> dict:
+    """The per-round rows ``{key: [1, S]}`` at the round's last update; returns are averaged over the round's
+    last quarter of updates:
 
     - ``round/index``, ``round/return_train``;
     - where the scenario has a held-out set (``HeldoutEvaluation``): ``round/return_heldout`` and
@@ -322,20 +435,4 @@ def _write_round_summary(cfg, run_dir: Path, heldout, states: TrainState, round_
         with np.errstate(divide="ignore", invalid="ignore"):  # undefined (NaN, not written) when fresh is 0
             ratio = np.where(fresh_return != 0, train_return / fresh_return, np.nan)
         rows["round/normalized_return"] = ratio[None]
-    table = store.metrics_table(rows, seeds, update, cfg.batch_size)
-    store.write_metrics_part(run_dir, table, update, store.METRICS_DIR, suffix="-round")
-    return table
-
-
-def _latest_return(returns: np.ndarray) -> float:
-    """Mean over seeds of the newest update's episodic return that is not NaN."""
-    for row in np.asarray(returns)[::-1]:
-        if not np.all(np.isnan(row)):
-            return float(np.nanmean(row))
-    return float("nan")
-
-
-def _progress(cfg: TrainConfig, done_updates: int) -> TrainProgress:
-    """The progress display of a run over env steps per seed (``plastix.progress``), advanced in updates."""
-    return TrainProgress(f"{cfg.env_id} seeds {cfg.seeds}", cfg.num_updates * cfg.batch_size,
-                         done_updates * cfg.batch_size, quiet=cfg.quiet, unit=cfg.batch_size)
+    return rows

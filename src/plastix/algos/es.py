@@ -59,10 +59,10 @@ trained search distribution. It then trains on the same round (same direction, s
 start states). The copies are extra *lanes* of the seed axis (lanes ``0..S-1`` are the seeds, ``S..2S-1``
 their copies): the pool holds ``2S`` env groups and one compiled generation steps both, and a seed's lane
 computes exactly what it computes without the baseline. Per generation, the seeds' metrics are written and,
-of the copies, ``baseline/return/episodic`` only; only the seeds are checkpointed.
+of the copies, ``baseline/return/episodic`` only; checkpoints hold every lane (``ESRun``).
 
 Per-round rows (``update`` = the round's last generation; written when ``rounds > 1`` or a baseline is on;
-the keys and part names of PPO's ``training._write_round_summary``):
+the keys and part names of PPO's ``training.PPOTrainer.round_rows``):
 
 ==============================  ==========================================================================
 ``round/index``                 ``r``
@@ -306,7 +306,9 @@ class ESConfig:
     run_dir: str | None = None
     """results folder (default: runs/<env-id>__es__<activation>__<time>)"""
     log_every: int = 10
-    """generations per metrics part (and per progress line)"""
+    """generations per metrics part (and per progress-bar step)"""
+    checkpoint_every: int = 50
+    """generations between checkpoints (rounded up to a multiple of log_every); the last is always saved"""
     num_threads: int = 0
     """envpool worker threads (0: envpool's default)"""
     quiet: bool = False
@@ -362,7 +364,8 @@ class ESConfig:
         from plastix.algos.es_strategies import check_strategy
 
         check_strategy(self.strategy, self.learning_rate, ESConfig.learning_rate)
-        for name in ("sigma", "learning_rate", "episode_steps", "obs_clip", "log_every", "diagnostics_batch"):
+        for name in ("sigma", "learning_rate", "episode_steps", "obs_clip", "log_every", "checkpoint_every",
+                     "diagnostics_batch"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')}: must be positive, got {getattr(self, name)}")
         for name in ("weight_decay", "diagnostics_every", "num_threads", "overlap_tau", "zero_grad_eps"):
@@ -409,13 +412,14 @@ def es_config_from_train_config(train_cfg: Any, **es_options: Any) -> ESConfig:
 
     Copied: ``env_id, seeds, total_timesteps, rounds, steps_per_round, shift, shift_seed, baseline,
     activation, hidden_sizes, layer_norm, obs_clip, diagnostics_every, dormant_taus, overlap_tau,
-    zero_grad_eps, run_dir, log_every, num_threads, quiet``.
+    zero_grad_eps, run_dir, log_every, checkpoint_every, num_threads, quiet`` (``log_every`` and
+    ``checkpoint_every`` count generations).
     Not copied (different meaning or scale in ES): ``learning_rate`` and ``weight_decay``; give the ES ones
     (and ``popsize``, ``sigma``, ``episode_steps``...) as ``es_options``.
     """
     shared = ("env_id", "seeds", "total_timesteps", "rounds", "steps_per_round", "shift", "shift_seed", "baseline",
               "activation", "hidden_sizes", "layer_norm", "obs_clip", "diagnostics_every", "dormant_taus",
-              "overlap_tau", "zero_grad_eps", "run_dir", "log_every", "num_threads", "quiet")
+              "overlap_tau", "zero_grad_eps", "run_dir", "log_every", "checkpoint_every", "num_threads", "quiet")
     values = {name: getattr(train_cfg, name) for name in shared if hasattr(train_cfg, name)}
     return ESConfig(**{**values, **es_options})
 
@@ -429,6 +433,7 @@ class Rollout:
     lengths: jax.Array  # [S, M] int32: steps until the end (episode_steps if it never ended)
     obs_rms: nz.RunningMeanStd  # [S, ...]: the statistics merged with every observation acted on
     sample: jax.Array  # [S, T * k, D] float32: normalised observations of k random members per step
+    resets: jax.Array  # [S, M] int32: envpool's auto-resets (a step after an episode's end), for exact resume
 
 
 def member_env_seeds(seed: int, popsize: int, eval_mean_policy: bool, same_start_pairs: bool) -> list[int]:
@@ -488,7 +493,8 @@ def rollout(
     act_fn = jax.vmap(jax.vmap(policy_fn))
 
     def body(carry, idx):
-        handle, raw, alive, ret, length, total, total_sq, count = carry
+        handle, raw, alive, ret, length, total, total_sq, count, ended, resets = carry
+        resets = resets + ended.astype(jnp.int32)  # envpool resets an env on the step after its episode ended
         obs = jax.vmap(normalize_fn)(obs_rms, raw)
         action = jnp.clip(act_fn(members, obs), action_low, action_high)
         handle, (next_raw, reward, terminated, truncated) = pool_step(handle, action)
@@ -500,17 +506,17 @@ def rollout(
         length = length + alive.astype(jnp.int32)
         alive = alive & ~(terminated | truncated)
         kept = jnp.take_along_axis(obs, idx[..., None], axis=1)  # [S, k, D]
-        return (handle, next_raw, alive, ret, length, total, total_sq, count), kept
+        return (handle, next_raw, alive, ret, length, total, total_sq, count, terminated | truncated, resets), kept
 
     d = raw_obs.shape[-1]
     zeros_sd = jnp.zeros((s, d), jnp.float64)
     init = (handle, raw_obs, jnp.ones((s, m), bool), jnp.zeros((s, m), jnp.float64), jnp.zeros((s, m), jnp.int32),
-            zeros_sd, zeros_sd, jnp.zeros((s,), jnp.float64))
+            zeros_sd, zeros_sd, jnp.zeros((s,), jnp.float64), jnp.zeros((s, m), bool), jnp.zeros((s, m), jnp.int32))
     carry, kept = jax.lax.scan(body, init, jnp.swapaxes(sample_members, 0, 1))
-    handle, _, _, ret, length, total, total_sq, count = carry
+    handle, _, _, ret, length, total, total_sq, count, _, resets = carry
     new_rms = jax.vmap(merge_moments)(obs_rms, total, total_sq, count)
     sample = jnp.swapaxes(kept, 0, 1).reshape(s, -1, d)
-    return handle, Rollout(ret, length, new_rms, sample)
+    return handle, Rollout(ret, length, new_rms, sample, resets)
 
 
 # =============================================================================================== train
@@ -522,6 +528,7 @@ class ESRunState:
     obs_rms: nz.RunningMeanStd
     diagnostics: diag.DiagnosticsState
     key: jax.Array  # [S] per-seed root keys
+    env_resets: jax.Array  # [S, M] int32: envpool's auto-resets so far (a resume replays them, ESRun.restore)
 
 
 class ESTrainer:
@@ -561,7 +568,8 @@ class ESTrainer:
             es = strategy_init(cfg.strategy, flat, cfg.popsize, cfg.sigma, cfg.learning_rate, cfg.weight_decay)
         obs_rms = nz.rms_update(nz.rms_init((self.obs_dim,)), raw_obs)
         tree = {"policy": params}
-        return ESRunState(es, obs_rms, diag.diagnostics_init(tree, self.layer_shapes(tree)), run_key)
+        return ESRunState(es, obs_rms, diag.diagnostics_init(tree, self.layer_shapes(tree)), run_key,
+                          jnp.zeros(raw_obs.shape[:1], jnp.int32))
 
     def layer_shapes(self, tree: dict) -> dict[str, tuple[int, int]]:
         """``{"policy/layer_i": (output units, kernel columns)}`` (they differ for CReLU)."""
@@ -602,7 +610,7 @@ class ESTrainer:
         diag_metrics, diagnostics = self.diagnostics(
             es, state.es.mean, state.diagnostics, ro.sample, diag_keys, measure)
         metrics.update(diag_metrics)
-        return ESRunState(es, obs_rms, diagnostics, state.key), handle, metrics
+        return ESRunState(es, obs_rms, diagnostics, state.key, state.env_resets + ro.resets), handle, metrics
 
     def diagnostics(self, es: ESState, prev_mean: jax.Array, dstate: diag.DiagnosticsState, sample: jax.Array,
                     keys: jax.Array, measure):
@@ -706,99 +714,168 @@ def round_rows(episodic: np.ndarray, num_seeds: int, round_idx: int) -> dict[str
 
 
 # =============================================================================================== train
-def train_es(cfg: ESConfig, run_dir: str | Path | None = None, bridge: Any = None, loggers: Any = None) -> Path:
+@struct.dataclass
+class ESFinal:
+    """What ``training.load_checkpoint`` returns for an ES run: the seeds' mean policies as PPO's
+    ``params["policy"]`` (stacked over seeds), their observation statistics and their whole ES state."""
+
+    params: dict
+    obs_rms: nz.RunningMeanStd
+    run: ESRunState
+
+
+@dataclass
+class ESLoopState:
+    """``ESRun``'s state between ``run_loop`` calls: the lanes' ES state, the env handle, the observations of a
+    reset already done for the next generation (at a round start) and the generations done."""
+
+    run: ESRunState
+    handle: Any
+    raw_obs: Any
+    done: int
+
+
+class ESRun:
+    """``train_es`` as a ``plastix.runloop.Trainer``: one generation per ``run`` call (the host resets the
+    pool before each), rounds with fresh lanes, checkpoints of every lane, exact resume.
+
+    A checkpoint holds ``{"run": ESRunState of every lane, "params": {"policy": ...}, "obs_rms": ...}`` (the
+    last two: the seeds' lanes in the layout of PPO's ``params["policy"]``, for the task-switch probes). On
+    resume the pool is brought back by resetting each env as many times as the interrupted run had (one host
+    reset per generation plus envpool's auto-resets, ``ESRunState.env_resets``): a MuJoCo env's start state
+    depends only on its seed and its number of resets, so the next generation starts where it would have.
+    """
+
+    def __init__(self, cfg: ESConfig, bridge: Any = None):
+        from plastix.runloop import Schedule
+
+        self.cfg = cfg
+        self.seeds = cfg.seed_list
+        self.lanes, self.m = len(self.seeds) * cfg.lanes_per_seed, cfg.envs_per_seed
+        self.bridge = bridge if bridge is not None else make_pool(cfg)
+        b = self.bridge
+        self.trainer = ESTrainer(cfg, b.obs_dim, b.action_dim, b.action_low, b.action_high)
+        # lax.map: vmapped orthogonal inits batch LAPACK QRs, which can deadlock jaxlib 0.10 on 2 cores.
+        self.init_fn = jax.jit(lambda k, o: jax.lax.map(lambda x: self.trainer.init(*x), (k, o)))
+        self.generation = None  # compiled at the first generation (time/sps excludes compiling)
+        self.history: dict[int, np.ndarray] = {}  # generation (1-based) -> return/episodic of every lane
+        self.schedule = Schedule(
+            seeds=self.seeds, num_iterations=cfg.num_generations, iterations_per_round=cfg.generations_per_round,
+            log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+            steps_per_iteration=cfg.steps_per_generation, max_chunk=1, parts_end_at_rounds=False,
+            writes_rounds=cfg.writes_rounds, label=f"{cfg.env_id} ES seeds {cfg.seeds}", quiet=cfg.quiet)
+
+    def pool_step(self, handle, action):
+        lanes, m = self.lanes, self.m
+        handle, out = self.bridge.step(handle, action.reshape(lanes * m, 1, -1))
+        return handle, tuple(x.reshape((lanes, m) + x.shape[2:]) for x in out[:4])  # obs, reward, terminated, truncated
+
+    def reset(self) -> jax.Array:
+        return jnp.asarray(self.bridge.reset().reshape(self.lanes, self.m, -1))
+
+    def init(self) -> ESLoopState:
+        first_obs = self.first_obs = self.reset()
+        # Every lane starts from its seed's key: in round 0 a fresh copy is its seed (module docstring).
+        keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(self.seeds * self.cfg.lanes_per_seed))
+        return ESLoopState(self.init_fn(keys, first_obs), self.bridge.handle(), first_obs, 0)
+
+    def checkpoint_tree(self, state: ESLoopState) -> dict:
+        seed_lanes = jax.tree.map(lambda x: x[: len(self.seeds)], state.run)
+        return {"run": state.run, "params": {"policy": jax.vmap(self.trainer.unravel)(seed_lanes.es.mean)},
+                "obs_rms": seed_lanes.obs_rms}
+
+    def restore(self, run_dir: Path, checkpoint: Path, iteration: int, fresh: ESLoopState) -> ESLoopState:
+        run = store.restore_checkpoint(checkpoint, self.checkpoint_tree(fresh))["run"]
+        # init() reset the pool once; generations 0..iteration-1 reset it `iteration` times in all.
+        resets = np.asarray(run.env_resets).reshape(-1) + iteration - 1
+        self.bridge.replay_resets(resets)
+        if self.schedule.writes_rounds:
+            self.history = episodic_history(store.read_metrics(run_dir), self.seeds, self.lanes, iteration)
+        return ESLoopState(run, fresh.handle, None, iteration)
+
+    def enter_round(self, state: ESLoopState, round_idx: int) -> ESLoopState:
+        return dataclasses.replace(state, handle=self.bridge.set_round(round_idx, state.handle))
+
+    def start_round(self, state: ESLoopState, round_idx: int) -> ESLoopState:
+        """The round's reset, its direction, and (``baseline = "fresh"``) new fresh copies."""
+        raw_obs = self.reset()
+        handle = self.bridge.set_round(round_idx, state.handle)
+        run = state.run
+        if self.cfg.lanes_per_seed == 2:
+            run = reinit_fresh_lanes(self.init_fn, run, self.seeds, round_idx, raw_obs)
+        return ESLoopState(run, handle, raw_obs, state.done)
+
+    def run(self, state: ESLoopState, k: int):
+        assert k == 1, "ESRun runs one generation per call (the host resets the pool between generations)"
+        cfg, g = self.cfg, state.done
+        if self.generation is None:
+            fn = jax.jit(lambda st, obs, h, do: self.trainer.generation(st, obs, h, self.pool_step, do))
+            obs = state.raw_obs if state.raw_obs is not None else self.first_obs
+            self.generation = fn.lower(state.run, obs, state.handle, jnp.asarray(True)).compile()
+        t0 = time.perf_counter()
+        raw_obs = state.raw_obs if state.raw_obs is not None else self.reset()
+        measure = cfg.diagnostics_every > 0 and g % cfg.diagnostics_every == 0
+        run, handle, metrics = self.generation(state.run, raw_obs, state.handle, jnp.asarray(measure))
+        metrics = jax.device_get(metrics)
+        self.history[g + 1] = np.asarray(metrics["return/episodic"])
+        metrics = split_lanes(metrics, len(self.seeds))
+        metrics["time/sps"] = np.full((len(self.seeds),), self.lanes * self.m * cfg.episode_steps
+                                      / (time.perf_counter() - t0))
+        return ESLoopState(run, handle, None, g + 1), {key: v[None] for key, v in metrics.items()}, None
+
+    def round_rows(self, run_dir: Path, state: ESLoopState, round_idx: int, iteration: int) -> dict:
+        per_round = self.cfg.generations_per_round
+        episodic = np.stack([self.history[g] for g in range(iteration - per_round + 1, iteration + 1)])
+        return round_rows(episodic, len(self.seeds), round_idx)
+
+    def latest_return(self, metrics: dict) -> float:
+        from plastix.runloop import latest_return
+
+        return latest_return(metrics["return/episodic"])
+
+    def close(self) -> None:
+        self.bridge.close()
+
+
+def episodic_history(df, seeds: list[int], lanes: int, last: int) -> dict[int, np.ndarray]:
+    """``{generation: return/episodic of every lane}`` for generations ``1..last`` from a run's metrics (the
+    seeds' ``return/episodic``, then the fresh copies' ``baseline/return/episodic``), exactly as written."""
+    keys = ["return/episodic"] + (["baseline/return/episodic"] if lanes > len(seeds) else [])
+    rows = df[df.key.isin(keys) & (df["update"] <= last)]
+    table = rows.pivot_table(index="update", columns=["key", "seed"], values="value", aggfunc="first")
+    columns = [(key, seed) for key in keys for seed in seeds]
+    return {int(u): table.loc[u, columns].to_numpy(np.float64) for u in table.index}
+
+
+def train_es(cfg: ESConfig, run_dir: str | Path | None = None, bridge: Any = None, loggers: Any = None,
+             resume: bool = False, config: dict | None = None) -> Path:
     """Train OpenAI-ES for every seed of ``cfg`` and write a plastix run folder; returns it.
 
-    The folder holds ``config.json`` (``store.write_config``), ``metrics.parquet`` parts of
+    The folder holds ``config.json`` (``config``, default ``cfg``'s fields), ``metrics.parquet`` parts of
     ``log_every`` generations (``update`` = generation), one ``-round`` part per round (``round_rows``,
-    when ``cfg.writes_rounds``) and a final orbax checkpoint ``{"params": {"policy": ...}, "obs_rms": ...}``
-    stacked over seeds (the layout of PPO's ``params["policy"]``, for the task-switch probes).
+    when ``cfg.writes_rounds``) and orbax checkpoints every ``checkpoint_every`` generations and at the last
+    (``ESRun``). ``resume``: continue ``run_dir`` from its newest usable checkpoint (``plastix.runloop``).
 
     ``bridge``: an already built pool of ``lanes_per_seed * S * envs_per_seed`` envs with
     ``EnvpoolBridge``'s interface (tests pass a JAX stand-in); default ``make_pool(cfg)``.
     """
+    from plastix.runloop import NoLoggers, resume_point, run_loop
+
     cfg.validate(check_env=bridge is None)
     run_dir = Path(run_dir or cfg.run_dir or default_run_dir(cfg))
-    if run_dir.exists():
+    if resume and not (run_dir / "config.json").exists():
+        raise ValueError(f"--resume: {run_dir} is not a plastix run folder (no config.json)")
+    if not resume and run_dir.exists():
         raise ValueError(f"--run-dir: {run_dir} already exists; choose another folder")
     cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
-    seeds = cfg.seed_list
-    s, m = len(seeds), cfg.envs_per_seed
-    lanes = s * cfg.lanes_per_seed
-    bridge = bridge if bridge is not None else make_pool(cfg)
-    trainer = ESTrainer(cfg, bridge.obs_dim, bridge.action_dim, bridge.action_low, bridge.action_high)
-
-    def pool_step(handle, action):
-        handle, out = bridge.step(handle, action.reshape(lanes * m, 1, -1))
-        return handle, tuple(x.reshape((lanes, m) + x.shape[2:]) for x in out[:4])  # obs, reward, terminated, truncated
-
-    reset = lambda: jnp.asarray(bridge.reset().reshape(lanes, m, -1))
-    first_obs = reset()
-    # lax.map: vmapped orthogonal inits batch LAPACK QRs, which can deadlock jaxlib 0.10 on 2 cores.
-    init_fn = jax.jit(lambda k, o: jax.lax.map(lambda x: trainer.init(*x), (k, o)))
-    # Every lane starts from its seed's key: in round 0 a fresh copy is its seed (module docstring).
-    state = init_fn(jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds * cfg.lanes_per_seed)), first_obs)
-    handle = bridge.handle()
-    generation = jax.jit(lambda st, obs, h, do: trainer.generation(st, obs, h, pool_step, do))
-    generation = generation.lower(state, first_obs, handle, jnp.asarray(True)).compile()  # time/sps excludes compiling
-    run_dir.mkdir(parents=True, exist_ok=True)  # the loggers may have made it already
-    store.write_config(run_dir, dataclasses.asdict(cfg))
-    log = _MetricsLog(cfg, run_dir, seeds, loggers)
-    per_round = cfg.generations_per_round
-    episodic = np.zeros((per_round, lanes))  # return/episodic of every lane in the current round
-    for g in range(cfg.num_generations):
-        t0 = time.perf_counter()
-        round_idx, into_round = divmod(g, per_round)
-        raw_obs = reset() if g > 0 else first_obs
-        if into_round == 0 and g > 0:  # a shift: the next round's direction; new fresh copies
-            handle = bridge.set_round(round_idx, handle)
-            if cfg.lanes_per_seed == 2:
-                state = reinit_fresh_lanes(init_fn, state, seeds, round_idx, raw_obs)
-        measure = cfg.diagnostics_every > 0 and g % cfg.diagnostics_every == 0
-        state, handle, metrics = generation(state, raw_obs, handle, jnp.asarray(measure))
-        metrics = jax.device_get(metrics)
-        episodic[into_round] = metrics["return/episodic"]
-        metrics = split_lanes(metrics, s)
-        metrics["time/sps"] = np.full((s,), lanes * m * cfg.episode_steps / (time.perf_counter() - t0))
-        log.append(g, metrics, round_idx)
-        if cfg.writes_rounds and into_round == per_round - 1:
-            table = store.metrics_table(round_rows(episodic, s, round_idx), seeds, g + 1, cfg.steps_per_generation)
-            store.write_metrics_part(run_dir, table, g + 1, store.METRICS_DIR, suffix="-round")
-            log.forward(table)
-    seed_lanes = jax.tree.map(lambda x: x[:s], state)
-    final = {"params": {"policy": jax.vmap(trainer.unravel)(seed_lanes.es.mean)}, "obs_rms": seed_lanes.obs_rms}
-    store.save_checkpoint(run_dir, cfg.num_generations, final)
-    bridge.close()
+    trainer = ESRun(cfg, bridge)
+    if resume:
+        state, done = resume_point(trainer, run_dir)
+    else:
+        state, done = trainer.init(), 0
+        run_dir.mkdir(parents=True, exist_ok=True)  # the loggers may have made it already
+    if not resume or config is not None:
+        store.write_config(run_dir, config if config is not None else dataclasses.asdict(cfg))
+    run_loop(trainer, run_dir, state, done, loggers if loggers is not None else NoLoggers())
+    trainer.close()
     return run_dir
-
-
-class _MetricsLog:
-    """Buffers per-generation metrics ``{key: [S]}`` and writes a part every ``log_every`` generations."""
-
-    def __init__(self, cfg: ESConfig, run_dir: Path, seeds: list[int], loggers: Any = None):
-        self.cfg, self.run_dir, self.seeds, self.loggers = cfg, run_dir, seeds, loggers
-        self.buffer: list[dict] = []
-        self.first, self.start = 1, time.perf_counter()
-
-    def forward(self, table) -> None:
-        """Send a written table to the optional TensorBoard / W&B loggers (``plastix.loggers``)."""
-        if self.loggers is not None:
-            self.loggers.log(table)
-
-    def append(self, g: int, metrics: dict, round_idx: int) -> None:
-        """Add generation ``g``'s (0-based) metrics; flush at a part boundary or at the last generation."""
-        cfg = self.cfg
-        self.buffer.append(metrics)
-        if len(self.buffer) < cfg.log_every and g < cfg.num_generations - 1:
-            return
-        stacked = {k: np.stack([b[k] for b in self.buffer]) for k in self.buffer[0]}
-        table = store.metrics_table(stacked, self.seeds, self.first, cfg.steps_per_generation)
-        store.write_metrics_part(self.run_dir, table, self.first)
-        self.forward(table)
-        if not cfg.quiet:
-            rate = len(self.buffer) / (time.perf_counter() - self.start)
-            rnd = f"round {round_idx + 1}/{cfg.rounds}  " if cfg.rounds > 1 else ""
-            print(f"[es] {rnd}generation {g + 1}/{cfg.num_generations}  {rate:.2f} gen/s  "
-                  f"return/mean {float(np.mean(stacked['return/mean'][-1])):.1f}  "
-                  f"return/episodic {float(np.mean(stacked['return/episodic'][-1])):.1f}", flush=True)
-        self.first, self.buffer, self.start = g + 2, [], time.perf_counter()

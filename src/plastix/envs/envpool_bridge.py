@@ -198,6 +198,13 @@ class EnvpoolBridge:
             for t in range(int(lengths[env_id])):
                 self.env.step(actions[env_id, t][None].astype(np.float64), ids)
 
+    def replay_resets(self, num_resets: np.ndarray) -> None:
+        """Reset env ``i`` ``num_resets[i]`` times (flat over the pool): a MuJoCo env's next start state
+        depends only on its seed and its resets so far, so this brings a new pool to a reset-only history."""
+        for env_id, count in enumerate(np.asarray(num_resets).reshape(-1)):
+            for _ in range(int(count)):
+                self.env.reset(np.array([env_id], np.int32))
+
     def _by_seed(self, x):
         return x.reshape((len(self.seeds), self.envs_per_seed) + tuple(x.shape[1:]))
 
