@@ -11,6 +11,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 
 from plastix import experiments, store
@@ -57,6 +58,9 @@ class LineBridge:
         obs = jnp.broadcast_to(jnp.asarray(OBS), (self.num_envs, 1, 2))
         done = jnp.zeros(action.shape[:2], bool)
         return (count + 1, rnd), (obs, reward, done, done, {})
+
+    def replay_resets(self, num_resets):
+        self.replayed = np.asarray(num_resets)  # a constant observation: resets change nothing else
 
     def close(self):
         self.closed = True
@@ -243,3 +247,30 @@ def test_a_generation_makes_no_batched_lapack_call():
     shapes = lapack_operand_shapes(lowered.as_text())
     assert shapes, "the rank diagnostics should call LAPACK (QR, SVD)"
     assert all(len(s) == 2 for s in shapes), shapes  # one matrix per call: no batch axis
+
+
+# ------------------------------------------------------------------------------------------------- resume
+def test_an_interrupted_es_run_resumes_with_the_uninterrupted_metrics(tmp_path, monkeypatch):
+    # 2 rounds of 3 generations, parts of 2, checkpoints at 2, 4, 6: stopped after generation 3 (its round
+    # rows written, its part not), the resumed run restarts from generation 2 and rewrites the rest.
+    cfg = line_config(popsize=8, sigma=0.1, learning_rate=0.05, log_every=2, checkpoint_every=2)
+    full = run_line(tmp_path, "full", cfg)
+    run = es.ESRun.run
+
+    def stop_after_generation_3(self, state, k):
+        if state.done == 3:
+            raise KeyboardInterrupt
+        return run(self, state, k)
+
+    monkeypatch.setattr(es.ESRun, "run", stop_after_generation_3)
+    with pytest.raises(KeyboardInterrupt):
+        es.train_es(cfg, tmp_path / "killed", bridge=LineBridge(cfg))
+    assert store.latest_checkpoint(tmp_path / "killed")[0] == 2
+    assert (tmp_path / "killed" / store.METRICS_DIR / "part-000000003-round.parquet").exists()
+    monkeypatch.setattr(es.ESRun, "run", run)
+    bridge = LineBridge(cfg)
+    resumed = store.read_metrics(es.train_es(cfg, tmp_path / "killed", bridge=bridge, resume=True))
+    # Every env was reset once by the new pool, and generations 0 and 1 reset them twice in all.
+    np.testing.assert_array_equal(bridge.replayed, 1)
+    keep = lambda df: df[df.key != "time/sps"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(keep(resumed), keep(full))

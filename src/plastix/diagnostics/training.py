@@ -50,6 +50,10 @@ surgery of ``round_start``) to the ones it produced; without ``prev_params`` tho
 
 For CReLU a layer has H kernel columns but 2H output units: dormancy and dead units are per output
 unit, MAGI per kernel column, so ``overlap/dormant_zero_grad`` is not defined and not logged.
+
+**A new per-layer metric** is one function in its own module plus one line registering it in
+``LAYER_METRICS`` (``register_layer_metric``): ``fn(post [B, H]) -> scalar``, logged as
+``<net>/<layer>/<name>`` for every hidden layer, by PPO and ES alike (``docs/architecture.md``).
 """
 
 from __future__ import annotations
@@ -63,6 +67,18 @@ from flax import struct
 from plastix.diagnostics import features, neurons, rank
 from plastix.diagnostics.weights import kernels, params_rms, params_rms_distance, weight_stats
 from plastix.nets import hidden_activations
+
+
+# name -> fn(post-activations [B, H]) -> scalar: per-layer metrics beyond the built-in ones.
+LAYER_METRICS: dict[str, Callable[[jax.Array], jax.Array]] = {}
+
+
+def register_layer_metric(name: str, fn: Callable[[jax.Array], jax.Array]) -> None:
+    """Log ``fn(post)`` as ``<net>/<layer>/<name>`` at every measurement (a traceable function of the layer's
+    post-activations on the diagnostics batch). Register before the run is built: it is compiled in."""
+    if not name or "/" in name:
+        raise ValueError(f"register_layer_metric: a metric name is one path segment, got {name!r}")
+    LAYER_METRICS[name] = fn
 
 
 @struct.dataclass
@@ -213,6 +229,8 @@ def measure(
         metrics[f"{name}/dead_units"] = neurons.dead_units(post, activation)
         metrics[f"{name}/dead_units_every_input"] = neurons.dead_units_every_input(post, activation)
         metrics[f"{name}/active_units"] = neurons.active_units(post, activation)
+        for metric, fn in LAYER_METRICS.items():
+            metrics[f"{name}/{metric}"] = fn(post)
         scores[f"{name}/dormancy"] = dormancy
         dormant_sets[name] = dormant
         layer_grads = layer_params(loss_grads, name)

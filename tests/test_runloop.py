@@ -1,0 +1,93 @@
+"""The run loop (plastix.runloop) through `plastix train`: resume semantics, damaged metrics parts, and a
+per-layer metric added by registering one function (docs/architecture.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import pandas as pd
+import pytest
+
+from plastix import store
+from plastix.cli import main, parse_train_args
+from plastix.config import TrainConfig
+from plastix.diagnostics import training as diag
+from plastix.training import train
+
+GRID = ["--env-id", "GridWorld-v0", "--grid-size", "5", "--grid-max-steps", "20", "--num-levels", "8",
+        "--num-envs", "8", "--num-steps", "16", "--update-epochs", "1", "--num-minibatches", "2",
+        "--diagnostics-every", "2", "--curvature-every", "0", "--lr-schedule", "off", "--log-every", "1",
+        "--checkpoint-every", "1", "--seeds", "0", "--quiet"]
+UPDATE = 8 * 16
+
+
+def train_cli(argv):
+    return train(parse_train_args(argv))
+
+
+def deterministic(df):
+    return df[df.key != "time/sps"].reset_index(drop=True)
+
+
+def saved_run(tmp_path, **change):
+    """A run folder holding only a config.json (what `--resume` reads before any compute)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = dataclasses.replace(TrainConfig(), run_dir=str(run_dir), **change)
+    store.write_config(run_dir, dataclasses.asdict(cfg))
+    return run_dir
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--learning-rate", "0.5"], "--learning-rate: the run in .* was trained with 0.0003, not 0.5"),
+    (["--activation", "relu"], "--activation: the run in .* was trained with 'tanh', not 'relu'"),
+    (["--total-timesteps", "4096"], "would have 2 updates, fewer than the 488"),
+    (["--rounds", "4"], "has 244 updates per round, the extended one would have 122"),
+    (["--preset", "ocp"], "--preset: the run in .* was trained with 'cleanrl', not 'ocp'"),
+])
+def test_resume_refuses_an_option_that_changes_the_run_before_compute(tmp_path, capsys, flags, named):
+    run_dir = saved_run(tmp_path, rounds=2)
+    assert main(["train", "--resume", str(run_dir), *flags]) == 2
+    err = capsys.readouterr().err
+    assert pytest.importorskip("re").search(named, err), err
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json"]  # nothing was computed
+
+
+def test_resume_extends_a_finished_run_and_rewrites_a_damaged_part(tmp_path, capsys):
+    full = deterministic(store.read_metrics(train_cli([*GRID, "--total-timesteps", str(4 * UPDATE),
+                                                        "--run-dir", str(tmp_path / "full")])))
+    run_dir = train_cli([*GRID, "--total-timesteps", str(2 * UPDATE), "--run-dir", str(tmp_path / "run")])
+    parts = sorted((run_dir / store.METRICS_DIR).iterdir())
+    # A finished run that is not extended: nothing computed, and said so.
+    assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0
+    assert "has finished its 2 updates; nothing to do" in capsys.readouterr().err
+    assert sorted((run_dir / store.METRICS_DIR).iterdir()) == parts
+    # More steps continue it: the metrics of the run trained for 4 updates at once (constant learning rate).
+    train_cli(["--resume", str(run_dir), "--total-timesteps", str(4 * UPDATE), "--quiet"])
+    assert store.read_config(run_dir)["total_timesteps"] == 4 * UPDATE
+    pd.testing.assert_frame_equal(deterministic(store.read_metrics(run_dir)), full)
+    # A truncated part: readers name it, can skip it; a resume rewrites it (from the checkpoint before it).
+    part = run_dir / store.METRICS_DIR / "part-000000004.parquet"
+    part.write_bytes(part.read_bytes()[:100])
+    with pytest.raises(store.DamagedPartError, match="part-000000004.parquet: damaged metrics part"):
+        store.read_metrics(run_dir)
+    with pytest.warns(UserWarning, match="part-000000004.parquet"):
+        partial = store.read_metrics(run_dir, skip_damaged=True)
+    assert set(partial["update"]) == {1, 2, 3}
+    train_cli(["--resume", str(run_dir), "--quiet"])
+    pd.testing.assert_frame_equal(deterministic(store.read_metrics(run_dir)), full)
+
+
+def test_a_registered_layer_metric_is_logged(tmp_path, monkeypatch):
+    # The whole of adding a metric: a traceable function of a layer's post-activations, and one registry line.
+    def width(post):
+        return jnp.asarray(post.shape[-1], jnp.float32)
+
+    monkeypatch.setitem(diag.LAYER_METRICS, "toy_width", width)
+    df = store.read_metrics(train_cli([*GRID, "--total-timesteps", str(UPDATE), "--diagnostics-every", "1",
+                                       "--run-dir", str(tmp_path / "run")]))
+    rows = df[df.key.str.endswith("/toy_width")]
+    assert set(rows.key) == {"policy/layer_1/toy_width", "policy/layer_2/toy_width", "value/layer_1/toy_width",
+                             "value/layer_2/toy_width"}
+    assert (rows.value == 64.0).all()
