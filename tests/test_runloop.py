@@ -4,6 +4,7 @@ per-layer metric added by registering one function (docs/architecture.md)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import jax.numpy as jnp
 import pandas as pd
@@ -50,10 +51,11 @@ def test_resume_refuses_an_option_that_changes_the_run_before_compute(tmp_path, 
     run_dir = saved_run(tmp_path, rounds=2)
     assert main(["train", "--resume", str(run_dir), *flags]) == 2
     err = capsys.readouterr().err
-    assert pytest.importorskip("re").search(named, err), err
+    assert re.search(named, err), err
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.json"]  # nothing was computed
 
 
+@pytest.mark.slow  # four gridworld trainings: ~8 min on 2 cores under a load of 25; the refusals above run by default
 def test_resume_extends_a_finished_run_and_rewrites_a_damaged_part(tmp_path, capsys):
     full = deterministic(store.read_metrics(train_cli([*GRID, "--total-timesteps", str(4 * UPDATE),
                                                         "--run-dir", str(tmp_path / "full")])))
@@ -91,3 +93,23 @@ def test_a_registered_layer_metric_is_logged(tmp_path, monkeypatch):
     assert set(rows.key) == {"policy/layer_1/toy_width", "policy/layer_2/toy_width", "value/layer_1/toy_width",
                              "value/layer_2/toy_width"}
     assert (rows.value == 64.0).all()
+
+
+def test_a_damaged_part_is_named_skipped_with_a_warning_and_resumed_from_before_it(tmp_path):
+    from plastix.runloop import usable_checkpoint
+
+    run_dir = tmp_path / "run"
+    table = store.metrics_table({"return/episodic": [[1.0], [2.0]]}, [0], 1, 10)
+    for first in (1, 3, 5):
+        store.write_metrics_part(run_dir, table, first)
+    for update in (2, 4):
+        (run_dir / store.CHECKPOINT_DIR / f"{update:09d}").mkdir(parents=True)
+    assert usable_checkpoint(run_dir)[0] == 4
+    part = run_dir / store.METRICS_DIR / "part-000000003.parquet"
+    part.write_bytes(part.read_bytes()[:-20])  # the footer lost, as after a full disk
+    with pytest.raises(store.DamagedPartError, match=r"part-000000003\.parquet: damaged metrics part.*--resume"):
+        store.read_metrics(run_dir)
+    with pytest.warns(UserWarning, match=r"part-000000003\.parquet"):
+        assert sorted(store.read_metrics(run_dir, skip_damaged=True)["update"]) == [1, 2, 5, 6]
+    assert store.damaged_parts(run_dir) == [part]
+    assert usable_checkpoint(run_dir)[0] == 2  # updates 3 and on are recomputed, the damaged part rewritten

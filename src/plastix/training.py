@@ -137,11 +137,14 @@ def train(cfg: TrainConfig) -> Path:
 
     ``--resume`` of a finished run that is not extended computes nothing and says so (on stderr), unless a
     metrics part is damaged: the run then continues from the newest checkpoint before it and rewrites it."""
+    cfg, run_dir, resuming = prepare_run(cfg)
+    return TRAINERS[cfg.optimizer](cfg, run_dir, resuming)
+
+
+def _train_ppo(cfg: TrainConfig, run_dir: Path, resuming: bool) -> Path:
+    """PPO (``PPOTrainer``) on the run loop."""
     from plastix.runloop import resume_point, run_loop, usable_checkpoint
 
-    cfg, run_dir, resuming = prepare_run(cfg)
-    if cfg.optimizer == "es":
-        return _train_es(cfg, run_dir, resuming)
     check_loggers(cfg)  # a missing TensorBoard / W&B package fails before any compute
     if resuming and _finished(run_dir, cfg.num_updates, usable_checkpoint(run_dir), "updates"):
         return run_dir
@@ -227,6 +230,10 @@ def _train_es(cfg: TrainConfig, run_dir: Path | None = None, resuming: bool = Fa
         if not resuming:
             remove_unstarted_run(run_dir)  # only a folder with metrics is kept (to be resumed)
         raise
+
+
+# --optimizer -> (TrainConfig, run folder, resuming) -> run folder: each trainer on ``runloop.run_loop``.
+TRAINERS = {"ppo": _train_ppo, "es": _train_es}
 
 
 def load_checkpoint(run_dir: str | Path, final: bool = True):
