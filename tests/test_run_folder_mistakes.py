@@ -46,23 +46,23 @@ def test_train_refuses_a_misnamed_layer_before_making_the_run_folder(tmp_path, c
 
 
 def test_a_run_failing_before_its_first_update_leaves_no_folder(tmp_path, monkeypatch):
-    def fail(cfg, run_dir, *args):
+    def fail(trainer, run_dir, *args):
         raise RuntimeError("compile failed")
 
     bridge = types.SimpleNamespace(handle=lambda: None, close=lambda: None)
     monkeypatch.setattr(training, "build", lambda cfg: (bridge, None, None))  # no env or network: no compute
-    monkeypatch.setattr(training, "_run_chunks", fail)
+    monkeypatch.setattr(training, "run_loop", fail)
     run_dir = tmp_path / "run"
     with pytest.raises(RuntimeError, match="compile failed"):
         training.train(parse_train_args([*GRID, "--run-dir", str(run_dir)]))
     assert not run_dir.exists()
 
-    def fail_after_one_update(cfg, run_dir, *args):  # a part written: the run can be resumed, it stays
-        table = store.metrics_table({"loss/value": jnp.zeros((1, 1))}, [0], 1, cfg.batch_size)
+    def fail_after_one_update(trainer, run_dir, *args):  # a part written: the run can be resumed, it stays
+        table = store.metrics_table({"loss/value": jnp.zeros((1, 1))}, [0], 1, trainer.cfg.batch_size)
         store.write_metrics_part(run_dir, table, 1)
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(training, "_run_chunks", fail_after_one_update)
+    monkeypatch.setattr(training, "run_loop", fail_after_one_update)
     with pytest.raises(RuntimeError, match="killed"):
         training.train(parse_train_args([*GRID, "--run-dir", str(run_dir)]))
     assert (run_dir / "config.json").exists()

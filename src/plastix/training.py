@@ -27,6 +27,7 @@ from plastix.config import (NETWORK_MITIGATIONS, ConfigError, TrainConfig, canon
 from plastix.envs import make_bridge
 from plastix.envs.heldout import HeldoutEvaluation
 from plastix.loggers import check_loggers, open_loggers
+from plastix.runloop import Schedule, latest_return, resume_point, run_loop, usable_checkpoint
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -143,8 +144,6 @@ def train(cfg: TrainConfig) -> Path:
 
 def _train_ppo(cfg: TrainConfig, run_dir: Path, resuming: bool) -> Path:
     """PPO (``PPOTrainer``) on the run loop."""
-    from plastix.runloop import resume_point, run_loop, usable_checkpoint
-
     check_loggers(cfg)  # a missing TensorBoard / W&B package fails before any compute
     if resuming and _finished(run_dir, cfg.num_updates, usable_checkpoint(run_dir), "updates"):
         return run_dir
@@ -196,8 +195,6 @@ def _train_es(cfg: TrainConfig, run_dir: Path | None = None, resuming: bool = Fa
     under ``--shift none`` or ``task``, with ``--baseline fresh`` (the fresh copies of ``algos/es.py``).
     ``config.json`` holds the ``TrainConfig`` (so ``--resume`` reads ES and PPO runs alike)."""
     from plastix.algos.es import ES_SHIFTS, train_es
-    from plastix.runloop import usable_checkpoint
-
     if cfg.shift not in ES_SHIFTS:
         raise ConfigError(f"--shift {cfg.shift}: not supported with --optimizer es; ES trains with --shift "
                           f"{' or '.join(ES_SHIFTS)} (task: running direction of HalfCheetah, Ant, Hopper, Walker2d)")
@@ -307,8 +304,6 @@ class PPOTrainer:
     ``run`` calls one compiled chunk of ``k`` updates (``ppo.make_chunk_fn``, compiled once per ``k``)."""
 
     def __init__(self, cfg: TrainConfig):
-        from plastix.runloop import Schedule
-
         self.cfg = cfg
         self.bridge, self.agent, self.fresh_states = build(cfg)
         self.members = len(member_seeds(cfg))
@@ -373,8 +368,6 @@ class PPOTrainer:
         return _round_rows(self.cfg, run_dir, self.heldout, state[0], round_idx, update)
 
     def latest_return(self, metrics: dict) -> float:
-        from plastix.runloop import latest_return
-
         return latest_return(metrics["return/episodic"])
 
     def close(self) -> None:

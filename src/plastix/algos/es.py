@@ -121,6 +121,7 @@ from plastix import store
 from plastix.diagnostics import training as diag
 from plastix.envs import normalize as nz
 from plastix.nets import ACTIVATIONS, MLP, hidden_activations
+from plastix.runloop import NoLoggers, Schedule, latest_return, resume_point, run_loop
 
 # Shifts ES can train under: the reward-only task switch needs nothing from the trainer but a RoundState.
 ES_SHIFTS = ("none", "task")
@@ -747,8 +748,6 @@ class ESRun:
     """
 
     def __init__(self, cfg: ESConfig, bridge: Any = None):
-        from plastix.runloop import Schedule
-
         self.cfg = cfg
         self.seeds = cfg.seed_list
         self.lanes, self.m = len(self.seeds) * cfg.lanes_per_seed, cfg.envs_per_seed
@@ -829,8 +828,6 @@ class ESRun:
         return round_rows(episodic, len(self.seeds), round_idx)
 
     def latest_return(self, metrics: dict) -> float:
-        from plastix.runloop import latest_return
-
         return latest_return(metrics["return/episodic"])
 
     def close(self) -> None:
@@ -859,8 +856,6 @@ def train_es(cfg: ESConfig, run_dir: str | Path | None = None, bridge: Any = Non
     ``bridge``: an already built pool of ``lanes_per_seed * S * envs_per_seed`` envs with
     ``EnvpoolBridge``'s interface (tests pass a JAX stand-in); default ``make_pool(cfg)``.
     """
-    from plastix.runloop import NoLoggers, resume_point, run_loop
-
     cfg.validate(check_env=bridge is None)
     run_dir = Path(run_dir or cfg.run_dir or default_run_dir(cfg))
     if resume and not (run_dir / "config.json").exists():
