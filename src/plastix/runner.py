@@ -133,8 +133,7 @@ def run_status(run_dir: Path, spec: RunSpec) -> str:
 
 
 def final_checkpoint_step(cfg) -> int:
-    """The step number of a finished run's last checkpoint: PPO updates, or ES generations (``--optimizer es``
-    checkpoints once, at its last generation)."""
+    """The step number of a finished run's last checkpoint: PPO updates, or ES generations (``--optimizer es``)."""
     if cfg.optimizer == "es":
         from plastix.algos.es import es_config_from_train_config
 
