@@ -113,3 +113,17 @@ def test_a_damaged_part_is_named_skipped_with_a_warning_and_resumed_from_before_
         assert sorted(store.read_metrics(run_dir, skip_damaged=True)["update"]) == [1, 2, 5, 6]
     assert store.damaged_parts(run_dir) == [part]
     assert usable_checkpoint(run_dir)[0] == 2  # updates 3 and on are recomputed, the damaged part rewritten
+
+
+@pytest.mark.slow  # three ES trainings on HalfCheetah-v4 (envpool): a few minutes on 2 busy cores
+def test_an_es_run_extended_by_resume_equals_the_run_trained_at_once(tmp_path):
+    # The resumed pool is brought back by replaying each env's resets (algos.es.ESRun.restore): the
+    # generations after the resume start from the states they start from in the uninterrupted run.
+    es = ["--optimizer", "es", "--shift", "task", "--rounds", "2", "--baseline", "fresh", "--es.popsize", "4",
+          "--es.episode-steps", "20", "--diagnostics-every", "2", "--log-every", "2", "--checkpoint-every", "2",
+          "--seeds", "0,1", "--quiet"]
+    full = store.read_metrics(train_cli([*es, "--steps-per-round", "480", "--run-dir", str(tmp_path / "full")]))
+    run_dir = train_cli([*es, "--steps-per-round", "480", "--rounds", "1", "--run-dir", str(tmp_path / "run")])
+    assert store.latest_checkpoint(run_dir)[0] == 6
+    train_cli(["--resume", str(run_dir), "--rounds", "2", "--quiet"])
+    pd.testing.assert_frame_equal(deterministic(store.read_metrics(run_dir)), deterministic(full))
