@@ -99,9 +99,8 @@ def test_a_damaged_part_is_named_skipped_with_a_warning_and_resumed_from_before_
     from plastix.runloop import usable_checkpoint
 
     run_dir = tmp_path / "run"
-    table = store.metrics_table({"return/episodic": [[1.0], [2.0]]}, [0], 1, 10)
-    for first in (1, 3, 5):
-        store.write_metrics_part(run_dir, table, first)
+    for first in (1, 3, 5):  # parts of two updates each
+        store.write_metrics_part(run_dir, store.metrics_table({"return/episodic": [[1.0], [2.0]]}, [0], first, 10), first)
     for update in (2, 4):
         (run_dir / store.CHECKPOINT_DIR / f"{update:09d}").mkdir(parents=True)
     assert usable_checkpoint(run_dir)[0] == 4
