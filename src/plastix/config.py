@@ -261,7 +261,8 @@ class TrainConfig:
     log_every: int = 10
     """updates per compiled chunk: metrics are written and the progress bar advances once per chunk"""
     checkpoint_every: int = 50
-    """updates between checkpoints (rounded up to a multiple of --log-every); the final state is always saved"""
+    """updates (ES: generations) between checkpoints (rounded up to a multiple of --log-every); the last is
+    always saved"""
     num_threads: int = 0
     """envpool worker threads (0: envpool's default)"""
     quiet: bool = False
