@@ -131,7 +131,7 @@ def test_two_spellings_of_one_option_save_the_same_config(tmp_path, monkeypatch,
 
     bridge = types.SimpleNamespace(handle=lambda: None, close=lambda: None)
     monkeypatch.setattr(training, "build", lambda cfg: (bridge, None, None))  # no env, network or training
-    monkeypatch.setattr(training, "_run_chunks", lambda *args: None)
+    monkeypatch.setattr(training, "run_loop", lambda *args: None)
     saved = []
     for i, argv in enumerate((one, other)):
         cfg = parse_train_args([*argv, "--run-dir", str(tmp_path / "run")])
