@@ -86,7 +86,8 @@ def test_a_registered_layer_metric_is_logged(tmp_path, monkeypatch):
     def width(post):
         return jnp.asarray(post.shape[-1], jnp.float32)
 
-    monkeypatch.setitem(diag.LAYER_METRICS, "toy_width", width)
+    monkeypatch.setattr(diag, "LAYER_METRICS", dict(diag.LAYER_METRICS))  # unregistered after the test
+    diag.register_layer_metric("toy_width", width)
     df = store.read_metrics(train_cli([*GRID, "--total-timesteps", str(UPDATE), "--diagnostics-every", "1",
                                        "--run-dir", str(tmp_path / "run")]))
     rows = df[df.key.str.endswith("/toy_width")]
