@@ -253,7 +253,7 @@ def test_a_generation_makes_no_batched_lapack_call():
 def test_an_interrupted_es_run_resumes_with_the_uninterrupted_metrics(tmp_path, monkeypatch):
     # 2 rounds of 3 generations, parts of 2, checkpoints at 2, 4, 6: stopped after generation 3 (its round
     # rows written, its part not), the resumed run restarts from generation 2 and rewrites the rest.
-    cfg = line_config(popsize=8, sigma=0.1, learning_rate=0.05, log_every=2, checkpoint_every=2)
+    cfg = line_config(sigma=0.1, learning_rate=0.05, log_every=2, checkpoint_every=2)
     full = run_line(tmp_path, "full", cfg)
     run = es.ESRun.run
 
@@ -265,7 +265,7 @@ def test_an_interrupted_es_run_resumes_with_the_uninterrupted_metrics(tmp_path, 
     monkeypatch.setattr(es.ESRun, "run", stop_after_generation_3)
     with pytest.raises(KeyboardInterrupt):
         es.train_es(cfg, tmp_path / "killed", bridge=LineBridge(cfg))
-    assert store.latest_checkpoint(tmp_path / "killed")[0] == 2
+    assert cfg.num_generations == 6 and store.latest_checkpoint(tmp_path / "killed")[0] == 2
     assert (tmp_path / "killed" / store.METRICS_DIR / "part-000000003-round.parquet").exists()
     monkeypatch.setattr(es.ESRun, "run", run)
     bridge = LineBridge(cfg)
