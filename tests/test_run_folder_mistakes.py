@@ -71,7 +71,7 @@ def test_a_run_failing_before_its_first_update_leaves_no_folder(tmp_path, monkey
 def test_an_es_run_failing_before_its_first_generation_leaves_no_folder(tmp_path, monkeypatch):
     import plastix.algos.es as es
 
-    def fail(es_cfg, run_dir, loggers=None):
+    def fail(es_cfg, run_dir, loggers=None, **kwargs):
         run_dir.mkdir(parents=True, exist_ok=True)  # as train_es does before its first generation
         raise RuntimeError("compile failed")
 
