@@ -14,7 +14,7 @@ from plastix import store
 from plastix.cli import main, parse_train_args
 from plastix.config import TrainConfig
 from plastix.diagnostics import training as diag
-from plastix.training import train
+from plastix.training import load_checkpoint, train
 
 GRID = ["--env-id", "GridWorld-v0", "--grid-size", "5", "--grid-max-steps", "20", "--num-levels", "8",
         "--num-envs", "8", "--num-steps", "16", "--update-epochs", "1", "--num-minibatches", "2",
@@ -127,3 +127,5 @@ def test_an_es_run_extended_by_resume_equals_the_run_trained_at_once(tmp_path):
     assert store.latest_checkpoint(run_dir)[0] == 6
     train_cli(["--resume", str(run_dir), "--rounds", "2", "--quiet"])
     pd.testing.assert_frame_equal(deterministic(store.read_metrics(run_dir)), deterministic(full))
+    cfg, final = load_checkpoint(run_dir)  # reads ES checkpoints as PPO's: the seeds' policies stacked
+    assert cfg.optimizer == "es" and final.params["policy"]["layer_1"]["kernel"].shape[0] == 2
