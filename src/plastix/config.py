@@ -210,6 +210,17 @@ class TrainConfig:
     """Lanczos steps for the largest and smallest Hessian eigenvalues"""
     curvature_samples: int = 10
     """Hutchinson probes for the Hessian trace"""
+    probe_every: int = 0
+    """run the plasticity probe every P updates (0 = off; Lyle et al. 2023, `plastix.probes.random_target_probe`):
+    from the current parameters, a copy of the agent fits fresh N(0, 1) targets on --probe-batch observations
+    of the update's batch, for each output head in turn, with --probe-steps full-batch Adam steps; logs
+    probe/<policy|value>/initial_loss and final_loss (lower final loss = more plastic). Never changes training"""
+    probe_steps: int = 100
+    """Adam steps of the plasticity probe (its fixed budget)"""
+    probe_lr: float = 1e-3
+    """Adam learning rate of the plasticity probe"""
+    probe_batch: int = 256
+    """observations of the update's batch the probe fits (a random subset; at most the whole batch)"""
     save_neuron_scores: bool = False
     """also write per-neuron dormancy and MAGI scores at each measurement to neurons.parquet/"""
     shift: Literal["none", "permute", "window", "expand", "task", "dynamics"] = "none"
@@ -630,6 +641,10 @@ OPTION_RANGES: dict[str, Range] = {
     "curvature_samples": AT_LEAST_ONE,
     "activity_steps": NON_NEGATIVE,  # 0 = off
     "interference_samples": NON_NEGATIVE,  # 0 = off; 1 is refused in validate (no pair)
+    "probe_every": NON_NEGATIVE,  # 0 = off
+    "probe_steps": AT_LEAST_ONE,
+    "probe_lr": POSITIVE,
+    "probe_batch": AT_LEAST_ONE,
     # rounds and shifts
     "rounds": AT_LEAST_ONE,
     "steps_per_round": AT_LEAST_ONE,  # and at least one rollout: validate

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from plastix import probes
 from plastix.config import ConfigError, TrainConfig
 from plastix.envs import EnvSpec
 from plastix.diagnostics import curvature
@@ -635,6 +636,10 @@ class Agent:
             measure_curvature = lambda: self.curvature(state, batch)
             due = state.update % cfg.curvature_every == 0
             metrics.update(jax.lax.cond(due, measure_curvature, lambda: _nan_like(jax.eval_shape(measure_curvature))))
+        if cfg.probe_every > 0:
+            run_probe = lambda: self.plasticity_probe(state, batch)
+            due = state.update % cfg.probe_every == 0
+            metrics.update(jax.lax.cond(due, run_probe, lambda: _nan_like(jax.eval_shape(run_probe))))
         return state, metrics, scores if cfg.save_neuron_scores else {}
 
     def interference(self, state: TrainState, sample: Minibatch) -> tuple[Callable, Minibatch]:
@@ -655,6 +660,28 @@ class Agent:
             return ppo_loss(params, lambda q, o: self.forward(q, state.opt_state, o), one, one_cfg, self.policy)[0]
 
         return per_example_loss, examples
+
+    def plasticity_probe(self, state: TrainState, batch: Minibatch) -> dict:
+        """Lyle et al. (2023)-style plasticity probe of the updated agent, per output head: from
+        ``state.params``, a copy of the whole agent is trained with full-batch Adam (``probe_lr``,
+        ``probe_steps``) on the MSE between the head's output and fresh i.i.d. ``N(0, 1)`` targets on a random
+        subset of ``probe_batch`` observations of the update's batch (``plastix.probes.random_target_probe``).
+        Heads: ``policy`` (the Gaussian mean, or the logits) and ``value``. Keys ``probe/<head>/initial_loss``
+        (before the first step) and ``probe/<head>/final_loss`` (after the budget; lower = more plastic).
+        Randomness is ``fold_in`` of the training key: probing never changes training."""
+        cfg = self.cfg
+        perm_key, policy_key, value_key = jax.random.split(jax.random.fold_in(state.key, 0x9B0E), 3)
+        size = min(cfg.probe_batch, cfg.batch_size)
+        obs = batch.obs[jax.random.permutation(perm_key, cfg.batch_size)[:size]]
+        policy_out = (lambda d: d) if self.spec.discrete else (lambda d: d[0])  # logits, or the Gaussian mean
+        heads = {"policy": (lambda p, x: policy_out(self.forward(p, state.opt_state, x)[0]), policy_key),
+                 "value": (lambda p, x: self.forward(p, state.opt_state, x)[1], value_key)}
+        out = {}
+        for name, (apply_fn, key) in heads.items():
+            result = probes.random_target_probe(apply_fn, state.params, obs, key, cfg.probe_steps, cfg.probe_lr)
+            out[f"probe/{name}/initial_loss"] = result.loss_curve[0]
+            out[f"probe/{name}/final_loss"] = result.final_loss
+        return out
 
     def curvature(self, state: TrainState, batch: Minibatch):
         """Largest and smallest Hessian eigenvalues (Lanczos: the PPO loss's Hessian is indefinite) and the

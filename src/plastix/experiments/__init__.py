@@ -19,6 +19,8 @@ it (``plastix run my-experiment.toml``). Schema (every key is validated, see ``l
     [arms]                                 # optional named variants (interventions), crossed with [grid]:
     warm_start = {}                        # each a table of TrainConfig overrides; a variant's `arm`
     reset_all = { mitigations = "reset", reset = { layers = "all" } }   # value is its name
+    arms_mode = "cross"                    # (a top-level key) "cross": every arm with every grid point;
+                                           # "append": each arm is one more variant beside the grid's
 
     [task_switch]                          # kind = "task-switch" only (defaults in TASK_SWITCH_DEFAULTS)
     learning_rates = [0.01, 0.005]
@@ -40,6 +42,10 @@ it (``plastix run my-experiment.toml``). Schema (every key is validated, see ``l
 
 Claims may also set ``compare = "not_less"`` (``a >= b - tolerance * |b|``: "at least about as high") and
 ``combine = "mean"`` (compare the mean over the matching keys instead of requiring every key to hold).
+``arms_mode = "append"`` adds each arm as one variant (``[base]`` then the arm's overrides, which may then set
+grid keys) after the grid's variants, which keep their plain names (``activation=relu``): an experiment can add
+interventions to a grid whose runs it shares with another experiment (``review-fig1-control`` with
+``ocp-fig1``). A claim then selects a grid variant by its grid keys and an arm by ``arm``.
 A task-switch experiment with ``task_switch = { alphas = [...] }`` runs the task-relevance probe instead of
 the plain Eq. 15 switch (``plastix.experiments.task_switch``, ``plastix.probes.interpolated_targets``).
 
@@ -71,7 +77,9 @@ REQUIRED_SCALES: tuple[str, ...] = ()  # a file runs at the scales whose tables 
 KINDS = ("train", "task-switch")
 COMPARES = ("less", "greater", "similar", "at_least", "at_most", "not_less")
 CLAIM_COMBINES = ("every", "mean")
-TOP_KEYS = {"name", "description", "kind", "analyses", "source", "base", "grid", "arms", "task_switch", "claims", *SCALES}
+ARMS_MODES = ("cross", "append")
+TOP_KEYS = {"name", "description", "kind", "analyses", "source", "base", "grid", "arms", "arms_mode", "task_switch",
+            "claims", *SCALES}
 SCALE_KEYS = {"seeds", "base", "grid", "arms", "task_switch"}
 CLAIM_KEYS = {"text", "keys", "compare", "a", "b", "tolerance", "threshold", "stat", "combine"}
 CLAIM_STATS = ("final", "mean")
@@ -122,14 +130,21 @@ class Experiment:
     source: str | None = None
     task_switch: dict[str, Any] = field(default_factory=dict)
     arms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    arms_mode: str = "cross"
 
     @property
     def variants(self) -> list[Variant]:
         """The cartesian product of the grid and the arms (one variant named ``base`` when both are empty).
 
         An arm adds ``arm = <its name>`` to the variant's values and its overrides to the variant's config
-        (after ``[base]``; an arm never sets a grid key, ``load`` checks it)."""
+        (after ``[base]``; an arm never sets a grid key, ``load`` checks it). With ``arms_mode = "append"``
+        the grid's variants come first, without an arm, then one variant per arm (``[base]`` and its overrides)."""
         keys = list(self.grid)
+        if self.arms_mode == "append":
+            grid = [] if not keys and self.arms else [dict(zip(keys, c)) for c in itertools.product(*self.grid.values())]
+            out = [Variant(variant_name(v), v, {**self.base, **v}) for v in grid]
+            return out + [Variant(variant_name({ARM_KEY: arm}), {ARM_KEY: arm}, {**self.base, **overrides})
+                          for arm, overrides in self.arms.items()]
         arms = list(self.arms.items()) or [(None, {})]
         out = []
         for combo in itertools.product(*(self.grid[k] for k in keys)):
@@ -394,8 +409,14 @@ def _check_task_switch(path: Path, where: str, table: Any) -> dict:
 
 
 def _check_arms(path: Path, raw: dict, scale_table: dict, scale: str, grid: dict, fields: dict[str, Any]) -> dict:
-    """``{arm name: TrainConfig overrides}`` of ``[arms]``, restricted to ``<scale>.arms`` when given."""
+    """``{arm name: TrainConfig overrides}`` of ``[arms]``, restricted to ``<scale>.arms`` when given. Crossed
+    arms (``arms_mode = "cross"``) may not set a grid key; appended ones may."""
+    mode = raw.get("arms_mode", "cross")
+    if mode not in ARMS_MODES:
+        raise ExperimentError(f"{path}: arms_mode: bad value {mode!r}; allowed: {', '.join(ARMS_MODES)}")
     table = raw.get("arms", {})
+    if "arms_mode" in raw and not table:
+        raise ExperimentError(f"{path}: arms_mode: only meaningful with [arms]; add arms or drop it")
     if not isinstance(table, dict):
         raise ExperimentError(f"{path}: [arms] must be a table of named tables of TrainConfig options")
     arms = {}
@@ -406,9 +427,10 @@ def _check_arms(path: Path, raw: dict, scale_table: dict, scale: str, grid: dict
             raise ExperimentError(f"{path}: arms.{name}: must be a table of TrainConfig options, e.g. {{}} or "
                                   "{ mitigations = \"reset\" }")
         arms[name] = _check_overrides(path, f"arms.{name}", overrides, fields)
-        clash = sorted(set(arms[name]) & set(grid))
+        clash = sorted(set(arms[name]) & set(grid)) if mode == "cross" else []
         if clash:
-            raise ExperimentError(f"{path}: arms.{name}.{clash[0]}: also a grid key; set it in [grid] or in the arms")
+            raise ExperimentError(f"{path}: arms.{name}.{clash[0]}: also a grid key; set it in [grid] or in the arms "
+                                  "(or give arms_mode = \"append\": each arm one variant beside the grid's)")
     chosen = scale_table.get("arms")
     if chosen is None:
         return arms
@@ -522,7 +544,7 @@ def load(name_or_path: str | Path, scale: str = "quick") -> Experiment:
     exp = Experiment(
         name=name, description=description, kind=kind, scale=scale, path=str(path), seeds=list(sc["seeds"]),
         base=base, grid=grid, analyses=list(analyses), claims=claims, source=source, task_switch=task_switch,
-        arms=arms,
+        arms=arms, arms_mode=raw.get("arms_mode", "cross"),
     )
     configs = []
     for variant in exp.variants:
