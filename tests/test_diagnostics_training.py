@@ -38,6 +38,7 @@ def test_in_training_keys_and_schedule(diag_run):
         for layer in ("layer_1", "layer_2"):
             for suffix in ("dormant_ratio@0", "dormant_ratio@0.025", "dormant_ratio@0.1", "zero_grad_ratio/layer",
                            "zero_grad_ratio/loss", "overlap/dormant", "overlap/zero_grad", "overlap/dormant_zero_grad",
+                           "overlap/dormant_zero_grad_rel@0.025",
                            "srank", "effective_rank", "dead_units", "dead_units_every_input", "active_units",
                            "grad_norm", "weight/l2", "weight/dist_init", "weight/update_l2", "weight/update_rms",
                            "numerical_rank", "feature_norm", "feature_variance", "unit_activity", "inactive_units",
@@ -143,6 +144,11 @@ def test_measure_finds_a_dead_relu_neuron():
     np.testing.assert_allclose(metrics["policy/layer_1/dead_units_every_input"], np.mean(np.all(post == 0, axis=0)))
     assert float(metrics["policy/layer_1/dead_units_every_input"]) >= 1 / 8
     assert float(metrics["policy/layer_1/overlap/dormant_zero_grad"]) == 1.0
+    # The relative zero-gradient set (G_i / mean G <= tau) with tau = 0 holds the dead neuron only, as the
+    # dormant set (score <= 0) does: they coincide.
+    dormant, rel = scores["policy/layer_1/dormancy"] <= 0.0, scores["policy/layer_1/magi_layer"] <= 0.0
+    expected = np.sum(dormant & rel) / min(np.sum(dormant), np.sum(rel))
+    assert float(metrics["policy/layer_1/overlap/dormant_zero_grad_rel@0"]) == expected == 1.0
     assert bool(state.prev_dormant["policy/layer_1"][5]) and np.isnan(float(metrics["policy/layer_1/overlap/dormant"]))
     metrics, _, _ = measure(params, forward, loss_fn, obs, "relu", state, (0.0,), 0.0, 0.0)
     assert float(metrics["policy/layer_1/overlap/dormant"]) == 1.0
@@ -161,3 +167,26 @@ def test_layer_by_layer_magi_equals_autodiff_through_the_network(activation):
     full = layer_target_magi(forward, params, obs, layers)
     for name in layers:
         np.testing.assert_allclose(local[name], full[name], rtol=1e-5, atol=1e-7)
+
+
+def test_a_smooth_activation_separates_dormant_from_zero_gradient_neurons():
+    """SCIENCE.md, Theorem 1 and the weight gradient: a tanh neuron with zero weights and bias outputs 0 on every
+    input (dormant) but has a non-zero weight gradient, while a saturated one (bias 20: h = 1) is not dormant and
+    has an (almost) zero one. Its dormant set {5} and relative zero-gradient set {3} do not overlap: 0."""
+    net = ActorCritic(2, (8, 8), "tanh")
+    params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 3), jnp.float32))["params"]
+    layer = params["policy"]["layer_1"]
+    kernel = layer["kernel"].at[:, 5].set(0.0).at[:, 3].set(0.0)
+    params["policy"]["layer_1"] = {"kernel": kernel, "bias": layer["bias"].at[5].set(0.0).at[3].set(20.0)}
+    obs = jax.random.normal(jax.random.PRNGKey(1), (32, 3), jnp.float32)
+    forward = make_forward_acts(net.apply)
+    loss_fn = lambda p: jnp.sum(net.apply({"params": p}, obs)[2] ** 2)
+    shapes = {k: (8, 8) for k in ("policy/layer_1", "policy/layer_2", "value/layer_1", "value/layer_2")}
+    metrics, scores, _ = measure(params, forward, loss_fn, obs, "tanh", diagnostics_init(params, shapes), (0.025,),
+                                 0.025, 0.0, plain_mlp=True)
+    dormancy, magi = np.asarray(scores["policy/layer_1/dormancy"]), np.asarray(scores["policy/layer_1/magi_layer"])
+    assert dormancy[5] == 0.0 and magi[5] > 0.1 * magi.mean()  # dormant, with a weight gradient
+    assert dormancy[3] > 1.0 and magi[3] < 1e-6 * magi.mean()  # saturated: active, no weight gradient
+    assert set(np.flatnonzero(dormancy <= 0.025)) == {5} and set(np.flatnonzero(magi / magi.mean() <= 0.025)) == {3}
+    assert float(metrics["policy/layer_1/overlap/dormant_zero_grad_rel@0.025"]) == 0.0
+    assert float(metrics["policy/layer_1/overlap/dormant_zero_grad"]) == 0.0  # tanh'(20) is 0 in float32: {3}

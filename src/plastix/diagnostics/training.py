@@ -18,6 +18,10 @@ Metric keys (``<net>`` is ``policy`` or ``value``, ``<layer>`` a hidden layer ``
                                              sets (dormant = score <= ``overlap_tau``)
 ``<net>/<layer>/overlap/zero_grad``          the same for zero-gradient sets (``layer`` target, eps)
 ``<net>/<layer>/overlap/dormant_zero_grad``  between the dormant and zero-gradient sets of this step
+``<net>/<layer>/overlap/dormant_zero_grad_rel@<tau>``  the same with the relative zero-gradient set
+                                             (``layer`` target, ``G_i / mean_k G_k <= overlap_tau``):
+                                             with smooth activations no MAGI is exactly 0, so the
+                                             strict set is empty and only this one tests Theorem 1
 ``<net>/<layer>/srank``, ``effective_rank``  of the layer's post-activation features on the batch
 ``<net>/<layer>/numerical_rank``             singular values above numpy's ``matrix_rank`` tolerance
 ``<net>/<layer>/feature_norm``               Plasticine's ``mean_b ||h_b||_2`` (``features``)
@@ -249,6 +253,8 @@ def measure(
         )
         if dormant.shape == zero_grad.shape:
             metrics[f"{name}/overlap/dormant_zero_grad"] = neurons.overlap(dormant, zero_grad)
+            zero_grad_rel = neurons.relative_zero_grad_mask(magi_layer[name], overlap_tau)
+            metrics[f"{name}/overlap/dormant_zero_grad_rel@{overlap_tau:g}"] = neurons.overlap(dormant, zero_grad_rel)
         metrics[f"{name}/grad_norm"] = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(layer_grads)))
         scores.update({f"{name}/magi_layer": magi_layer[name], f"{name}/magi_loss": magi_loss})
         zero_grad_sets[name] = zero_grad
