@@ -31,7 +31,7 @@ num_minibatches = 4
 activation = ["relu", "tanh"]
 [arms]
 redo = { mitigations = "redo", redo = { tau = 0.025 } }
-gelu_reset = { activation = "gelu", mitigations = "reset" }
+gelu_l2 = { activation = "gelu", mitigations = "l2" }
 [[claims]]
 text = "redo below relu"
 keys = "*/layer_*/dormant_ratio@0.025"
@@ -54,21 +54,21 @@ def write(tmp_path: Path, text: str) -> Path:
 # --------------------------------------------------------------------------------------- appended arms
 def test_appended_arms_are_variants_beside_the_grid_with_plain_grid_names(tmp_path):
     exp = ex.load(write(tmp_path, APPEND), "quick")
-    assert [v.name for v in exp.variants] == ["activation=relu", "activation=tanh", "arm=redo", "arm=gelu_reset"]
+    assert [v.name for v in exp.variants] == ["activation=relu", "activation=tanh", "arm=redo", "arm=gelu_l2"]
     redo, gelu = (ex.config_for(v.overrides, exp.seeds) for v in exp.variants[2:])
     assert redo.activation == "relu" and redo.mitigations == "redo" and redo.redo.tau == 0.025  # the preset's ReLU
-    assert gelu.activation == "gelu" and gelu.mitigations == "reset"  # an appended arm may set a grid key
+    assert gelu.activation == "gelu" and gelu.mitigations == "l2"  # an appended arm may set a grid key
     assert exp.variants[0].overrides == {**exp.base, "activation": "relu"}  # the same config as without arms
     crossed = ex.load(write(tmp_path, APPEND.replace('arms_mode = "append"\n', "").replace(
-        'gelu_reset = { activation = "gelu", mitigations = "reset" }\n', "")), "quick")
+        'gelu_l2 = { activation = "gelu", mitigations = "l2" }\n', "")), "quick")
     assert [v.name for v in crossed.variants] == ["activation=relu__arm=redo", "activation=tanh__arm=redo"]
 
 
 @pytest.mark.parametrize("old, new, expected", [
     ('arms_mode = "append"', 'arms_mode = "zip"', ["arms_mode: bad value 'zip'", "cross, append"]),
-    ('arms_mode = "append"', "", ["arms.gelu_reset.activation: also a grid key", 'arms_mode = "append"']),
+    ('arms_mode = "append"', "", ["arms.gelu_l2.activation: also a grid key", 'arms_mode = "append"']),
     ("[arms]\nredo = { mitigations = \"redo\", redo = { tau = 0.025 } }\n"
-     "gelu_reset = { activation = \"gelu\", mitigations = \"reset\" }\n", "", ["arms_mode: only meaningful with [arms]"]),
+     "gelu_l2 = { activation = \"gelu\", mitigations = \"l2\" }\n", "", ["arms_mode: only meaningful with [arms]"]),
 ])
 def test_a_bad_arms_mode_fails_naming_it(tmp_path, old, new, expected):
     assert old in APPEND

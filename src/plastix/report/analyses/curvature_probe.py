@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from plastix.report.analyses.rounds import ROUND_INDEX, rounds_figure
-from plastix.report.figures import colors_of, pyplot
+from plastix.report.figures import pick_colors, pyplot
 from plastix.report.registry import analysis
 from plastix.report.stats import SIGNIFICANCE, stratified_bootstrap_ci
 
@@ -93,11 +93,12 @@ def round_table(rounds: pd.DataFrame, run_labels: dict[str, str]) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
-def scatter_figure(path: Path, points: pd.DataFrame, run_labels: dict[str, str], scenarios: dict[str, str]) -> None:
+def scatter_figure(path: Path, points: pd.DataFrame, run_labels: dict[str, str], scenarios: dict[str, str],
+                   colors: dict[str, str] | None = None) -> None:
     """Probe loss against top eigenvalue, one panel per scenario, one colour per run (points: seeds x rounds)."""
     plt = pyplot()
     names = list(dict.fromkeys(scenarios.get(r, "all") for r in points.run))
-    colors = colors_of([run_labels[r] for r in run_labels])
+    colors = pick_colors([run_labels[r] for r in run_labels], colors)
     fig, axes = plt.subplots(1, len(names), figsize=(4.4 * len(names), 3.3), squeeze=False)
     for ax, name in zip(axes.flat, names):
         for run, g in points[points.run.map(lambda r: scenarios.get(r, "all")) == name].groupby("run"):
@@ -124,7 +125,7 @@ def analysis_curvature_probe(sec, frame, keys, run_labels, exp):
     panel_keys = [*present, PROBE]
     sec.figure("curvature_probe", "Curvature and plasticity probe per round (round means; mean over seeds, 95% "
                "bootstrap band); probe: MSE left after the probe's budget on fresh random targets (lower = more "
-               "plastic)", lambda p: rounds_figure(p, rounds, run_labels, panel_keys))
+               "plastic)", lambda p: rounds_figure(p, rounds, run_labels, panel_keys, colors=sec.colors))
     scenarios = scenario_of(exp)
     points = correlation_points(rounds)
     for name in dict.fromkeys(scenarios.get(r, "all") for r in run_labels):
@@ -133,5 +134,5 @@ def analysis_curvature_probe(sec, frame, keys, run_labels, exp):
                     "the probe loss are monotonically related across runs, seeds and rounds", spearman_verdict(sub))
     if not points.empty:
         sec.figure("curvature_probe_scatter", "Probe loss (mean of the heads) against the top Hessian eigenvalue: "
-                   "one point per run, seed and round", lambda p: scatter_figure(p, points, run_labels, scenarios))
+                   "one point per run, seed and round", lambda p: scatter_figure(p, points, run_labels, scenarios, sec.colors))
     sec.table(round_table(rounds, run_labels), "Per run and round: IQM [95% CI] over seeds of the round means")

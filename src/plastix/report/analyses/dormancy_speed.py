@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from plastix.report.common import LAYER_KEY
-from plastix.report.figures import colors_of, pyplot
+from plastix.report.figures import pick_colors, pyplot
 from plastix.report.registry import analysis
 from plastix.report.stats import SIGNIFICANCE, final_values, stratified_bootstrap_ci
 
@@ -89,10 +89,11 @@ def per_run_table(data: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def scatter_figure(path: Path, data: pd.DataFrame) -> None:
-    """Time-averaged return against mean dormant ratio, one point per run and seed (No-Act hollow)."""
+def scatter_figure(path: Path, data: pd.DataFrame, colors: dict[str, str] | None = None) -> None:
+    """Time-averaged return against mean dormant ratio, one point per run and seed (No-Act hollow), coloured
+    by ``colors`` (the report's colour of each variant)."""
     plt = pyplot()
-    colors = colors_of(list(dict.fromkeys(data.label)))
+    colors = pick_colors(list(dict.fromkeys(data.label)), colors)
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
     for label, g in data.groupby("label", sort=False):
         hollow = not g.equal_capacity.iloc[0]
@@ -119,7 +120,7 @@ def analysis_dormancy_speed(sec, frame, keys, run_labels, exp):
         return
     sec.figure("dormancy_speed", "Convergence speed (time-averaged return: area under the return curve over env "
                "steps, divided by the steps) against the mean dormant ratio; one point per run and seed",
-               lambda p: scatter_figure(p, data))
+               lambda p: scatter_figure(p, data, sec.colors))
     from scipy import stats
 
     if len(data) >= 3 and data.dormancy.nunique() > 1:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from plastix.report.common import LAYER_KEY, panel_name
-from plastix.report.figures import colors_of, pyplot
+from plastix.report.figures import pick_colors, pyplot
 from plastix.report.registry import analysis
 from plastix.report.stats import stratified_bootstrap_ci
 
@@ -86,13 +86,13 @@ def verdict(seeds: pd.DataFrame) -> str:
             f"over {informative.layer.nunique()} layers with an informative measurement)")
 
 
-def overlap_figure(path: Path, table: pd.DataFrame) -> None:
+def overlap_figure(path: Path, table: pd.DataFrame, colors: dict[str, str] | None = None) -> None:
     """Grouped bars per layer: each activation's IQM overlap with its 95% CI; one panel per criterion."""
     plt = pyplot()
     crits = list(dict.fromkeys(table.criterion))
     acts = list(dict.fromkeys(table.activation))
     layers = list(dict.fromkeys(table.layer))
-    colors = colors_of(acts)
+    colors = pick_colors(acts, colors)
     fig, axes = plt.subplots(1, len(crits), figsize=(5.2 * len(crits), 3.2), squeeze=False)
     width = 0.8 / max(len(acts), 1)
     for ax, crit in zip(axes.flat, crits):
@@ -149,6 +149,6 @@ def analysis_theorem1(sec, frame, keys, run_labels, exp):
     if table.iqm.notna().any():
         sec.figure("theorem1", f"Overlap of the dormant and zero-gradient sets per layer (mean over the informative "
                    f"measurements of a seed; IQM and 95% CI over seeds); dotted: {THRESHOLD:g}",
-                   lambda p: overlap_figure(p, table.dropna(subset=["iqm"])))
+                   lambda p: overlap_figure(p, table.dropna(subset=["iqm"]), sec.colors))
     sec.table(table, "Overlap per activation, criterion and layer: IQM [95% CI] over seeds; vacuous_share = share "
                      "of measurements with both sets empty (left out)")
