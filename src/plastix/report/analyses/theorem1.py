@@ -78,7 +78,8 @@ def verdict(seeds: pd.DataFrame) -> str:
     >= ``THRESHOLD`` (``partly``, ``no`` otherwise); ``not measured`` when every measurement is vacuous."""
     informative = seeds.dropna(subset=["overlap"])
     if informative.empty:
-        return "not measured: no dormant and no zero-gradient neuron in any measurement (every overlap vacuous)"
+        return ("not measured: no dormant and no zero-gradient neuron in any measurement (both sets empty every "
+                "time: the equivalence holds only vacuously)")
     ok = informative.groupby("seed").overlap.apply(lambda v: bool((v >= THRESHOLD).all()))
     k, n = int(ok.sum()), len(ok)
     word = "yes" if k == n else ("no" if k == 0 else "partly")
