@@ -253,6 +253,10 @@ class TrainConfig:
     """GridWorld-v0: episode time limit"""
     cnn_torso: Literal["auto", "nature", "impala"] = "auto"
     """CNN for image observations (auto: impala for Procgen, nature for Atari and the gridworld)"""
+    learner: Literal["auto", "compiled", "host"] = "auto"
+    """PPO's learner: compiled (every update one XLA program) or host (one jitted call per rollout and per
+    gradient step, driven from Python: convolution gradients run outside XLA loops, which are slow for them
+    on the CPU, jax-ml/jax#12868); auto: host on image observations, compiled otherwise"""
     normalize_obs: Literal["auto", "on", "off"] = "auto"
     """running observation normalisation (auto: on for MuJoCo vector observations, as CleanRL)"""
     normalize_reward: Literal["auto", "on", "off"] = "auto"

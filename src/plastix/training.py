@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from plastix import store
-from plastix.algos.ppo import Agent, TrainState, make_chunk_fn
+from plastix.algos.ppo import Agent, TrainState
+from plastix.algos.ppo_host import compile_chunk
 from plastix.config import (NETWORK_MITIGATIONS, ConfigError, TrainConfig, canonical, check_ranges, config_from_dict,
                             validate)
 from plastix.envs import make_bridge
@@ -200,6 +201,8 @@ def _train_es(cfg: TrainConfig, run_dir: Path | None = None, resuming: bool = Fa
                           f"{' or '.join(ES_SHIFTS)} (task: running direction of HalfCheetah, Ant, Hopper, Walker2d)")
     if set(cfg.mitigations.split(",")) - {"", *NETWORK_MITIGATIONS}:  # layernorm and crelu: network options
         raise ConfigError("--optimizer es: trains without mitigations; drop --mitigations")
+    if cfg.learner != "auto":
+        raise ConfigError(f"--learner {cfg.learner}: chooses PPO's learner; --optimizer es has its own; drop it")
     if cfg.network != "cleanrl" or cfg.rebuild_optimizer_at_switch:
         raise ConfigError("--optimizer es: trains CleanRL's continuous actor with its own Adam; drop --network "
                           "juliani-ash and --rebuild-optimizer-at-switch (or --preset juliani-ash)")
@@ -354,7 +357,7 @@ class PPOTrainer:
     def run(self, state, k: int):
         cfg, (states, handle) = self.cfg, state
         if k not in self.compiled:
-            self.compiled[k] = make_chunk_fn(self.agent, self.bridge.step, k).lower(states, handle).compile()
+            self.compiled[k] = compile_chunk(self.agent, self.bridge.step, k, states, handle)
         start = time.perf_counter()
         states, handle, (metrics, scores) = self.compiled[k](states, handle)
         metrics, scores = jax.device_get((metrics, scores))

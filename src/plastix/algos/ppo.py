@@ -23,7 +23,7 @@ import dataclasses
 import functools
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -229,6 +229,72 @@ def ppo_loss(params, apply_fn: Callable, mb: Minibatch, cfg: TrainConfig, policy
     return loss, aux
 
 
+class MinibatchCarry(NamedTuple):
+    """What one PPO gradient step hands to the next (one seed): the network, the optimizer state, the
+    surgeries' state, the task-switch flag (at-switch surgeries fire on the first step after a switch), the
+    surgeries' side-stream key, and ``stopped`` (CleanRL's ``target_kl`` stop: later steps change nothing)."""
+
+    params: Any
+    opt_state: Any
+    surgery_state: Any
+    switch: jax.Array
+    key: jax.Array
+    stopped: jax.Array
+
+
+class UpdateHooks(NamedTuple):
+    """What ``ppo_minibatch_update`` calls: ``loss_fn(params, opt_state, mb) -> (loss, (aux, activations))``,
+    the optimizer ``tx`` (this update's learning rate), and optionally a surgery (``plastix.mitigations``,
+    ``apply(params, opt_state, surgery_state, info, key)``) with ``batch_info(params, acts, obs, switch)``
+    building what it reads; ``target_kl`` keeps a stopped update's parameters (None: never stops);
+    ``gradient`` replaces the loss's gradient by another one (SAM's, ``plastix.mitigations.sam``)."""
+
+    loss_fn: Callable
+    tx: optax.GradientTransformation
+    surgery: Any = None
+    batch_info: Callable | None = None
+    target_kl: float | None = None
+    gradient: Callable | None = None  # (params, opt_state, mb, grads) -> the gradient to step on (SAM)
+
+
+def ppo_minibatch_update(carry: MinibatchCarry, mb: Minibatch, hooks: UpdateHooks) -> tuple[MinibatchCarry, dict]:
+    """One PPO gradient step on minibatch ``mb`` (CleanRL's inner loop body), pure:
+
+    ``g = grad ppo_loss(params; mb)``, ``params' = params + tx.update(g)`` (clip -> [L2] -> Adam -> lr ->
+    [transforms]); then, if a surgery is hooked in, it acts on ``params'`` reading the minibatch's
+    activations under ``params`` (ReDo, CBP, OCP perturbation); under ``target_kl``, a stopped update keeps
+    ``params`` and the optimizer state. Returns ``(carry', aux)``: aux holds the loss terms,
+    ``optim/grad_norm`` and the surgery's counts (``mitigation/...``).
+    """
+    params, opt_state, surgery_state, switch, key, stopped = carry
+    (_, (aux, acts)), grads = jax.value_and_grad(hooks.loss_fn, has_aux=True)(params, opt_state, mb)
+    if hooks.gradient is not None:
+        grads = hooks.gradient(params, opt_state, mb, grads)
+    updates, new_opt_state = hooks.tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    aux = dict(aux, **{"optim/grad_norm": optax.tree.norm(grads)})
+    key, surgery_key = jax.random.split(key)
+    if hooks.surgery is not None:  # surgeries act here, after each gradient step (and in start_round)
+        info = hooks.batch_info(params, acts, mb.obs, switch).replace(phase="step")
+        new_params, new_opt_state, surgery_state, surgery_metrics = hooks.surgery.apply(
+            new_params, new_opt_state, surgery_state, info, surgery_key
+        )
+        aux.update(surgery_metrics)
+    if hooks.target_kl is not None:  # CleanRL stops the remaining epochs; keep shapes static instead
+        new_params, new_opt_state = jax.tree.map(
+            lambda new, old: jnp.where(stopped, old, new), (new_params, new_opt_state), (params, opt_state)
+        )
+    return MinibatchCarry(new_params, new_opt_state, surgery_state, jnp.zeros((), bool), key, stopped), aux
+
+
+def stop_after_epoch(carry: MinibatchCarry, last_aux: dict, target_kl: float | None) -> MinibatchCarry:
+    """CleanRL's early stop: after an epoch whose last minibatch's ``approx_kl`` exceeds ``target_kl``, the
+    remaining epochs change nothing (``carry.stopped``)."""
+    if target_kl is None:
+        return carry
+    return carry._replace(stopped=carry.stopped | (last_aux["loss/approx_kl"] > target_kl))
+
+
 # ------------------------------------------------------------------------------------------- optimizer
 # The chain is plastix.mitigations.build.build_optimizer: clip global norm -> coupled L2 (PyTorch's
 # Adam(weight_decay), the OCP paper's 1e-4) -> [l2_init] -> Adam(eps) -> learning rate -> [soft S&P,
@@ -254,6 +320,17 @@ def learning_rate(cfg: TrainConfig, update: jax.Array, fresh_copy: jax.Array | b
 
 
 # ------------------------------------------------------------------------------------------------ agent
+class LearnBegin(NamedTuple):
+    """``Agent.learn_begin``: the update's flattened batch, learning rate, minibatch indices
+    ``[update_epochs, num_minibatches, minibatch_size]``, first ``MinibatchCarry`` and the state's next key."""
+
+    batch: Minibatch
+    lr: jax.Array
+    perms: jax.Array
+    carry: MinibatchCarry
+    key: jax.Array
+
+
 class Agent:
     """The network, optimizer and config of one PPO learner; all methods are per seed and pure.
 
@@ -498,64 +575,69 @@ class Agent:
         the parity test; by default each epoch draws ``jax.random.permutation`` from the state's key.
         ``fresh_copy``: the state is a ``--baseline fresh`` copy (its learning-rate schedule restarts each round)."""
         cfg = self.cfg
+        begin = self.learn_begin(state, traj, fresh_copy)
+        if perms is None:
+            perms = begin.perms
+
+        def minibatch_step(carry, idx):
+            return self.minibatch_step(carry, begin.batch, idx, begin.lr)
+
+        def epoch(carry, perm):
+            carry, aux = jax.lax.scan(minibatch_step, carry, perm)
+            return stop_after_epoch(carry, jax.tree.map(lambda v: v[-1], aux), cfg.target_kl), aux
+
+        carry, aux = jax.lax.scan(epoch, begin.carry, perms)
+        state, metrics = self.learn_end(state, begin, carry, aux)
+        return state, metrics, begin.batch
+
+    def learn_begin(self, state: TrainState, traj: Transition, fresh_copy=False) -> LearnBegin:
+        """What ``learn``'s gradient steps start from: GAE over the rollout, the flattened batch, the learning
+        rate, each epoch's minibatch order (``jax.random.permutation`` of the batch from the state's key) and
+        the first ``MinibatchCarry`` (surgeries draw from a side stream of the key, so that turning them on
+        leaves the training stream unchanged)."""
+        cfg = self.cfg
         _, next_value = self.forward(state.params, state.opt_state, state.env.obs)
         advantages, returns = gae(traj.reward, traj.value, traj.done, next_value, cfg.gamma, cfg.gae_lambda)
         flat = lambda x: x.reshape((cfg.batch_size,) + x.shape[2:])
         batch = Minibatch(
             flat(traj.obs), flat(traj.action), flat(traj.logprob), flat(traj.value), flat(advantages), flat(returns), flat(traj.valid)
         )
-        lr = learning_rate(cfg, state.update, fresh_copy)
-        tx = self.optimizer(lr)
-
-        def minibatch_step(carry, idx):
-            params, opt_state, surgery_state, switch, key, stopped = carry
-            mb = jax.tree.map(lambda x: x[idx], batch)
-            (_, (aux, acts)), grads = jax.value_and_grad(self.loss_and_activations, has_aux=True)(params, opt_state, mb)
-            if "sam" in self.mitigations:  # the gradient at theta + rho g / ||g|| (plastix.mitigations.sam)
-                loss = lambda p: ppo_loss(p, lambda q, o: self.forward(q, opt_state, o), mb, cfg, self.policy)[0]
-                grads = sam_gradient(loss, params, grads, cfg.sam.rho)
-            updates, new_opt_state = tx.update(grads, opt_state, params)
-            new_params = optax.apply_updates(params, updates)
-            aux = dict(aux, **{"optim/grad_norm": optax.tree.norm(grads)})
-            key, surgery_key = jax.random.split(key)
-            if self.surgery is not None:  # surgeries act here, after each gradient step (and in start_round)
-                info = self.batch_info(params, acts, mb.obs, switch).replace(phase="step")
-                new_params, new_opt_state, surgery_state, surgery_metrics = self.surgery.apply(
-                    new_params, new_opt_state, surgery_state, info, surgery_key
-                )
-                aux.update(surgery_metrics)
-            if cfg.target_kl is not None:  # CleanRL stops the remaining epochs; keep shapes static instead
-                new_params, new_opt_state = jax.tree.map(
-                    lambda new, old: jnp.where(stopped, old, new), (new_params, new_opt_state), (params, opt_state)
-                )
-            return (new_params, new_opt_state, surgery_state, jnp.zeros((), bool), key, stopped), aux
-
-        def epoch(carry, xs):
-            key, perm = xs
-            if perm is None:
-                perm = jax.random.permutation(key, cfg.batch_size).reshape(cfg.num_minibatches, cfg.minibatch_size)
-            carry, aux = jax.lax.scan(minibatch_step, carry, perm)
-            if cfg.target_kl is not None:
-                carry = (*carry[:-1], carry[-1] | (aux["loss/approx_kl"][-1] > cfg.target_kl))
-            return carry, aux
-
         key, *epoch_keys = jax.random.split(state.key, cfg.update_epochs + 1)
-        # Surgeries draw from a side stream so that turning them on leaves the training stream unchanged.
-        carry = (state.params, state.opt_state, state.surgery_state, state.task_switch,
-                 jax.random.fold_in(state.key, 0x5A5A), jnp.zeros((), bool))
-        (params, opt_state, surgery_state, _, _, _), aux = jax.lax.scan(epoch, carry, (jnp.stack(epoch_keys), perms))
-        # Counts of touched neurons add up over the update; everything else (eligible counts included) is a
-        # mean over the update's gradient steps.
+        perms = jax.vmap(lambda k: jax.random.permutation(k, cfg.batch_size))(jnp.stack(epoch_keys))
+        carry = MinibatchCarry(state.params, state.opt_state, state.surgery_state, state.task_switch,
+                               jax.random.fold_in(state.key, 0x5A5A), jnp.zeros((), bool))
+        perms = perms.reshape(cfg.update_epochs, cfg.num_minibatches, cfg.minibatch_size)
+        return LearnBegin(batch, learning_rate(cfg, state.update, fresh_copy), perms, carry, key)
+
+    def minibatch_step(self, carry: MinibatchCarry, batch: Minibatch, idx: jax.Array, lr: jax.Array):
+        """``ppo_minibatch_update`` on the samples ``idx`` of ``batch`` with this agent's loss, optimizer (at
+        rate ``lr``), surgeries and ``target_kl``."""
+        mb = jax.tree.map(lambda x: x[idx], batch)
+        hooks = UpdateHooks(self.loss_and_activations, self.optimizer(lr), self.surgery, self.batch_info,
+                            self.cfg.target_kl, self._sam_gradient if "sam" in self.mitigations else None)
+        return ppo_minibatch_update(carry, mb, hooks)
+
+    def _sam_gradient(self, params, opt_state, mb: Minibatch, grads):
+        """The gradient at ``theta + rho g / ||g||`` (``plastix.mitigations.sam``)."""
+        loss = lambda p: ppo_loss(p, lambda q, o: self.forward(q, opt_state, o), mb, self.cfg, self.policy)[0]
+        return sam_gradient(loss, params, grads, self.cfg.sam.rho)
+
+    def learn_end(self, state: TrainState, begin: LearnBegin, carry: MinibatchCarry, aux: dict
+                  ) -> tuple[TrainState, dict]:
+        """The update's state and metrics after its gradient steps (``aux``: each step's, stacked on leading
+        axes). Counts of touched neurons add up over the update; everything else (eligible counts included)
+        is a mean over the update's gradient steps."""
+        batch = begin.batch
         metrics = {k: v.sum() if summed_metric(k) else v.mean() for k, v in aux.items()}
         w = batch.valid.astype(jnp.float32)
         var_returns = masked_mean((batch.ret - masked_mean(batch.ret, w)) ** 2, w)
         resid = batch.ret - batch.value
         var_resid = masked_mean((resid - masked_mean(resid, w)) ** 2, w)
         metrics["loss/explained_variance"] = jnp.where(var_returns == 0, jnp.nan, 1.0 - var_resid / var_returns)
-        metrics["optim/lr"] = lr
-        state = state.replace(params=params, opt_state=opt_state, key=key, update=state.update + 1,
-                              surgery_state=surgery_state, task_switch=jnp.zeros((), bool))
-        return state, metrics, batch
+        metrics["optim/lr"] = begin.lr
+        state = state.replace(params=carry.params, opt_state=carry.opt_state, key=begin.key, update=state.update + 1,
+                              surgery_state=carry.surgery_state, task_switch=jnp.zeros((), bool))
+        return state, metrics
 
     def loss_and_activations(self, params, opt_state, mb: Minibatch):
         """The PPO loss of a minibatch, with the hidden activations of its forward pass as aux when a surgery
@@ -600,8 +682,8 @@ class Agent:
                 return hidden_layer_magi(self.forward_acts, params, obs)  # also the IMPALA torso's layers
         return BatchInfo(activations=acts, task_switch=task_switch, magi_fn=magi_fn)
 
-    def measure(self, state: TrainState, batch: Minibatch,
-                prev_params: Any = None) -> tuple[TrainState, dict, dict]:
+    def measure(self, state: TrainState, batch: Minibatch, prev_params: Any = None,
+                due: tuple[bool, bool, bool] | None = None) -> tuple[TrainState, dict, dict]:
         """Diagnostics (and curvature) of the updated network on the update's batch, when scheduled.
 
         Runs under ``lax.cond`` (a real branch: the seeds are ``lax.map``-ped), so unscheduled updates cost
@@ -610,6 +692,8 @@ class Agent:
         ``diagnostics_batch`` samples of the batch; the ``loss`` MAGI target is the gradient of the PPO
         loss on those samples (advantages normalised over them). ``prev_params``, the parameters the update
         started from, gives the per-update change (``model/weight_diff``, ``model/update_rms``, ...).
+        ``due``: (diagnostics, curvature, probe due) as Python bools, known on the host (the host-driven
+        learner): the branches are then chosen when tracing, with no ``lax.cond`` around the measurements.
         """
         cfg = self.cfg
         metrics, scores = {}, {}
@@ -629,17 +713,27 @@ class Agent:
                 skipped_metrics, skipped_scores, _ = jax.eval_shape(run, diag_state)
                 return _nan_like(skipped_metrics), _nan_like(skipped_scores), diag_state
 
-            due = (state.update % cfg.diagnostics_every == 0) | (state.update == 1)
-            metrics, scores, diag_state = jax.lax.cond(due, run, skip, state.diagnostics)
+            if due is None:
+                scheduled = (state.update % cfg.diagnostics_every == 0) | (state.update == 1)
+                metrics, scores, diag_state = jax.lax.cond(scheduled, run, skip, state.diagnostics)
+            else:
+                metrics, scores, diag_state = (run if due[0] else skip)(state.diagnostics)
             state = state.replace(diagnostics=diag_state)
         if cfg.curvature_every > 0:
             measure_curvature = lambda: self.curvature(state, batch)
-            due = state.update % cfg.curvature_every == 0
-            metrics.update(jax.lax.cond(due, measure_curvature, lambda: _nan_like(jax.eval_shape(measure_curvature))))
+            skip_curvature = lambda: _nan_like(jax.eval_shape(measure_curvature))
+            if due is None:
+                scheduled = state.update % cfg.curvature_every == 0
+                metrics.update(jax.lax.cond(scheduled, measure_curvature, skip_curvature))
+            else:
+                metrics.update((measure_curvature if due[1] else skip_curvature)())
         if cfg.probe_every > 0:
             run_probe = lambda: self.plasticity_probe(state, batch)
-            due = state.update % cfg.probe_every == 0
-            metrics.update(jax.lax.cond(due, run_probe, lambda: _nan_like(jax.eval_shape(run_probe))))
+            skip_probe = lambda: _nan_like(jax.eval_shape(run_probe))
+            if due is None:
+                metrics.update(jax.lax.cond(state.update % cfg.probe_every == 0, run_probe, skip_probe))
+            else:
+                metrics.update((run_probe if due[2] else skip_probe)())
         return state, metrics, scores if cfg.save_neuron_scores else {}
 
     def interference(self, state: TrainState, sample: Minibatch) -> tuple[Callable, Minibatch]:
@@ -727,10 +821,12 @@ def summed_metric(key: str) -> bool:
     return key.startswith("mitigation/") and not key.endswith("/eligible")
 
 
-def make_update_fn(agent: Agent, env_step: Callable) -> Callable:
-    """One PPO update for every seed: ``(states [S], handle) -> (states, handle, metrics [S])``.
+def make_rollout_fn(agent: Agent, env_step: Callable) -> Callable:
+    """An update's start for every member: ``(states [M], handle) -> (states, handle, traj [M, T, n],
+    start_metrics [M])``: the surgeries' ``round_start`` call, then ``num_steps`` env steps (``lax.scan``;
+    the policy is ``vmap``-ped over members, the env pool stepped once per step for all of them).
 
-    ``env_step(handle, env_action [S, n, ...]) -> handle, (raw_obs, reward, terminated, truncated, extras)``.
+    ``env_step(handle, env_action [M, n, ...]) -> handle, (raw_obs, reward, terminated, truncated, extras)``.
     """
 
     def rollout_step(carry, _):
@@ -744,12 +840,36 @@ def make_update_fn(agent: Agent, env_step: Callable) -> Callable:
         transition = Transition(obs, action, logprob, value, norm_reward, env.done, valid, ret, length)
         return (states.replace(env=env), handle), transition
 
-    def update(states: TrainState, handle):
+    def rollout(states: TrainState, handle):
         start_metrics = {}
         if agent.surgery is not None:  # lax.map: surgeries may draw fresh inits (QR must not be vmapped)
             states, start_metrics = jax.lax.map(agent.start_round, states)
         (states, handle), traj = jax.lax.scan(rollout_step, (states, handle), None, length=agent.cfg.num_steps)
         traj = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), traj)  # [T, S, ...] -> [S, T, ...]
+        return states, handle, traj, start_metrics
+
+    return rollout
+
+
+def finish_metrics(metrics: dict, start_metrics: dict, traj: Transition) -> dict:
+    """An update's metrics ``[M]``: the learner's, plus the ``round_start`` call's counts (added to the
+    update's) and the rollout's episode statistics."""
+    for k, v in start_metrics.items():  # counts of the round_start call add to the update's
+        if summed_metric(k):
+            metrics[k] = metrics[k] + v
+    metrics.update(jax.vmap(episode_metrics)(traj))
+    return metrics
+
+
+def make_update_fn(agent: Agent, env_step: Callable) -> Callable:
+    """One PPO update for every seed: ``(states [S], handle) -> (states, handle, metrics [S])``.
+
+    ``env_step(handle, env_action [S, n, ...]) -> handle, (raw_obs, reward, terminated, truncated, extras)``.
+    """
+    rollout = make_rollout_fn(agent, env_step)
+
+    def update(states: TrainState, handle):
+        states, handle, traj, start_metrics = rollout(states, handle)
         # lax.map, not vmap: a seed's learning arithmetic is then the same program whatever the group size,
         # so a seed trained in a group is bit-identical to the seed trained alone (vmap changes the XLA
         # kernels with the batch size). The rollout (env-bound) stays vmapped.
@@ -759,11 +879,7 @@ def make_update_fn(agent: Agent, env_step: Callable) -> Callable:
             return state, {**metrics, **diag_metrics}, scores
 
         states, metrics, scores = jax.lax.map(learn_and_measure, (states, traj, fresh_members(agent.cfg, traj.done)))
-        for k, v in start_metrics.items():  # counts of the round_start call add to the update's
-            if summed_metric(k):
-                metrics[k] = metrics[k] + v
-        metrics.update(jax.vmap(episode_metrics)(traj))
-        return states, handle, (metrics, scores)
+        return states, handle, (finish_metrics(metrics, start_metrics, traj), scores)
 
     return update
 
