@@ -15,7 +15,9 @@ Observation specs (channels last, the layout of ``plastix.nets`` CNNs):
   1000 steps. ``start_level``/``num_levels`` fix the level range ``[start_level, start_level + num_levels)``
   (``num_levels = 0``: unbounded); ``extras["level_seed"]`` is the level being played. Held-out test levels
   are a disjoint range (``plastix.envs.shifts.heldout_levels``) in a second bridge. The level range is a
-  pool setting, so a ``window``/``expand`` round builds a new bridge.
+  pool setting, so a ``window``/``expand`` round builds a new pool. Every envpool Procgen game works the same
+  way (``BigfishEasy-v0``, ``StarpilotHard-v0``, ...); under ``--shift task`` a round switches the pool to
+  the next game of ``plastix.envs.shifts.procgen_task_games`` (on the same levels).
 - Atari ``MontezumaRevenge-v5`` (any envpool ``*-v5``): uint8 ``[84, 84, 4]``: 4 stacked 84 x 84 grayscale
   frames (channel = frame, oldest first), 18 actions. Preprocessing is envpool's (the DQN/CleanRL pipeline):
   frame skip 4 with max-pooling of the last two frames, up to 30 no-op starts, FIRE on reset, 84 x 84
@@ -44,6 +46,8 @@ from plastix.envs.envpool_bridge import env_seeds
 # Options plastix sets on top of envpool's defaults, per family.
 PROCGEN_OPTIONS: dict[str, Any] = {"channel_first": False}
 ATARI_OPTIONS: dict[str, Any] = {"episodic_life": True, "reward_clip": True}
+# Shifts under which a Procgen pool plays the scenario's level range (``task`` switches games on the same levels).
+SCENARIO_LEVEL_SHIFTS = ("none", "permute", "window", "expand", "task")
 
 
 def image_env_family(env_id: str) -> str:
@@ -80,7 +84,7 @@ class ImageEnvBridge:
 
     def __post_init__(self):
         self.family = image_env_family(self.env_id)
-        if self.scenario is not None and self.family == "procgen" and self.scenario.shift in ("none", "permute", "window", "expand"):
+        if self.scenario is not None and self.family == "procgen" and self.scenario.shift in SCENARIO_LEVEL_SHIFTS:
             from plastix.envs.shifts import heldout_levels, train_levels
 
             sc = self.scenario
@@ -154,6 +158,18 @@ class ImageEnvBridge:
         """Handle for round ``round_idx``: a new patch permutation, or (``window``/``expand``) a new pool
         playing the round's level range (the XLA step is the same custom call, on the new pool)."""
         shift = getattr(self.scenario, "shift", "none")
+        if shift == "task" and self.family == "procgen":  # a switch of game (rebuilt only when it changes)
+            from plastix.envs.shifts import procgen_task_games
+
+            games = procgen_task_games(self.scenario.env_id, self.scenario.shift_seed)
+            game = games[round_idx % len(games)]
+            if game == self.env_id:
+                return handle
+            self.env.close()
+            self.env_id = game
+            self._build()
+            self.reset()
+            return self.handle()
         if shift in ("window", "expand") and round_idx > 0:
             from plastix.envs.shifts import train_levels
 

@@ -30,7 +30,11 @@ Shifts (``SHIFTS``) and how a trainer applies them at the start of round ``r``:
   ``direction = task_direction(r)`` (+1 even rounds, -1 odd rounds: forward vs backward running) and
   ``direction_reward(reward, x_velocity, direction)``; or a target velocity
   ``v = target_velocity(key, r, low, high)`` and ``target_velocity_reward(reward, x_velocity, v)``.
-  Gridworld: every level's goal moves to another free cell (``move_goals``).
+  Gridworld: every level's goal moves to another free cell (``move_goals``). Procgen: the game changes
+  (Plasticine's continual Procgen, RLE-Foundation/Plasticine ``PlasticineProcgen`` in ``task`` mode: one
+  game per round, a fixed number of steps each): round ``r`` plays ``procgen_task_games(env_id,
+  shift_seed)[r mod G]``, the ``--env-id`` game first, then every other envpool Procgen game of its
+  distribution mode in an order drawn from the shift seed.
 - ``dynamics``: the transition function changes (Dohare et al.'s SlipperyAnt resamples friction every N
   steps; a "round" is then those N steps). envpool's MuJoCo tasks cannot change physics through their
   public API, so this is refused for them (``check_shift_supported``). Gridworld: the slip probability
@@ -46,6 +50,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from plastix.envs.gridworld import GRIDWORLD_ID, GridParams, GridWorld
 
@@ -55,7 +60,7 @@ SHIFTS = ("none", "permute", "window", "expand", "task", "dynamics")
 SUPPORTED: dict[str, tuple[str, ...]] = {
     "gridworld": ("none", "permute", "window", "expand", "task", "dynamics"),
     "mujoco": ("none", "permute", "task"),
-    "procgen": ("none", "permute", "window", "expand"),
+    "procgen": ("none", "permute", "window", "expand", "task"),
     "atari": ("none", "permute"),
     "dmc": ("none", "permute", "task"),
     "gymnax": ("none", "permute"),
@@ -133,7 +138,6 @@ def check_shift_supported(env_id: str, shift: str) -> None:
         ("mujoco", "window"): "MuJoCo tasks have no levels",
         ("mujoco", "expand"): "MuJoCo tasks have no levels",
         ("mujoco", "task"): f"the task shift needs info['x_velocity'] ({', '.join(MUJOCO_TASK_ENVS)} only)",
-        ("procgen", "task"): "Procgen's reward cannot be changed from outside",
         ("procgen", "dynamics"): "Procgen's physics cannot be changed from outside",
         ("atari", "window"): "Atari games have no level sets",
         ("atari", "expand"): "Atari games have no level sets",
@@ -256,6 +260,27 @@ def _check_nk(n: int, k: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- task
+def procgen_task_games(env_id: str, shift_seed: int) -> list[str]:
+    """The ``task`` shift's game sequence on Procgen: ``env_id`` (e.g. ``CoinrunEasy-v0``), then every other
+    envpool Procgen game with the same distribution mode (``...Easy-v0``), shuffled with
+    ``numpy.random.default_rng(shift_seed)`` (Plasticine shuffles its game list with the run's seed; plastix
+    draws it from the shift seed, so that every training seed sees the same sequence). Round ``r`` plays
+    entry ``r mod len``. All Procgen games share 64x64x3 frames and 15 actions, so one network plays them all.
+    """
+    from envpool.registration import registry
+
+    mode = next((m for m in ("Easy-v0", "Hard-v0", "Exploration-v0", "Memory-v0", "Extreme-v0")
+                 if env_id.endswith(m)), None)
+    games = sorted(e for e, entry in registry.specs.items()
+                   if entry[0].startswith("envpool.procgen") and mode is not None and e.endswith(mode)
+                   and e[: -len(mode)].isalpha())
+    if env_id not in games:
+        raise ValueError(f"--env-id: {env_id!r} is not an envpool Procgen game id (e.g. CoinrunEasy-v0)")
+    others = [g for g in games if g != env_id]
+    order = np.random.default_rng(shift_seed).permutation(len(others))
+    return [env_id] + [others[i] for i in order]
+
+
 def task_direction(round_idx) -> jax.Array:
     """Running direction of round ``r``: +1 (forward) on even rounds, -1 (backward) on odd rounds."""
     return jnp.where(jnp.asarray(round_idx) % 2 == 0, 1.0, -1.0).astype(jnp.float32)
