@@ -10,9 +10,9 @@ Two environments (issue: non-stationary scenarios), each measured in its own sub
 
 PPO steps/s is steady state (all env steps of all seeds over the time of the updates after the first;
 compilation excluded). CoinRun's PPO settings are cut down from Procgen PPO's (64 steps, 2 minibatches, 1
-epoch) because XLA's CPU backend runs convolution gradients inside loops on a slow path (jax-ml/jax#12868:
-an IMPALA gradient on 64 frames takes 0.4 s alone and 10 s inside ``lax.map``), which makes CNN PPO on CPU
-about 30x slower than its convolutions allow. Prints a table with the ratio PPO / raw and writes JSON to ``--out``::
+epoch) to fit 2 CPU cores; CoinRun learns host-driven (``plastix.algos.ppo_host``: XLA's CPU backend runs
+convolution gradients inside loops on a slow path, jax-ml/jax#12868), and ``bench/image_ppo.py`` sets CNN
+PPO beside its compute bound. Prints a table with the ratio PPO / raw and writes JSON to ``--out``::
 
     python bench/scenarios.py                       # CoinRun 8 seeds x 2 envs, gridworld 64 seeds x 16 envs
 """
