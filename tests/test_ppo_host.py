@@ -39,8 +39,8 @@ def test_host_learner_takes_the_compiled_learners_update():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
     assert set(c_metrics) == set(h_metrics)
     for key in c_metrics:
-        np.testing.assert_allclose(np.asarray(c_metrics[key]), np.asarray(h_metrics[key]), rtol=1e-4, atol=1e-6,
-                                   err_msg=key)
+        np.testing.assert_allclose(np.asarray(c_metrics[key]), np.asarray(h_metrics[key]), rtol=1e-4,
+                                   atol=1e-6, err_msg=key)
     np.testing.assert_array_equal(np.asarray(compiled.key), np.asarray(host.key))
     # The update moved the network (an equality of two unchanged networks would prove nothing).
     assert max(np.abs(a - b).max() for a, b in zip(_leaves(states.params), _leaves(host.params))) > 1e-4
@@ -61,8 +61,9 @@ def test_host_learner_runs_rounds_fresh_copies_surgeries_diagnostics_and_resumes
             for name in ("compiled", "host")}
     compiled, host = _rows(runs["compiled"]), _rows(runs["host"])
     pd.testing.assert_index_equal(compiled.index, host.index)
-    assert {"round/normalized_return", "torso/layer_2/dormant_ratio@0.025", "mitigation/redo/recycled"} <= set(
-        host.index.get_level_values("key"))
+    keys = set(host.index.get_level_values("key"))
+    expected = {"round/normalized_return", "torso/layer_2/dormant_ratio@0.025", "mitigation/redo/recycled"}
+    assert expected <= keys
     np.testing.assert_allclose(host.to_numpy(), compiled.to_numpy(), rtol=1e-3, atol=1e-5)
     # Resume: drop the newest checkpoint (a run killed after update 5) and continue it.
     killed = tmp_path / "killed"
@@ -70,5 +71,6 @@ def test_host_learner_runs_rounds_fresh_copies_surgeries_diagnostics_and_resumes
     shutil.rmtree(latest_checkpoint(killed)[1])
     resumed = train(parse_train_args(["--resume", str(killed), "--quiet"]))
     pd.testing.assert_series_equal(_rows(resumed), host)
-    for a, b in zip(_leaves(load_checkpoint(resumed)[1].params), _leaves(load_checkpoint(runs["host"])[1].params)):
+    resumed_params, host_params = (load_checkpoint(run)[1].params for run in (resumed, runs["host"]))
+    for a, b in zip(_leaves(resumed_params), _leaves(host_params)):
         np.testing.assert_array_equal(a, b)

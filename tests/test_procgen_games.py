@@ -38,7 +38,8 @@ def test_every_procgen_game_validates_by_name():
 
 
 def test_task_rounds_switch_the_pools_game():
-    cfg = parse_train_args(["--env-id", "CoinrunEasy-v0", "--shift", "task", "--rounds", "3", "--num-levels", "5"])
+    cfg = parse_train_args(["--env-id", "CoinrunEasy-v0", "--shift", "task", "--rounds", "3",
+                            "--num-levels", "5"])
     bridge = ImageEnvBridge(cfg.env_id, [0], 2, scenario=cfg)
     assert (bridge.start_level, bridge.num_levels) == (0, 5)
     games = procgen_task_games("CoinrunEasy-v0", 0)

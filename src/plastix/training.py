@@ -202,7 +202,8 @@ def _train_es(cfg: TrainConfig, run_dir: Path | None = None, resuming: bool = Fa
     if set(cfg.mitigations.split(",")) - {"", *NETWORK_MITIGATIONS}:  # layernorm and crelu: network options
         raise ConfigError("--optimizer es: trains without mitigations; drop --mitigations")
     if cfg.learner != "auto":
-        raise ConfigError(f"--learner {cfg.learner}: chooses PPO's learner; --optimizer es has its own; drop it")
+        raise ConfigError(f"--learner {cfg.learner}: chooses PPO's learner; --optimizer es has its own; "
+                          "drop it")
     if cfg.network != "cleanrl" or cfg.rebuild_optimizer_at_switch:
         raise ConfigError("--optimizer es: trains CleanRL's continuous actor with its own Adam; drop --network "
                           "juliani-ash and --rebuild-optimizer-at-switch (or --preset juliani-ash)")

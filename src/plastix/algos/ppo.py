@@ -257,7 +257,8 @@ class UpdateHooks(NamedTuple):
     gradient: Callable | None = None  # (params, opt_state, mb, grads) -> the gradient to step on (SAM)
 
 
-def ppo_minibatch_update(carry: MinibatchCarry, mb: Minibatch, hooks: UpdateHooks) -> tuple[MinibatchCarry, dict]:
+def ppo_minibatch_update(carry: MinibatchCarry, mb: Minibatch,
+                         hooks: UpdateHooks) -> tuple[MinibatchCarry, dict]:
     """One PPO gradient step on minibatch ``mb`` (CleanRL's inner loop body), pure:
 
     ``g = grad ppo_loss(params; mb)``, ``params' = params + tx.update(g)`` (clip -> [L2] -> Adam -> lr ->
@@ -322,7 +323,8 @@ def learning_rate(cfg: TrainConfig, update: jax.Array, fresh_copy: jax.Array | b
 # ------------------------------------------------------------------------------------------------ agent
 class LearnBegin(NamedTuple):
     """``Agent.learn_begin``: the update's flattened batch, learning rate, minibatch indices
-    ``[update_epochs, num_minibatches, minibatch_size]``, first ``MinibatchCarry`` and the state's next key."""
+    ``[update_epochs, num_minibatches, minibatch_size]``, first ``MinibatchCarry`` and the state's next
+    key."""
 
     batch: Minibatch
     lr: jax.Array
@@ -635,8 +637,9 @@ class Agent:
         var_resid = masked_mean((resid - masked_mean(resid, w)) ** 2, w)
         metrics["loss/explained_variance"] = jnp.where(var_returns == 0, jnp.nan, 1.0 - var_resid / var_returns)
         metrics["optim/lr"] = begin.lr
-        state = state.replace(params=carry.params, opt_state=carry.opt_state, key=begin.key, update=state.update + 1,
-                              surgery_state=carry.surgery_state, task_switch=jnp.zeros((), bool))
+        state = state.replace(params=carry.params, opt_state=carry.opt_state, key=begin.key,
+                              update=state.update + 1, surgery_state=carry.surgery_state,
+                              task_switch=jnp.zeros((), bool))
         return state, metrics
 
     def loss_and_activations(self, params, opt_state, mb: Minibatch):

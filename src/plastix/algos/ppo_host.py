@@ -55,7 +55,8 @@ class HostChunk:
         self._end = jax.jit(agent.learn_end)
         self._measure = jax.jit(agent.measure, static_argnames="due")
         self._finish = jax.jit(finish_metrics)
-        self._split = jax.jit(lambda tree: [jax.tree.map(lambda x: x[m], tree) for m in range(_members(tree))])
+        self._split = jax.jit(lambda tree: [jax.tree.map(lambda x: x[m], tree)
+                                            for m in range(_members(tree))])
         self._stack = jax.jit(stack_trees)
 
     def __call__(self, states: TrainState, handle):
@@ -87,8 +88,8 @@ class HostChunk:
         carry, steps = begin.carry, []
         for epoch in range(cfg.update_epochs):
             for j in range(cfg.num_minibatches):
-                carry, aux = self._step(carry, begin.batch, begin.perms, np.int32(epoch * cfg.num_minibatches + j),
-                                        begin.lr)
+                index = np.int32(epoch * cfg.num_minibatches + j)
+                carry, aux = self._step(carry, begin.batch, begin.perms, index, begin.lr)
                 steps.append(aux)
             if cfg.target_kl is not None:
                 carry = self._stop(carry, aux)

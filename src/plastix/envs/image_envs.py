@@ -46,7 +46,7 @@ from plastix.envs.envpool_bridge import env_seeds
 # Options plastix sets on top of envpool's defaults, per family.
 PROCGEN_OPTIONS: dict[str, Any] = {"channel_first": False}
 ATARI_OPTIONS: dict[str, Any] = {"episodic_life": True, "reward_clip": True}
-# Shifts under which a Procgen pool plays the scenario's level range (``task`` switches games on the same levels).
+# Shifts under which a Procgen pool plays the scenario's level range (``task``: games switch, levels stay).
 SCENARIO_LEVEL_SHIFTS = ("none", "permute", "window", "expand", "task")
 
 
@@ -84,7 +84,8 @@ class ImageEnvBridge:
 
     def __post_init__(self):
         self.family = image_env_family(self.env_id)
-        if self.scenario is not None and self.family == "procgen" and self.scenario.shift in SCENARIO_LEVEL_SHIFTS:
+        procgen_scenario = self.scenario is not None and self.family == "procgen"
+        if procgen_scenario and self.scenario.shift in SCENARIO_LEVEL_SHIFTS:
             from plastix.envs.shifts import heldout_levels, train_levels
 
             sc = self.scenario
