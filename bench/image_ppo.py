@@ -6,9 +6,10 @@ For each scenario and seed count (each measurement in its own subprocess):
   the first; compilation excluded), with the learner ``--learner`` picks (default ``auto``: host-driven on
   images, ``plastix.algos.ppo_host``);
 - ``bound``: the compute bound, the time of the same work as separately jitted calls outside any loop, each
-  call timed alone (median of ``--repeats``): per member, ``num_steps`` policy forward passes on its
-  ``num_envs`` frames plus ``update_epochs x num_minibatches`` PPO gradient steps (``Agent.minibatch_step``:
-  loss, gradient, optimizer) on a minibatch; steps/s = members x batch / that time;
+  call timed alone (median of ``--repeats``), measured in the PPO run's process just before and just after it
+  (the mean of the two: the machine's other jobs then weigh on PPO and bound alike): per member,
+  ``num_steps`` policy forward passes on its ``num_envs`` frames plus ``update_epochs x num_minibatches``
+  PPO gradient steps (``Agent.minibatch_step``: loss, gradient, optimizer) on a minibatch; steps/s = members x batch / that time;
 - ``raw``: envpool stepping the same number of envs with random actions from a Python loop.
 
 Scenarios: CoinRun with the IMPALA CNN (``cleanrl-procgen`` preset) and with Juliani & Ash's conv encoder
@@ -40,9 +41,9 @@ def _config(flags: list[str], seeds: int, updates: int, run_dir: str | None = No
     from plastix.cli import parse_train_args
 
     cfg = parse_train_args([*flags, "--seeds", ",".join(map(str, range(seeds))), "--quiet"])
-    args = [*flags, "--seeds", ",".join(map(str, range(seeds))), "--total-timesteps", str(updates * cfg.batch_size),
-            "--log-every", "1", "--checkpoint-every", str(updates), "--diagnostics-every", "0",
-            "--curvature-every", "0", "--quiet"]
+    args = [*flags, "--seeds", ",".join(map(str, range(seeds))),
+            "--total-timesteps", str(updates * cfg.batch_size), "--log-every", "1",
+            "--checkpoint-every", str(updates), "--diagnostics-every", "0", "--curvature-every", "0", "--quiet"]
     return parse_train_args(args + (["--run-dir", run_dir] if run_dir else []))
 
 
@@ -86,23 +87,23 @@ def bound(flags: list[str], seeds: int, repeats: int) -> dict:
     cfg = _config(flags, 1, 2)
     bridge = make_bridge(cfg, [0])
     agent = Agent(cfg, bridge.spec)
-    state = jax.tree.map(lambda x: x[0], agent.init_states(jax.vmap(jax.random.PRNGKey)(jnp.arange(1)),
-                                                           jnp.asarray(bridge.reset())))
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(1))
+    state = jax.tree.map(lambda x: x[0], agent.init_states(keys, jnp.asarray(bridge.reset())))
     bridge.close()
     obs = state.env.obs
     forward = jax.jit(lambda p, o: agent.forward(p, state.opt_state, o))
     t_forward = _median_seconds(forward, state.params, obs, repeats=repeats)
     n = cfg.minibatch_size
     rng = np.random.default_rng(0)
+    normal = lambda shift=0.0: jnp.asarray(rng.normal(size=n) + shift, jnp.float32)
     batch = Minibatch(jnp.asarray(np.repeat(np.asarray(obs), -(-n // obs.shape[0]), 0)[:n]),
                       jnp.asarray(rng.integers(0, bridge.spec.action_dim, n), jnp.int32),
-                      jnp.asarray(rng.normal(size=n) - 2.0, jnp.float32), jnp.asarray(rng.normal(size=n), jnp.float32),
-                      jnp.asarray(rng.normal(size=n), jnp.float32), jnp.asarray(rng.normal(size=n), jnp.float32),
-                      jnp.ones(n, bool))
+                      normal(-2.0), normal(), normal(), normal(), jnp.ones(n, bool))
     carry = MinibatchCarry(state.params, state.opt_state, state.surgery_state, jnp.zeros((), bool),
                            jax.random.PRNGKey(1), jnp.zeros((), bool))
     step = jax.jit(agent.minibatch_step)
-    t_step = _median_seconds(step, carry, batch, jnp.arange(n), jnp.float32(cfg.learning_rate), repeats=repeats)
+    lr = jnp.float32(cfg.learning_rate)
+    t_step = _median_seconds(step, carry, batch, jnp.arange(n), lr, repeats=repeats)
     per_member = cfg.num_steps * t_forward + cfg.update_epochs * cfg.num_minibatches * t_step
     return {"sps": cfg.batch_size / per_member, "update_s": seeds * per_member, "forward_s": t_forward,
             "gradient_step_s": t_step, "minibatch": n}
@@ -131,11 +132,22 @@ def raw(flags: list[str], seeds: int) -> dict:
     return {"sps": sorted(rates)[2]}
 
 
+def ppo_and_bound(flags: list[str], seeds: int, updates: int, repeats: int) -> dict:
+    """PPO between two measurements of its compute bound, in one process: on a machine shared with other
+    jobs the load then weighs on both alike (the bound is the mean of the two)."""
+    before = bound(flags, seeds, repeats)
+    result = ppo(flags, seeds, updates)
+    after = bound(flags, seeds, repeats)
+    mean = {k: (before[k] + after[k]) / 2 for k in ("update_s", "forward_s", "gradient_step_s")}
+    steps = before["sps"] * before["update_s"]  # env steps of one update of every member
+    mean["sps"] = steps / mean["update_s"]
+    return {"ppo": result, "bound": {**mean, "before_sps": before["sps"], "after_sps": after["sps"],
+                                     "minibatch": before["minibatch"]}}
+
+
 def child(spec: dict) -> dict:
-    if spec["what"] == "ppo":
-        return ppo(spec["flags"], spec["seeds"], spec["updates"])
-    if spec["what"] == "bound":
-        return bound(spec["flags"], spec["seeds"], spec["repeats"])
+    if spec["what"] == "ppo_and_bound":
+        return ppo_and_bound(spec["flags"], spec["seeds"], spec["updates"], spec["repeats"])
     return raw(spec["flags"], spec["seeds"])
 
 
@@ -146,13 +158,17 @@ def measure(spec: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
     parser.add_argument("--seeds-counts", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--num-envs", type=int, default=8, help="envs per seed (the presets': 64, 32, 8)")
-    parser.add_argument("--num-steps", type=int, default=32, help="rollout steps (the presets': 256, 32, 128)")
-    parser.add_argument("--updates", type=int, default=3, help="PPO updates per measurement (the first is excluded)")
-    parser.add_argument("--repeats", type=int, default=5, help="timings per call of the compute bound (median)")
+    parser.add_argument("--num-steps", type=int, default=32,
+                        help="rollout steps (the presets': 256, 32, 128)")
+    parser.add_argument("--updates", type=int, default=3,
+                        help="PPO updates per measurement (the first is excluded)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timings per call of the compute bound (median)")
     parser.add_argument("--learner", default="auto", choices=["auto", "compiled", "host"])
     parser.add_argument("--out", default="bench/results/image_ppo.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -161,20 +177,20 @@ def main() -> None:
         print(json.dumps(child(json.loads(args.child))))
         return
     rows = []
-    print(f"{'scenario':>20} {'seeds':>5} {'raw sps':>9} {'bound sps':>9} {'PPO sps':>8} {'PPO/bound':>9} "
-          f"{'PPO/raw':>8} {'update s':>8}", flush=True)
+    print(f"{'scenario':>20} {'seeds':>5} {'raw sps':>9} {'bound sps':>9} {'PPO sps':>8} "
+          f"{'PPO/bound':>9} {'PPO/raw':>8} {'update s':>8}", flush=True)
     for name in args.scenarios:
-        flags = [*SCENARIOS[name], "--num-envs", str(args.num_envs), "--num-steps", str(args.num_steps),
-                 "--learner", args.learner]
+        flags = [*SCENARIOS[name], "--num-envs", str(args.num_envs),
+                 "--num-steps", str(args.num_steps), "--learner", args.learner]
         for seeds in args.seeds_counts:
+            spec = {"what": "ppo_and_bound", "flags": flags, "seeds": seeds, "updates": args.updates,
+                    "repeats": args.repeats}
             row = {"scenario": name, "seeds": seeds, "flags": flags,
-                   "raw": measure({"what": "raw", "flags": flags, "seeds": seeds}),
-                   "bound": measure({"what": "bound", "flags": flags, "seeds": seeds, "repeats": args.repeats}),
-                   "ppo": measure({"what": "ppo", "flags": flags, "seeds": seeds, "updates": args.updates})}
+                   "raw": measure({"what": "raw", "flags": flags, "seeds": seeds}), **measure(spec)}
             rows.append(row)
             r, b, p = row["raw"]["sps"], row["bound"]["sps"], row["ppo"]["sps"]
-            print(f"{name:>20} {seeds:>5} {r:>9.0f} {b:>9.1f} {p:>8.1f} {p / b:>9.2f} {p / r:>8.4f} "
-                  f"{row['ppo']['update_s']:>8.1f}", flush=True)
+            print(f"{name:>20} {seeds:>5} {r:>9.0f} {b:>9.1f} {p:>8.1f} {p / b:>9.2f} "
+                  f"{p / r:>8.4f} {row['ppo']['update_s']:>8.1f}", flush=True)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(rows, f, indent=2)
