@@ -9,7 +9,8 @@ For each scenario and seed count (each measurement in its own subprocess):
   call timed alone (median of ``--repeats``), measured in the PPO run's process just before and just after it
   (the mean of the two: the machine's other jobs then weigh on PPO and bound alike): per member,
   ``num_steps`` policy forward passes on its ``num_envs`` frames plus ``update_epochs x num_minibatches``
-  PPO gradient steps (``Agent.minibatch_step``: loss, gradient, optimizer) on a minibatch; steps/s = members x batch / that time;
+  PPO gradient steps (``Agent.minibatch_step``: loss, gradient, optimizer) on a minibatch;
+  steps/s = members x batch / that time;
 - ``raw``: envpool stepping the same number of envs with random actions from a Python loop.
 
 Scenarios: CoinRun with the IMPALA CNN (``cleanrl-procgen`` preset) and with Juliani & Ash's conv encoder
@@ -43,7 +44,8 @@ def _config(flags: list[str], seeds: int, updates: int, run_dir: str | None = No
     cfg = parse_train_args([*flags, "--seeds", ",".join(map(str, range(seeds))), "--quiet"])
     args = [*flags, "--seeds", ",".join(map(str, range(seeds))),
             "--total-timesteps", str(updates * cfg.batch_size), "--log-every", "1",
-            "--checkpoint-every", str(updates), "--diagnostics-every", "0", "--curvature-every", "0", "--quiet"]
+            "--checkpoint-every", str(updates), "--diagnostics-every", "0", "--curvature-every", "0",
+            "--quiet"]
     return parse_train_args(args + (["--run-dir", run_dir] if run_dir else []))
 
 
