@@ -305,7 +305,8 @@ def _checkpoint_tree(bridge, states: TrainState, handle) -> dict:
 
 class PPOTrainer:
     """PPO as a ``plastix.runloop.Trainer``: its state is ``(train states stacked over members, env handle)``;
-    ``run`` calls one compiled chunk of ``k`` updates (``ppo.make_chunk_fn``, compiled once per ``k``)."""
+    ``run`` calls one chunk of ``k`` updates (``ppo_host.compile_chunk``: ``ppo.make_chunk_fn`` compiled once
+    per ``k``, or the host-driven ``ppo_host.HostChunk`` on images)."""
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
