@@ -4,7 +4,7 @@
 # ocp-fig1, ocp-weights, ocp-ranks, ocp-dormancy-vs-gradient, ocp-task-switch and ocp-task-relevance are the
 # same two runs (PPO-ReLU and PPO-No-Act, 5 seeds x 1M steps), trained once. About 30 min for those (14 of
 # training, 16 of probes) and 16 min for ocp-perturb on the project's 2 CPU cores shared with other jobs
-# (results/*/README.md).
+# (results/*/README.md); ocp-gradient-free and juliani-ash: their pages say what they cost.
 # Usage: bash scripts/evidence.sh [FOLDER]   (sweeps go to FOLDER/evidence-*, default runs/, not committed)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,3 +16,7 @@ SWEEPS="${1:-runs}"
 .venv/bin/plastix report "$SWEEPS/evidence-ocp" --out results/ocp-fig1
 .venv/bin/plastix run ocp-perturb --scale evidence --out "$SWEEPS/evidence-perturb"
 .venv/bin/plastix report "$SWEEPS/evidence-perturb" --out results/ocp-perturb
+.venv/bin/plastix run ocp-gradient-free --scale evidence --out "$SWEEPS/evidence-gf"
+.venv/bin/plastix report "$SWEEPS/evidence-gf" --out results/ocp-gradient-free
+.venv/bin/plastix run juliani-ash --scale evidence --out "$SWEEPS/evidence-ja"
+.venv/bin/plastix report "$SWEEPS/evidence-ja" --out results/juliani-ash
