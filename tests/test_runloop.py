@@ -129,3 +129,19 @@ def test_an_es_run_extended_by_resume_equals_the_run_trained_at_once(tmp_path):
     pd.testing.assert_frame_equal(deterministic(store.read_metrics(run_dir)), deterministic(full))
     cfg, final = load_checkpoint(run_dir)  # reads ES checkpoints as PPO's: the seeds' policies stacked
     assert cfg.optimizer == "es" and final.params["policy"]["layer_1"]["kernel"].shape[0] == 2
+
+
+def test_query_names_and_skips_a_damaged_part(tmp_path):
+    import json
+
+    from plastix.query import connect
+
+    run_dir = tmp_path / "run"
+    for first in (1, 3):
+        store.write_metrics_part(run_dir, store.metrics_table({"return/episodic": [[1.0], [2.0]]}, [0], first, 10), first)
+    (run_dir / "config.json").write_text(json.dumps({"config": {"seeds": "0"}}))
+    part = run_dir / store.METRICS_DIR / "part-000000003.parquet"
+    part.write_bytes(part.read_bytes()[:-20])
+    with pytest.warns(UserWarning, match=r"part-000000003\.parquet: damaged metrics part.*--resume"):
+        con = connect(run_dir)
+    assert sorted(con.execute('SELECT "update" FROM metrics').fetchdf()["update"]) == [1, 2]

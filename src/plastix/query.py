@@ -114,11 +114,27 @@ def connect(folder: str | Path):
     return con
 
 
+def _readable_part(part: Path) -> bool:
+    """Whether DuckDB can scan ``part``: a damaged one (e.g. its footer lost when the disk filled) is left out
+    of the views with a warning naming it, instead of failing every query on the folder with an Arrow error."""
+    import warnings
+
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_metadata(part)
+        return True
+    except Exception as err:  # noqa: BLE001 - any unreadable footer is a damaged part
+        warnings.warn(f"{part}: damaged metrics part ({type(err).__name__}), left out of the query; rewrite it "
+                      f"with `plastix train --resume {part.parent.parent}`", stacklevel=3)
+        return False
+
+
 def _metrics_view(con, run_dirs: dict[str, Path], fields: list[str]) -> None:
     """``metrics``: every run's parts, each row labelled with its run (by a table of file -> run)."""
     field_cols = "".join(f', r."{f}"' for f in fields)
     files = [(str(p.absolute()), run) for run, d in run_dirs.items()
-             for p in sorted((d / "metrics.parquet").glob("*.parquet"))]
+             for p in sorted((d / "metrics.parquet").glob("*.parquet")) if _readable_part(p)]
     if files:
         con.register("files_frame", pd.DataFrame(files, columns=["filename", "run"]))
         con.execute("CREATE TABLE metric_files AS SELECT * FROM files_frame")
