@@ -114,7 +114,8 @@ def scatter_figure(path: Path, points: pd.DataFrame, run_labels: dict[str, str],
 
 
 @analysis("curvature_probe", "Hessian top eigenvalue / trace and the plasticity probe's loss per round, and "
-          "Spearman rho of curvature with probe loss per scenario (Lyle et al. 2023)")
+          "Spearman rho of curvature with probe loss per scenario (Lyle et al. 2023)",
+          single_run=False)  # compares activations / arms / scenarios: not on one run's page
 def analysis_curvature_probe(sec, frame, keys, run_labels, exp):
     present = [k for k in PANEL_KEYS if k in keys]
     if TOP_EIG not in present or not any(k.startswith("probe/") for k in present):

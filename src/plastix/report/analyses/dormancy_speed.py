@@ -108,7 +108,8 @@ def scatter_figure(path: Path, data: pd.DataFrame, colors: dict[str, str] | None
 
 
 @analysis("dormancy_speed", "dormancy rate vs convergence speed (area under the return curve) per run and "
-          "seed: Spearman rho at equal capacity, scatter (the review of OCP Fig 1)")
+          "seed: Spearman rho at equal capacity, scatter (the review of OCP Fig 1)",
+          single_run=False)  # compares activations / arms / scenarios: not on one run's page
 def analysis_dormancy_speed(sec, frame, keys, run_labels, exp):
     if RETURN_KEY not in keys or not any((m := LAYER_KEY.match(k)) and m["stat"] == DORMANCY_STAT for k in keys):
         sec.note_missing(f"dormancy vs speed: needs `{RETURN_KEY}` and `*/layer_*/{DORMANCY_STAT}` rows")

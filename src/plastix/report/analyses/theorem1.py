@@ -125,7 +125,8 @@ def run_taus_and_activations(exp: dict) -> dict[str, tuple[float, str]]:
 
 
 @analysis("theorem1", "per activation and layer: overlap of the dormant and zero-gradient (strict and relative "
-          "MAGI) sets over training, vacuous measurements left out; IQM/CI over seeds; a verdict per activation")
+          "MAGI) sets over training, vacuous measurements left out; IQM/CI over seeds; a verdict per activation",
+          single_run=False)  # compares activations / arms / scenarios: not on one run's page
 def analysis_theorem1(sec, frame, keys, run_labels, exp):
     info = run_taus_and_activations(exp)
     parts = []
