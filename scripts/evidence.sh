@@ -20,3 +20,5 @@ SWEEPS="${1:-runs}"
 .venv/bin/plastix report "$SWEEPS/evidence-gf" --out results/ocp-gradient-free
 .venv/bin/plastix run juliani-ash --scale evidence --out "$SWEEPS/evidence-ja"
 .venv/bin/plastix report "$SWEEPS/evidence-ja" --out results/juliani-ash
+.venv/bin/plastix run lyle-curvature --scale evidence --out "$SWEEPS/evidence-lyle"
+.venv/bin/plastix report "$SWEEPS/evidence-lyle" --out results/lyle-curvature
