@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh) then run the default test suite (about 17 minutes on 2 CPU cores, measured beside other jobs).
+# Set up (scripts/setup.sh) then run the default test suite (about 18.5 minutes on 2 CPU cores, measured beside an evidence sweep).
 # `scripts/test.sh --slow` runs the long tests instead; other arguments go to pytest.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
