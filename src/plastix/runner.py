@@ -174,7 +174,7 @@ def _flags(obj, prefix: str) -> list[str]:
                 flags += [name, "None"]
         elif hints[f.name] is bool:
             flags.append(name if value else f"--{prefix}no-{f.name.replace('_', '-')}")
-        elif isinstance(value, (tuple, list)):
+        elif isinstance(value, tuple):
             flags += [name, *map(str, value)]
         else:
             flags += [name, repr(value) if isinstance(value, float) else str(value)]
