@@ -173,3 +173,5 @@ def test_adam_betas_checked_and_refused_under_es():
         validate(TrainConfig(adam_b2=1.0), check_env=False)
     with pytest.raises(ConfigError, match="--adam-b1/--adam-b2: set PPO's Adam; --optimizer es keeps OpenAI-ES's"):
         _train_es(TrainConfig(optimizer="es", adam_b1=0.99))
+    with pytest.raises(ConfigError, match="--probe-every, --interference-samples: PPO's measurements; --optimizer es"):
+        _train_es(TrainConfig(optimizer="es", probe_every=4, interference_samples=2))

@@ -210,6 +210,12 @@ def _train_es(cfg: TrainConfig, run_dir: Path | None = None, resuming: bool = Fa
     if (cfg.adam_b1, cfg.adam_b2) != (0.9, 0.999):
         raise ConfigError("--adam-b1/--adam-b2: set PPO's Adam; --optimizer es keeps OpenAI-ES's Adam "
                           "(0.9, 0.999, as openai/evolution-strategies-starter); drop them")
+    # PPO's training-time measurements that ES does not run (its diagnostics are es_config_from_train_config's).
+    unmeasured = [flag for flag, name in (("--probe-every", "probe_every"), ("--interference-samples",
+                  "interference_samples"), ("--curvature-every", "curvature_every"), ("--activity-steps",
+                  "activity_steps")) if getattr(cfg, name) != getattr(TrainConfig, name)]
+    if unmeasured:
+        raise ConfigError(f"{', '.join(unmeasured)}: PPO's measurements; --optimizer es does not run them; drop them")
     check_ranges(cfg)  # --es.* and the shared options, named as flags, before ESConfig's own checks
     es_cfg = _es_config(cfg)
     try:
