@@ -32,6 +32,13 @@ PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e
            "#c7c7c7", "#dbdb8d"]
 
 
+def save_figure(fig, path: Path) -> None:
+    """Lay ``fig`` out, write it to ``path`` (tight bounding box) and close it: no report keeps figures open."""
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")
+    pyplot().close(fig)
+
+
 def colors_of(names: list[str]) -> dict[str, str]:
     """``{name: colour}`` in the order given (the palette repeats after 20 names)."""
     return {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(names)}
@@ -117,8 +124,6 @@ def iqm_figure(path: Path, table: pd.DataFrame, xlabel: str, colors: dict[str, s
             alpha=0.8, capsize=4)
     ax.set_yticks(y, table.label)
     ax.set_xlabel(xlabel)
-    fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from plastix.report.analyses.rounds import ROUND_INDEX, rounds_figure
-from plastix.report.figures import pick_colors, pyplot
+from plastix.report.figures import pick_colors, pyplot, save_figure
 from plastix.report.registry import analysis
 from plastix.report.stats import SIGNIFICANCE, stratified_bootstrap_ci
 
@@ -108,9 +108,7 @@ def scatter_figure(path: Path, points: pd.DataFrame, run_labels: dict[str, str],
         ax.set_xlabel("top Hessian eigenvalue (round mean)")
         ax.set_ylabel("probe final loss (round mean)")
         ax.legend(frameon=False, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @analysis("curvature_probe", "Hessian top eigenvalue / trace and the plasticity probe's loss per round, and "

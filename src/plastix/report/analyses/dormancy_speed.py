@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from plastix.report.common import LAYER_KEY
-from plastix.report.figures import pick_colors, pyplot
+from plastix.report.figures import pick_colors, pyplot, save_figure
 from plastix.report.registry import analysis
 from plastix.report.stats import SIGNIFICANCE, final_values, stratified_bootstrap_ci
 
@@ -102,9 +102,7 @@ def scatter_figure(path: Path, data: pd.DataFrame, colors: dict[str, str] | None
     ax.set_xlabel("mean dormant ratio (tau = 0.025, all hidden layers, over training)")
     ax.set_ylabel("time-averaged episodic return")
     ax.legend(frameon=False, fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @analysis("dormancy_speed", "dormancy rate vs convergence speed (area under the return curve) per run and "

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from plastix.report.analyses.rounds import ROUND_FINAL_KEYS, ROUND_INDEX, final_round, round_rows
-from plastix.report.figures import pick_colors, pyplot
+from plastix.report.figures import pick_colors, pyplot, save_figure
 from plastix.report.registry import analysis
 from plastix.report.stats import SIGNIFICANCE, final_values
 
@@ -152,9 +152,7 @@ def regression_figure(path: Path, data: pd.DataFrame, ylabel: str, colors: dict[
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
     axes[1].legend(frameon=False, fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 REGRESSION_CLAIM = ("Weight magnitude and dead units both predict the final-round return (OLS, p < 0.05; "

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from plastix.report.figures import integer_ticks, iqm_figure, pick_colors, pyplot
+from plastix.report.figures import integer_ticks, iqm_figure, pick_colors, pyplot, save_figure
 from plastix.report.registry import analysis
 from plastix.report.stats import bootstrap_ci, stratified_bootstrap_ci
 
@@ -73,9 +73,7 @@ def rounds_figure(path: Path, rows: pd.DataFrame, run_labels: dict[str, str], ke
     if handles:
         fig.legend(handles, names, loc="upper center", ncol=min(len(names), 4), frameon=False, fontsize=8,
                    bbox_to_anchor=(0.5, 1.0 + 0.03 * math.ceil(len(names) / 4)))
-    fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def final_round(rows: pd.DataFrame, key: str) -> pd.DataFrame:

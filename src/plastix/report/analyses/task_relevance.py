@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from plastix.experiments.task_switch import read_task_relevance
-from plastix.report.figures import pick_colors, pyplot
+from plastix.report.figures import pick_colors, pyplot, save_figure
 from plastix.report.registry import analysis
 from plastix.report.stats import SIGNIFICANCE, bootstrap_ci
 
@@ -81,9 +81,7 @@ def relevance_figure(path: Path, table: pd.DataFrame, colors: dict[str, str] | N
         ax.set_xlabel("task distance alpha (0 = own task, 1 = Eq. 15)")
         ax.set_ylabel("final test loss: trained / random init")
     axes.flat[0].legend(frameon=False, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _task_relevance_finals(tr: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, dict]]:

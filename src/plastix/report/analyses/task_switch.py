@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from plastix.experiments.task_switch import read_task_switch
-from plastix.report.figures import iqm_figure, pick_colors, pyplot
+from plastix.report.figures import iqm_figure, pick_colors, pyplot, save_figure
 from plastix.report.registry import analysis
 from plastix.report.stats import bootstrap_ci, stratified_bootstrap_ci
 
@@ -51,9 +51,7 @@ def analysis_task_switch(sec, ts: pd.DataFrame | None, exp):
                 ax.set_xlabel("Adam steps")
                 ax.set_ylabel("MSE")
             axes[0].legend(frameon=False, fontsize=8)
-            fig.tight_layout()
-            fig.savefig(path, bbox_inches="tight")
-            plt.close(fig)
+            save_figure(fig, path)
 
         sec.figure(f"task_switch__lr{lr:g}", f"Eq. 15 regression from each source network, lr {lr:g} (mean, 95% band)",
                    draw)

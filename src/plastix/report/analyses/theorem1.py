@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from plastix.report.common import LAYER_KEY, panel_name
-from plastix.report.figures import pick_colors, pyplot
+from plastix.report.figures import pick_colors, pyplot, save_figure
 from plastix.report.registry import analysis
 from plastix.report.stats import stratified_bootstrap_ci
 
@@ -108,9 +108,7 @@ def overlap_figure(path: Path, table: pd.DataFrame, colors: dict[str, str] | Non
         ax.set_title(f"{crit} zero-gradient set", fontsize=9)
         ax.set_ylabel("overlap(dormant, zero-grad)")
     axes.flat[-1].legend(frameon=False, fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run_taus_and_activations(exp: dict) -> dict[str, tuple[float, str]]:
