@@ -28,7 +28,7 @@ def train_cli(argv):
 
 
 def deterministic(df):
-    return df[df.key != "time/sps"].reset_index(drop=True)
+    return df[~df.key.str.startswith("time/")].reset_index(drop=True)  # every row but the wall-clock ones
 
 
 def saved_run(tmp_path, **change):
@@ -145,3 +145,20 @@ def test_query_names_and_skips_a_damaged_part(tmp_path):
     with pytest.warns(UserWarning, match=r"part-000000003\.parquet: damaged metrics part.*--resume"):
         con = connect(run_dir)
     assert sorted(con.execute('SELECT "update" FROM metrics').fetchdf()["update"]) == [1, 2]
+
+
+def test_peak_memory_is_logged_per_part_and_shown_with_steps_per_s_in_the_report(tmp_path):
+    import resource
+
+    from plastix.report.build import build_report
+
+    run = train_cli([*GRID, "--total-timesteps", str(2 * UPDATE), "--run-dir", str(tmp_path / "run")])
+    df = store.read_metrics(run)
+    peak = df[df.key == "time/peak_rss_mb"]
+    assert sorted(peak["update"]) == [1, 2]  # a row per iteration, as time/sps
+    # ru_maxrss of this very process (the trainer ran in it), in MiB: the run's peak is at most the peak now.
+    assert 0 < peak.value.max() <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    page = build_report(run, tmp_path / "report").read_text()
+    sps = df[df.key == "time/sps"].value.median()
+    assert "median_steps_per_s" in page and "peak_memory_mb" in page
+    assert f"<td>{round(sps)}</td>" in page and f"<td>{round(peak.value.max())}</td>" in page

@@ -19,6 +19,8 @@ those of an uninterrupted run.
 from __future__ import annotations
 
 import math
+import resource
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -131,6 +133,7 @@ def run_loop(trainer: Trainer, run_dir: Path, state: Any, done: int, loggers) ->
             if sched.parts_end_at_rounds:
                 k = min(k, per_round - into_round)
             state, metrics, scores = trainer.run(state, k)
+            metrics["time/peak_rss_mb"] = np.full_like(np.asarray(metrics["time/sps"], np.float64), peak_rss_mb())
             buffer.append((metrics, scores))
             done += k
             round_end = done % per_round == 0
@@ -161,6 +164,13 @@ def _write_part(run_dir: Path, sched: Schedule, buffer: list, first: int, logger
         scores = {key: np.concatenate([np.asarray(s[key]) for _, s in buffer]) for key in buffer[0][1]}
         table = store.neuron_table(scores, sched.seeds, first, sched.steps_per_iteration)
         store.write_metrics_part(run_dir, table, first, store.NEURONS_DIR)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (``getrusage``'s ``ru_maxrss``: KiB on Linux, bytes
+    on macOS): logged as ``time/peak_rss_mb`` with every chunk, so a run's page can say what it needed."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def _mean_sps(buffer: list) -> float:

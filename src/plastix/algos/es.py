@@ -96,6 +96,7 @@ generation; the mean-policy episode is not counted as a training sample):
 ``es/param_norm``               ``||theta'||``
 ``es/sigma``, ``es/lr``         the noise std and Adam's learning rate
 ``time/sps``                    env steps simulated per second (all lanes and members, the host reset included)
+``time/peak_rss_mb``            the process's peak resident memory so far (MiB; the run loop logs it)
 ``policy/...``                  diagnostics (above), every ``diagnostics_every`` generations
 ==============================  ==========================================================================
 """

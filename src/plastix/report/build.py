@@ -93,18 +93,27 @@ def draw_analyses(sec: Section, exp: dict, frame: pd.DataFrame, run_labels: dict
 
 
 def run_status(run_dirs: dict[str, Path], manifest: dict, runs: list[str], frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: its seeds, its latest checkpoint's update and how many metric rows it has."""
+    """One row per run: its seeds, its latest checkpoint's update, how many metric rows it has, its median
+    env steps/s (``time/sps``: the whole process, all seeds) and its peak memory (``time/peak_rss_mb``;
+    empty for runs written before plastix logged it)."""
     from plastix import store
 
     rows = frame.run.value_counts() if not frame.empty else pd.Series(dtype=int)
+    sps, peak = (frame[frame.key == key].groupby("run", observed=True).value for key in ("time/sps", "time/peak_rss_mb"))
+    sps, peak = sps.median(), peak.max()
     status = []
     for r in runs:
         run_dir = run_dirs.get(r)
         latest = store.latest_checkpoint(run_dir) if run_dir is not None and run_dir.exists() else None
         cfg = manifest["runs"].get(r, {})
         status.append(dict(run=r, seeds=",".join(map(str, cfg.get("seeds", []))),
-                           checkpoint_update=latest[0] if latest else 0, rows=int(rows.get(r, 0))))
+                           checkpoint_update=latest[0] if latest else 0, rows=int(rows.get(r, 0)),
+                           median_steps_per_s=_rounded(sps.get(r)), peak_memory_mb=_rounded(peak.get(r))))
     return pd.DataFrame(status)
+
+
+def _rounded(value) -> float | None:
+    return None if value is None or pd.isna(value) else round(float(value))
 
 
 def run_analyses() -> list[str]:
