@@ -6,13 +6,21 @@ all steps over all time of the updates after the first, compilation excluded), a
 in its own subprocess so peak memory is its own. Prints a table with ratios; writes JSON to --out.
 
     python bench/throughput.py --updates 6 --seeds-counts 1 8
+
+Before/after a change, in the same run: ``--compare-src OLD/src`` (e.g. a ``git worktree add --detach OLD REV``)
+also times PPO with that source tree, alternating old and new ``--repeats`` times (old, new, old, new, ...) so
+that the machine's load drifts over both alike, and prints the median of the per-repeat ratios new / old.
+
+    python bench/throughput.py --updates 6 --seeds-counts 1 8 --compare-src /tmp/old/src --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,10 +73,30 @@ def child(kind: str, n: int, updates: int, extra: list[str]) -> dict:
     return out
 
 
+def run_child(kind: str, n: int, args, src: str | None = None) -> dict:
+    """One measurement in its own subprocess (its own peak memory); ``src``: a plastix source tree to import."""
+    cmd = [sys.executable, __file__, "--updates", str(args.updates), "--child", kind, str(n), "--extra", *args.extra]
+    env = dict(os.environ, PYTHONPATH=src) if src else None
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def compare(n: int, args) -> dict:
+    """PPO with the old (``--compare-src``) and the current source, alternated ``--repeats`` times."""
+    old, new = [], []
+    for _ in range(args.repeats):
+        old.append(run_child("ppo", n, args, args.compare_src)["sps"])
+        new.append(run_child("ppo", n, args)["sps"])
+    ratios = [b / a for a, b in zip(old, new)]
+    return {"old_sps": old, "new_sps": new, "new_over_old": ratios, "median_new_over_old": statistics.median(ratios)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--updates", type=int, default=6, help="PPO updates (2048 steps per seed each)")
     parser.add_argument("--seeds-counts", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--compare-src", help="a plastix source tree (e.g. an older commit's src/) to time beside this one")
+    parser.add_argument("--repeats", type=int, default=3, help="old/new pairs with --compare-src")
     parser.add_argument("--out", default="bench/results/throughput.json")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="extra `plastix train` flags")
@@ -76,18 +104,22 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child[0], int(args.child[1]), args.updates, args.extra)))
         return
+    if args.compare_src and not os.path.isdir(os.path.join(args.compare_src, "plastix")):
+        parser.error(f"--compare-src {args.compare_src}: no plastix package there (give the tree's src/ folder)")
     rows = []
     for n in args.seeds_counts:
-        result = {}
-        for kind in ("raw", "ppo"):
-            cmd = [sys.executable, __file__, "--updates", str(args.updates), "--child", kind, str(n), "--extra", *args.extra]
-            result[kind] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-        rows.append({"seeds": n, **{f"{k}_{m}": v for k, r in result.items() for m, v in r.items()}})
-    print(f"{'seeds':>5} {'raw envpool sps':>16} {'plastix sps':>12} {'ratio':>6} {'peak MiB':>9}")
+        result = {kind: run_child(kind, n, args) for kind in ("raw", "ppo")}
+        row = {"seeds": n, **{f"{k}_{m}": v for k, r in result.items() for m, v in r.items()}}
+        if args.compare_src:
+            row.update(compare(n, args))
+        rows.append(row)
+    print(f"{'seeds':>5} {'raw envpool sps':>16} {'plastix sps':>12} {'ratio':>6} {'peak MiB':>9}"
+          + (f" {'new/old (median)':>17}" if args.compare_src else ""))
     for r in rows:
-        print(f"{r['seeds']:>5} {r['raw_sps']:>16.0f} {r['ppo_sps']:>12.0f} {r['ppo_sps'] / r['raw_sps']:>6.2f} {r['ppo_peak_rss_mib']:>9.0f}")
-    import os
-
+        line = f"{r['seeds']:>5} {r['raw_sps']:>16.0f} {r['ppo_sps']:>12.0f} {r['ppo_sps'] / r['raw_sps']:>6.2f} {r['ppo_peak_rss_mib']:>9.0f}"
+        if args.compare_src:
+            line += f" {r['median_new_over_old']:>17.2f}  ({', '.join(f'{x:.2f}' for x in r['new_over_old'])})"
+        print(line)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(rows, f, indent=2)

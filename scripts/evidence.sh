@@ -22,3 +22,8 @@ SWEEPS="${1:-runs}"
 .venv/bin/plastix report "$SWEEPS/evidence-ja" --out results/juliani-ash
 .venv/bin/plastix run lyle-curvature --scale evidence --out "$SWEEPS/evidence-lyle"
 .venv/bin/plastix report "$SWEEPS/evidence-lyle" --out results/lyle-curvature
+.venv/bin/plastix run juliani-ash-coinrun --scale evidence --out "$SWEEPS/evidence-ja-coinrun"
+.venv/bin/plastix report "$SWEEPS/evidence-ja-coinrun" --out results/juliani-ash-coinrun
+# review-fig1-control and review-theorem1 share their ReLU, tanh, GELU and softplus runs (one sweep).
+.venv/bin/plastix run review-fig1-control review-theorem1 --scale evidence --out "$SWEEPS/evidence-review"
+.venv/bin/plastix report "$SWEEPS/evidence-review" --out results/review
