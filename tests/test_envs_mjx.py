@@ -16,6 +16,7 @@ import jax.numpy as jnp  # noqa: E402
 
 import plastix  # noqa: E402,F401  (x64)
 from plastix.envs.mjx_halfcheetah import MJXBridge, MJXHalfCheetah  # noqa: E402
+from plastix.envs.replay import ReplayRecord  # noqa: E402
 
 HORIZON = 25  # env steps compared with envpool (the feet touch the ground within it)
 # Measured max |MJX - envpool| over 32 envs, same initial state and uniform random actions (float64):
@@ -152,7 +153,7 @@ def test_bad_env_id_and_shift():
 
 @pytest.mark.slow
 def test_restore_replays_records(bridge, rollout):
-    """``restore`` from the trainer's records (resets + actions since the last reset) rebuilds the state."""
+    """``restore`` from the rollout's replay record (resets + actions since the last reset) rebuilds the state."""
     bridge.reset()
     h, rnd = bridge.handle()
     h = h.replace(steps=h.steps.at[1].set(998))  # env 1: truncates at step 1, resets at step 2
@@ -165,7 +166,7 @@ def test_restore_replays_records(bridge, rollout):
         rec[i, : lengths[i]] = flat[HORIZON - lengths[i] :, i]
     other = MJXBridge("HalfCheetah-v4", SEEDS, N)
     other.reset()
-    other.restore(np.array([0, 1, 0, 0]), rec, lengths)
+    other.restore(ReplayRecord(episode_actions=rec, actions_recorded=lengths, num_resets=np.array([0, 1, 0, 0])))
     got, _ = other.handle()
     np.testing.assert_allclose(np.asarray(got.qpos), np.asarray(h_end.qpos), rtol=0, atol=1e-9)
     np.testing.assert_allclose(np.asarray(got.qvel), np.asarray(h_end.qvel), rtol=0, atol=1e-9)

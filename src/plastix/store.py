@@ -243,6 +243,13 @@ def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
     return done[-1] if done else None
 
 
+def checkpoint_structure(path: Path) -> dict:
+    """The nested ``{name: ...}`` of what the checkpoint at ``path`` holds (its tree's metadata; no array is
+    read), e.g. to tell an older layout from the current one before restoring."""
+    meta = _checkpointer().metadata(Path(path).absolute()).item_metadata
+    return getattr(meta, "tree", meta)
+
+
 def restore_checkpoint(path: Path, like: Any) -> Any:
     """Restore the pytree saved at ``path`` with the structure, shapes and dtypes of ``like``."""
     import jax

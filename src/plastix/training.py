@@ -27,6 +27,7 @@ from plastix.config import (NETWORK_MITIGATIONS, ConfigError, TrainConfig, canon
                             validate)
 from plastix.envs import make_bridge
 from plastix.envs.heldout import HeldoutEvaluation
+from plastix.envs.replay import ReplayRecord
 from plastix.loggers import check_loggers, open_loggers
 from plastix.runloop import Schedule, latest_return, resume_point, run_loop, usable_checkpoint
 
@@ -259,7 +260,7 @@ def load_checkpoint(run_dir: str | Path, final: bool = True):
     if cfg.optimizer == "es":
         return cfg, _load_es_checkpoint(cfg, latest[1])
     bridge, _, fresh = build(cfg)
-    tree = store.restore_checkpoint(latest[1], _checkpoint_tree(bridge, fresh, bridge.handle()))
+    tree = restore_ppo_checkpoint(latest[1], _checkpoint_tree(bridge, fresh, bridge.handle()))
     bridge.close()
     return cfg, _warm(cfg, tree["train"])
 
@@ -309,6 +310,33 @@ def _checkpoint_tree(bridge, states: TrainState, handle) -> dict:
     return {"train": states, "env": handle} if bridge.spec.resume == "state" else {"train": states}
 
 
+# The fields of a checkpoint's env state that held the replay record before it became the bridge's
+# (``EnvState.replay``, ``envs.replay.ReplayRecord``): its arrays, under the same names; the two counters were
+# kept for every env, ``episode_actions`` only where the envs resume by replay.
+LEGACY_REPLAY_FIELDS = ("episode_actions", "actions_recorded", "num_resets")
+
+
+def restore_ppo_checkpoint(path: Path, like: dict) -> dict:
+    """``store.restore_checkpoint`` of a PPO checkpoint (``_checkpoint_tree``), also of one written before the
+    env bridge kept the replay record: its env state's ``LEGACY_REPLAY_FIELDS`` are regrouped into
+    ``EnvState.replay`` (the counters of envs that do not replay are dropped: nothing read them)."""
+    saved_env = store.checkpoint_structure(path)["train"]["env"]
+    if "num_resets" not in saved_env:  # the current layout
+        return store.restore_checkpoint(path, like)
+    env = like["train"].env
+    old_layout = {f.name: getattr(env, f.name) for f in dataclasses.fields(env) if f.name != "replay"}
+    counter = jnp.zeros(env.done.shape, jnp.int32)
+    old_layout |= {"episode_actions": env.replay.episode_actions if env.replay is not None else None,
+                   "actions_recorded": counter, "num_resets": counter}
+    tree = store.restore_checkpoint(path, {**like, "train": like["train"].replace(env=old_layout)})
+    saved = tree["train"].env
+    replay = None if env.replay is None else ReplayRecord(episode_actions=saved["episode_actions"],
+                                                          actions_recorded=saved["actions_recorded"],
+                                                          num_resets=saved["num_resets"])
+    fields = {name: value for name, value in saved.items() if name not in LEGACY_REPLAY_FIELDS}
+    return {**tree, "train": tree["train"].replace(env=type(env)(**fields, replay=replay))}
+
+
 class PPOTrainer:
     """PPO as a ``plastix.runloop.Trainer``: its state is ``(train states stacked over members, env handle)``;
     ``run`` calls one chunk of ``k`` updates (``ppo_host.compile_chunk``: ``ppo.make_chunk_fn`` compiled once
@@ -335,11 +363,10 @@ class PPOTrainer:
     def restore(self, run_dir: Path, checkpoint: Path, iteration: int, fresh):
         """The checkpoint's train states; the envs come back as their ``EnvSpec.resume`` says."""
         fresh_states, handle = fresh
-        tree = store.restore_checkpoint(checkpoint, _checkpoint_tree(self.bridge, fresh_states, handle))
+        tree = restore_ppo_checkpoint(checkpoint, _checkpoint_tree(self.bridge, fresh_states, handle))
         states, bridge = tree["train"], self.bridge
-        if bridge.spec.resume == "replay":
-            env = jax.device_get(states.env)
-            bridge.restore(env.num_resets, env.episode_actions, env.actions_recorded)
+        if bridge.spec.resume == "replay":  # the bridge replays the record its rollout kept
+            bridge.restore(jax.device_get(states.env.replay))
         elif bridge.spec.resume == "state":
             handle = tree["env"]
             bridge.restore(handle)

@@ -57,8 +57,8 @@ LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 class EnvState:
     """Per-seed env-side state: normalisation statistics, current observation, episode bookkeeping.
 
-    Shapes are per seed (``n`` = envs per seed). ``episode_actions``/``actions_recorded``/``num_resets``
-    record what ``EnvpoolBridge.restore`` needs to rebuild the simulator exactly on resume.
+    Shapes are per seed (``n`` = envs per seed). ``replay`` is the env bridge's own record for an exact
+    resume (``EnvSpec.replay``: started and advanced by the bridge's functions, read by its ``restore``).
     """
 
     obs_rms: nz.RunningMeanStd  # [n, D] float64
@@ -67,10 +67,7 @@ class EnvState:
     done: jax.Array  # [n] bool: the last step ended an episode (so the next step is an envpool reset step)
     episode_return: jax.Array  # [n] float64, raw reward (CleanRL's RecordEpisodeStatistics)
     episode_length: jax.Array  # [n] int32
-    episode_actions: jax.Array | None  # [n, max_episode_steps, A] float32: clipped actions since the last reset
-    #                                    (None unless the env resumes by replay)
-    actions_recorded: jax.Array  # [n] int32: how many of those are filled (kept after `done` until the reset)
-    num_resets: jax.Array  # [n] int32: auto-resets since the initial reset
+    replay: Any  # the bridge's replay record (None unless the envs resume by replay, ``EnvSpec.resume``)
 
 
 @struct.dataclass
@@ -457,7 +454,7 @@ class Agent:
         obs_rms = None
         if self.normalize_obs:
             obs_rms = jax.vmap(lambda o: nz.rms_update(nz.rms_init(o.shape), o[None]))(raw_obs)
-        replay = self.spec.resume == "replay"
+        replay = self.spec.replay
         env = EnvState(
             obs_rms=obs_rms,
             reward_norm=(nz.shared_reward_norm_init(n) if self.shared_reward_norm
@@ -466,9 +463,7 @@ class Agent:
             done=jnp.zeros((n,), bool),
             episode_return=jnp.zeros((n,), jnp.float64),
             episode_length=jnp.zeros((n,), jnp.int32),
-            episode_actions=jnp.zeros((n, self.spec.max_episode_steps, self.spec.action_dim), jnp.float32) if replay else None,
-            actions_recorded=jnp.zeros((n,), jnp.int32),
-            num_resets=jnp.zeros((n,), jnp.int32),
+            replay=replay.init(n) if replay is not None else None,
         )
         diagnostics = diag.diagnostics_init(params, self.layer_shapes(params))
         return TrainState(params, opt_state, key, jnp.zeros((), jnp.int32), env, diagnostics, surgery_state,
@@ -550,11 +545,9 @@ class Agent:
         ep_return = env.episode_return + jnp.where(valid, score.astype(jnp.float64), 0.0)
         ep_length = env.episode_length + valid.astype(jnp.int32)
         finished = (jnp.where(episode_over, ep_return, jnp.nan), jnp.where(episode_over, ep_length, 0))
-        episode_actions = env.episode_actions
-        if episode_actions is not None:  # actions since the last reset, for an exact resume; a reset step empties it
-            index = jnp.minimum(env.actions_recorded, self.spec.max_episode_steps - 1)
-            recorded = jax.vmap(lambda buf, i, a: buf.at[i].set(a))(episode_actions, index, env_action)
-            episode_actions = jnp.where(valid[:, None, None], recorded, episode_actions)
+        replay = env.replay
+        if replay is not None:  # the bridge's record of this step, for an exact resume
+            replay = self.spec.replay.record(replay, env_action, valid)
         env = EnvState(
             obs_rms=obs_rms,
             reward_norm=reward_norm,
@@ -562,9 +555,7 @@ class Agent:
             done=done,
             episode_return=jnp.where(episode_over | ~valid, 0.0, ep_return),
             episode_length=jnp.where(episode_over | ~valid, 0, ep_length),
-            episode_actions=episode_actions,
-            actions_recorded=jnp.where(valid, env.actions_recorded + 1, 0),
-            num_resets=env.num_resets + (~valid).astype(jnp.int32),
+            replay=replay,
         )
         return env, learn_reward, valid, finished
 

@@ -7,7 +7,9 @@ A *bridge* holds ``S`` env groups of ``n`` envs (one group per seed) and offers:
 - ``handle()``: a pytree threaded through the compiled loop (an envpool XLA handle, or a JAX env state);
 - ``step(handle, action [S, n, ...]) -> handle, (obs, reward, terminated, truncated, extras)`` (compiled);
 - ``set_round(round_idx, handle) -> handle`` (host, between rounds of a non-stationary scenario);
-- ``restore(...)``: bring a fresh bridge back to a checkpointed state (see ``EnvSpec.resume``).
+- ``restore(...)``: bring a fresh bridge back to a checkpointed state (see ``EnvSpec.resume``): the
+  handle (``"state"``), or the rollout's ``replay.ReplayRecord`` (``"replay"``; ``EnvSpec.replay`` says how
+  the rollout keeps it, the trainer carries it without looking inside).
 
 ``make_bridge(cfg)`` picks the bridge from ``cfg.env_id``:
 
@@ -53,6 +55,14 @@ class EnvSpec:
     @property
     def is_image(self) -> bool:
         return len(self.obs_shape) == 3
+
+    @property
+    def replay(self):
+        """How a rollout keeps the record that ``restore`` replays (``replay.ActionReplay``: ``init`` /
+        ``record``) when the envs resume by replay (``resume == "replay"``), else None."""
+        from plastix.envs.replay import ActionReplay
+
+        return ActionReplay(self.max_episode_steps, self.action_dim) if self.resume == "replay" else None
 
 
 def make_bridge(cfg: Any, seeds: list[int]):

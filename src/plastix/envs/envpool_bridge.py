@@ -13,9 +13,9 @@ CleanRL's gymnasium vector env resets within the same step, so the trainer masks
 of everything (loss, reward statistics, episode statistics); see ``plastix.algos.ppo``.
 
 Exact resume: envpool cannot save a simulator state, but MuJoCo tasks draw random numbers only at reset.
-So the trainer records, per env, how many auto-resets happened and the actions since the last reset;
-``restore`` replays them on a fresh pool (reset ``1 + num_resets`` times, then the actions), which
-reproduces the simulator state bit for bit.
+So the rollout keeps this bridge's ``replay.ReplayRecord`` (``spec.replay``): per env, how many auto-resets
+happened and the actions since the last reset; ``restore`` replays it on a fresh pool (reset
+``1 + num_resets`` times, then the actions), which reproduces the simulator state bit for bit.
 """
 
 from __future__ import annotations
@@ -182,15 +182,16 @@ class EnvpoolBridge:
         obs = jnp.take(obs, rnd.perm, axis=-1)
         return (xla_handle, rnd), (obs, reward, terminated, truncated, extras)
 
-    def restore(self, num_resets: np.ndarray, episode_actions: np.ndarray, episode_lengths: np.ndarray) -> None:
+    def restore(self, record) -> None:
         """Bring a pool that was reset once (``reset()``, as every new run does) to a recorded state.
 
-        Env ``i`` is reset ``num_resets[i]`` more times, then replays its ``episode_lengths[i]`` recorded
-        actions (see module docstring). Arrays are ``[S, n, ...]``.
+        ``record``: the rollout's ``replay.ReplayRecord`` of every env (``[S, n, ...]``). Env ``i`` is reset
+        ``num_resets[i]`` more times, then replays its ``actions_recorded[i]`` recorded actions (see module
+        docstring).
         """
-        num_resets = np.asarray(num_resets).reshape(-1)
-        lengths = np.asarray(episode_lengths).reshape(-1)
-        actions = np.asarray(episode_actions).reshape(self.num_envs, -1, self.action_dim)
+        num_resets = np.asarray(record.num_resets).reshape(-1)
+        lengths = np.asarray(record.actions_recorded).reshape(-1)
+        actions = np.asarray(record.episode_actions).reshape(self.num_envs, -1, self.action_dim)
         for env_id in range(self.num_envs):
             ids = np.array([env_id], np.int32)
             for _ in range(int(num_resets[env_id])):

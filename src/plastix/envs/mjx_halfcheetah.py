@@ -229,7 +229,7 @@ class MJXBridge:
     Env ``j`` of seed ``s`` draws its resets from ``jax.random.PRNGKey(s + j)`` (envpool's per-env seed
     convention, ``env_seeds``). The handle is ``(MJXState [S*n], RoundState)``: a plain pytree, so
     ``spec.resume == "state"``: the trainer checkpoints it and hands it back to ``restore(handle)``; the
-    replay records of the envpool path (``restore(num_resets, episode_actions, episode_lengths)``) work too.
+    envpool path's replay record (``restore(replay.ReplayRecord)``) works too.
     """
 
     env_id: str
@@ -310,22 +310,23 @@ class MJXBridge:
         obs = jnp.take(obs, rnd.perm, axis=-1)
         return (new, rnd), (obs, reward, terminated, truncated, {"x_velocity": x_velocity})
 
-    def restore(self, *records) -> None:
+    def restore(self, saved) -> None:
         """Bring a bridge that was ``reset()`` once back to a recorded state.
 
         ``restore(handle)``: the checkpointed handle (``spec.resume == "state"``), used as it is.
-        ``restore(num_resets, episode_actions, episode_lengths)`` (``[S, n, ...]``, the envpool path's records):
-        env ``i`` advances its reset key ``num_resets[i]`` times (each auto-reset draws from ``state.key``) and
-        replays its ``episode_lengths[i]`` recorded actions.
+        ``restore(record)``: the envpool path's ``replay.ReplayRecord`` (``[S, n, ...]``): env ``i`` advances its
+        reset key ``num_resets[i]`` times (each auto-reset draws from ``state.key``) and replays its
+        ``actions_recorded[i]`` recorded actions.
         """
-        if len(records) == 1:
-            handle = records[0]
-            self._state = handle[0] if isinstance(handle, tuple) else handle
+        from plastix.envs.replay import ReplayRecord
+
+        if not isinstance(saved, ReplayRecord):
+            self._state = saved[0] if isinstance(saved, tuple) else saved
             return
-        num_resets, episode_actions, episode_lengths = records
-        num_resets = jnp.asarray(np.asarray(num_resets).reshape(-1), jnp.int32)
-        lengths = jnp.asarray(np.asarray(episode_lengths).reshape(-1), jnp.int32)
-        actions = jnp.asarray(np.asarray(episode_actions).reshape(self.num_envs, -1, self.action_dim), jnp.float64)
+        num_resets = jnp.asarray(np.asarray(saved.num_resets).reshape(-1), jnp.int32)
+        lengths = jnp.asarray(np.asarray(saved.actions_recorded).reshape(-1), jnp.int32)
+        actions = jnp.asarray(np.asarray(saved.episode_actions).reshape(self.num_envs, -1, self.action_dim),
+                              jnp.float64)
         self._state = _replay(self.env, self.handle()[0], num_resets, actions, lengths)
 
     def _by_seed(self, x):

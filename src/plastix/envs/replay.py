@@ -1,0 +1,65 @@
+"""Exact resume by replay: the record a rollout keeps for bridges whose envs cannot save their state.
+
+envpool cannot save a simulator state, but MuJoCo and DeepMind Control tasks draw random numbers only at a
+reset. So the envs of a checkpoint are rebuilt on a fresh pool from, per env, the number of auto-resets
+since the first reset and the actions since the last one (``EnvpoolBridge.restore``: reset ``1 + num_resets``
+times, then step the actions), which reproduces the simulator state bit for bit. ``MJXBridge.restore`` reads
+the same record.
+
+The rollout carries a ``ReplayRecord`` per env group without looking inside: ``EnvSpec.replay`` (an
+``ActionReplay`` when ``EnvSpec.resume == "replay"``, else None) starts it (``init``) and advances it by one
+step (``record``); the trainer checkpoints it and hands it to ``bridge.restore``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class ReplayRecord(NamedTuple):
+    """What ``restore`` replays, per env (``n`` envs; a trainer may stack groups on leading axes).
+
+    The field names are those of the env-state fields that held the record before it moved here, so a
+    checkpoint's leaves keep their names (``plastix.training`` regroups an older checkpoint's).
+    """
+
+    episode_actions: jax.Array  # [n, max_episode_steps, A] float32: the actions since the last reset
+    actions_recorded: jax.Array  # [n] int32: how many of those are filled (kept after an episode's end until the reset)
+    num_resets: jax.Array  # [n] int32: auto-resets since the first reset
+
+
+@dataclass(frozen=True)
+class ActionReplay:
+    """The replay record of a bridge whose episodes last at most ``max_episode_steps`` steps of
+    ``action_dim``-dimensional continuous actions."""
+
+    max_episode_steps: int
+    action_dim: int
+
+    def init(self, num_envs: int) -> ReplayRecord:
+        """The record of ``num_envs`` envs just after the first reset: no action, no auto-reset."""
+        return ReplayRecord(
+            episode_actions=jnp.zeros((num_envs, self.max_episode_steps, self.action_dim), jnp.float32),
+            actions_recorded=jnp.zeros((num_envs,), jnp.int32),
+            num_resets=jnp.zeros((num_envs,), jnp.int32),
+        )
+
+    @staticmethod
+    def record(record: ReplayRecord, action: jax.Array, valid: jax.Array) -> ReplayRecord:
+        """``record`` after one step of its envs with actions ``action [n, A]`` (as the envs got them: clipped).
+
+        ``valid [n]`` is false on a reset step (envpool's next-step auto-reset: the action is ignored): that
+        env's recorded actions empty and its reset count grows by one; elsewhere the action is appended.
+        """
+        last = record.episode_actions.shape[1] - 1
+        index = jnp.minimum(record.actions_recorded, last)
+        appended = jax.vmap(lambda buf, i, a: buf.at[i].set(a))(record.episode_actions, index, action)
+        return ReplayRecord(
+            episode_actions=jnp.where(valid[:, None, None], appended, record.episode_actions),
+            actions_recorded=jnp.where(valid, record.actions_recorded + 1, 0),
+            num_resets=record.num_resets + (~valid).astype(jnp.int32),
+        )
