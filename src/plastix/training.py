@@ -70,7 +70,18 @@ def saved_config(run_dir: Path) -> TrainConfig:
     """The ``TrainConfig`` of a run folder (``--resume``'s starting point)."""
     if not (Path(run_dir) / "config.json").exists():
         raise ConfigError(f"--resume: {run_dir} is not a plastix run folder (no config.json)")
-    return config_from_dict(store.read_config(run_dir))
+    return run_config(run_dir)
+
+
+def run_config(run_dir: Path) -> TrainConfig:
+    """The ``TrainConfig`` in a run folder's ``config.json``; an ES run's older ``ESConfig`` layout is read as
+    the ``TrainConfig`` that trains it (``algos.es.train_config_dict_from_es_config``)."""
+    from plastix.algos.es import is_legacy_es_config, train_config_dict_from_es_config
+
+    data = store.read_config(run_dir)
+    if is_legacy_es_config(data):
+        data = train_config_dict_from_es_config(data, f"{Path(run_dir) / 'config.json'}")
+    return config_from_dict(data)
 
 
 def check_resume(saved: TrainConfig, given: TrainConfig) -> None:
@@ -230,6 +241,8 @@ def _train_es(cfg: TrainConfig, run_dir: Path | None = None, resuming: bool = Fa
     check_loggers(cfg)
     if resuming and _finished(run_dir, es_cfg.num_generations, usable_checkpoint(run_dir), "generations"):
         return run_dir
+    if resuming:  # it would compute: it must hold what a continuation needs
+        check_es_resumable(run_dir, usable_checkpoint(run_dir))
     config = dataclasses.asdict(dataclasses.replace(cfg, resume=None, run_dir=str(run_dir)))
     try:
         with open_loggers(cfg, run_dir) as loggers:
@@ -252,7 +265,7 @@ def load_checkpoint(run_dir: str | Path, final: bool = True):
     With ``final``, the checkpoint must be the last iteration's (a finished run); else ``ValueError``.
     """
     run_dir = Path(run_dir)
-    cfg = config_from_dict(store.read_config(run_dir))
+    cfg = run_config(run_dir)
     total = _iterations(cfg)[0]
     latest = store.latest_checkpoint(run_dir)
     if latest is None or (final and latest[0] < total):
@@ -266,13 +279,32 @@ def load_checkpoint(run_dir: str | Path, final: bool = True):
 
 
 def _load_es_checkpoint(cfg: TrainConfig, path: Path):
-    from plastix.algos.es import ESFinal, ESRun
+    from plastix.algos.es import ESFinal, ESRun, holds_es_state
 
     trainer = ESRun(_es_config(cfg))
-    tree = store.restore_checkpoint(path, trainer.checkpoint_tree(trainer.init()))
+    like = trainer.checkpoint_tree(trainer.init())
     trainer.close()
+    if not holds_es_state(path):  # an older ES run: its final policies and observation statistics only
+        tree = store.restore_checkpoint(path, {"params": like["params"], "obs_rms": like["obs_rms"]})
+        return ESFinal(tree["params"], tree["obs_rms"], None)
+    tree = store.restore_checkpoint(path, like)
     seeds = jax.tree.map(lambda x: x[: len(cfg.seed_list)], tree["run"])
     return ESFinal(tree["params"], tree["obs_rms"], seeds)
+
+
+def check_es_resumable(run_dir: Path, usable) -> None:
+    """Refuse, before compute, to continue an ES run whose checkpoint (``usable``: ``(generation, path)`` or
+    None) lacks the ES state: a run of plastix up to ``cf1bde5`` saved only its final mean policies and
+    observation statistics, from which no exact continuation exists."""
+    from plastix.algos.es import holds_es_state
+
+    if usable is not None and not holds_es_state(usable[1]):
+        raise ConfigError(
+            f"--resume: {run_dir} is an ES run of an older plastix (its config.json holds an ESConfig): its "
+            f"checkpoint at generation {usable[0]} holds only the seeds' mean policies and observation "
+            "statistics, not the ES state (search distribution, Adam moments, PRNG keys, fresh copies, env "
+            "resets) that continuing it exactly needs, so it cannot be extended; load_checkpoint and the "
+            "reports still read it. Train a new run (--run-dir) to train longer")
 
 
 def _warm(cfg: TrainConfig, tree):

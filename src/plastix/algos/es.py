@@ -426,6 +426,41 @@ def es_config_from_train_config(train_cfg: Any, **es_options: Any) -> ESConfig:
     return ESConfig(**{**values, **es_options})
 
 
+def is_legacy_es_config(data: dict) -> bool:
+    """Whether a run folder's ``config.json`` ``config`` is an ``ESConfig`` (plastix before the one run loop,
+    up to ``cf1bde5``: ES runs saved their own config; now they save the ``TrainConfig`` with ``es.*``)."""
+    return data.get("optimizer") == "es" and "es" not in data and "popsize" in data
+
+
+def train_config_dict_from_es_config(data: dict, where: str) -> dict:
+    """The ``TrainConfig`` dict of an ES run whose ``config.json`` holds an ``ESConfig`` (``is_legacy_es_config``):
+    ``ESOptions``' fields into the ``es`` group, the options ``es_config_from_train_config`` copies at the top.
+
+    Exact or refused: the converted config must give back the saved ``ESConfig`` (``es_config_from_train_config``),
+    else ``ConfigError`` naming the options it cannot express (``eval_mean_policy``, ``normalize_obs`` and
+    ``diagnostics_batch`` have no ``TrainConfig`` option for ES: they must be ``ESConfig``'s defaults)."""
+    from plastix.config import ConfigError, ESOptions, TrainConfig, config_from_dict
+
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    group = {f.name for f in dataclasses.fields(ESOptions)}
+    top = {f.name for f in dataclasses.fields(TrainConfig)} - group - {"es"}
+    unknown = sorted(set(saved) - {f.name for f in dataclasses.fields(ESConfig)})
+    if unknown:
+        raise ConfigError(f"{where}: an ES run's config (ESConfig) with options this plastix does not know: "
+                          f"{', '.join(unknown)}")
+    converted = {k: v for k, v in saved.items() if k in top}
+    converted["es"] = {k: v for k, v in saved.items() if k in group}
+    cfg = config_from_dict(converted)
+    expected = ESConfig(**{**saved, "checkpoint_every": cfg.checkpoint_every})  # older ES runs had no checkpoints
+    got = es_config_from_train_config(cfg, **dataclasses.asdict(cfg.es))
+    lost = [f.name for f in dataclasses.fields(ESConfig) if getattr(got, f.name) != getattr(expected, f.name)]
+    if lost:
+        raise ConfigError(f"{where}: an ES run's config (ESConfig) whose {', '.join(lost)} "
+                          f"({', '.join(repr(getattr(expected, n)) for n in lost)}) no plastix train option "
+                          "expresses; this plastix cannot read the run")
+    return converted
+
+
 # ====================================================================================== env rollouts
 @struct.dataclass
 class Rollout:
@@ -719,11 +754,18 @@ def round_rows(episodic: np.ndarray, num_seeds: int, round_idx: int) -> dict[str
 @struct.dataclass
 class ESFinal:
     """What ``training.load_checkpoint`` returns for an ES run: the seeds' mean policies as PPO's
-    ``params["policy"]`` (stacked over seeds), their observation statistics and their whole ES state."""
+    ``params["policy"]`` (stacked over seeds), their observation statistics and their whole ES state (None for
+    a run of plastix up to ``cf1bde5``, whose only checkpoint held the first two: ``holds_es_state``)."""
 
     params: dict
     obs_rms: nz.RunningMeanStd
-    run: ESRunState
+    run: ESRunState | None
+
+
+def holds_es_state(checkpoint: Path) -> bool:
+    """Whether an ES checkpoint holds the lanes' ES state (``ESRun.checkpoint_tree``'s ``run``), which a resume
+    needs; plastix up to ``cf1bde5`` saved only the final mean policies and observation statistics."""
+    return "run" in store.checkpoint_structure(checkpoint)
 
 
 @dataclass
