@@ -153,7 +153,7 @@ def test_bad_env_id_and_shift():
 
 @pytest.mark.slow
 def test_restore_replays_records(bridge, rollout):
-    """``restore`` from the rollout's replay record (resets + actions since the last reset) rebuilds the state."""
+    """``restore`` of the rollout's replay record (resets, actions since the last reset) rebuilds it."""
     bridge.reset()
     h, rnd = bridge.handle()
     h = h.replace(steps=h.steps.at[1].set(998))  # env 1: truncates at step 1, resets at step 2
@@ -166,7 +166,8 @@ def test_restore_replays_records(bridge, rollout):
         rec[i, : lengths[i]] = flat[HORIZON - lengths[i] :, i]
     other = MJXBridge("HalfCheetah-v4", SEEDS, N)
     other.reset()
-    other.restore(ReplayRecord(episode_actions=rec, actions_recorded=lengths, num_resets=np.array([0, 1, 0, 0])))
+    other.restore(ReplayRecord(episode_actions=rec, actions_recorded=lengths,
+                               num_resets=np.array([0, 1, 0, 0])))
     got, _ = other.handle()
     np.testing.assert_allclose(np.asarray(got.qpos), np.asarray(h_end.qpos), rtol=0, atol=1e-9)
     np.testing.assert_allclose(np.asarray(got.qvel), np.asarray(h_end.qvel), rtol=0, atol=1e-9)

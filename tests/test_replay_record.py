@@ -17,7 +17,8 @@ from plastix.training import LEGACY_REPLAY_FIELDS, load_checkpoint, train
 
 # Written by plastix 1dc0eef (the record's arrays were fields of PPO's env state) with
 #   plastix train --env-id HalfCheetah-v4 --total-timesteps 2048 --num-steps 512 --num-minibatches 4
-#     --hidden-sizes 8 8 --log-every 1 --checkpoint-every 2 --seeds 3 --run-dir tests/fixtures/ppo_run_before_replay_record
+#     --hidden-sizes 8 8 --log-every 1 --checkpoint-every 2 --seeds 3
+#     --run-dir tests/fixtures/ppo_run_before_replay_record
 # then its last checkpoint (update 4) deleted: a resume starts from update 2's and recomputes parts 3 and 4.
 OLD_REPLAY_RUN = Path(__file__).parent / "fixtures" / "ppo_run_before_replay_record"
 GRID = ["--env-id", "GridWorld-v0", "--grid-size", "5", "--grid-max-steps", "20", "--num-levels", "8",
@@ -34,7 +35,7 @@ def test_record_appends_actions_and_a_reset_step_empties_them():
     book = ActionReplay(max_episode_steps=3, action_dim=1)
     rec = book.init(2)
     actions = [jnp.array([[a], [10 * a]], jnp.float32) for a in (1.0, 2.0, 3.0, 4.0)]  # clipped env actions
-    valid = [jnp.array([True, True]), jnp.array([True, False]), jnp.array([True, True]), jnp.array([True, True])]
+    valid = [jnp.array(v) for v in ([True, True], [True, False], [True, True], [True, True])]
     for a, v in zip(actions, valid):
         rec = book.record(rec, a, v)
     # env 0: four valid steps into 3 slots: the 4th overwrites the last slot (an episode never outlasts it).

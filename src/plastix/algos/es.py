@@ -433,12 +433,14 @@ def is_legacy_es_config(data: dict) -> bool:
 
 
 def train_config_dict_from_es_config(data: dict, where: str) -> dict:
-    """The ``TrainConfig`` dict of an ES run whose ``config.json`` holds an ``ESConfig`` (``is_legacy_es_config``):
-    ``ESOptions``' fields into the ``es`` group, the options ``es_config_from_train_config`` copies at the top.
+    """The ``TrainConfig`` dict of an ES run whose ``config.json`` holds an ``ESConfig``
+    (``is_legacy_es_config``): ``ESOptions``' fields into the ``es`` group, the options that
+    ``es_config_from_train_config`` copies at the top.
 
-    Exact or refused: the converted config must give back the saved ``ESConfig`` (``es_config_from_train_config``),
-    else ``ConfigError`` naming the options it cannot express (``eval_mean_policy``, ``normalize_obs`` and
-    ``diagnostics_batch`` have no ``TrainConfig`` option for ES: they must be ``ESConfig``'s defaults)."""
+    Exact or refused: the converted config must give back the saved ``ESConfig`` through
+    ``es_config_from_train_config``, else ``ConfigError`` naming the options it cannot express
+    (``eval_mean_policy``, ``normalize_obs`` and ``diagnostics_batch`` have no ``TrainConfig`` option for ES:
+    they must be ``ESConfig``'s defaults)."""
     from plastix.config import ConfigError, ESOptions, TrainConfig, config_from_dict
 
     saved = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
@@ -451,7 +453,8 @@ def train_config_dict_from_es_config(data: dict, where: str) -> dict:
     converted = {k: v for k, v in saved.items() if k in top}
     converted["es"] = {k: v for k, v in saved.items() if k in group}
     cfg = config_from_dict(converted)
-    expected = ESConfig(**{**saved, "checkpoint_every": cfg.checkpoint_every})  # older ES runs had no checkpoints
+    # Older ES runs had no --checkpoint-every (they saved only at the end): any value expresses them.
+    expected = ESConfig(**{**saved, "checkpoint_every": cfg.checkpoint_every})
     got = es_config_from_train_config(cfg, **dataclasses.asdict(cfg.es))
     lost = [f.name for f in dataclasses.fields(ESConfig) if getattr(got, f.name) != getattr(expected, f.name)]
     if lost:
@@ -763,8 +766,8 @@ class ESFinal:
 
 
 def holds_es_state(checkpoint: Path) -> bool:
-    """Whether an ES checkpoint holds the lanes' ES state (``ESRun.checkpoint_tree``'s ``run``), which a resume
-    needs; plastix up to ``cf1bde5`` saved only the final mean policies and observation statistics."""
+    """Whether an ES checkpoint holds the lanes' ES state (``ESRun.checkpoint_tree``'s ``run``), which a
+    resume needs; plastix up to ``cf1bde5`` saved only the final mean policies and observation statistics."""
     return "run" in store.checkpoint_structure(checkpoint)
 
 

@@ -314,8 +314,8 @@ class MJXBridge:
         """Bring a bridge that was ``reset()`` once back to a recorded state.
 
         ``restore(handle)``: the checkpointed handle (``spec.resume == "state"``), used as it is.
-        ``restore(record)``: the envpool path's ``replay.ReplayRecord`` (``[S, n, ...]``): env ``i`` advances its
-        reset key ``num_resets[i]`` times (each auto-reset draws from ``state.key``) and replays its
+        ``restore(record)``: the envpool path's ``replay.ReplayRecord`` (``[S, n, ...]``): env ``i`` advances
+        its reset key ``num_resets[i]`` times (each auto-reset draws from ``state.key``) and replays its
         ``actions_recorded[i]`` recorded actions.
         """
         from plastix.envs.replay import ReplayRecord

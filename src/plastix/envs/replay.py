@@ -28,7 +28,8 @@ class ReplayRecord(NamedTuple):
     """
 
     episode_actions: jax.Array  # [n, max_episode_steps, A] float32: the actions since the last reset
-    actions_recorded: jax.Array  # [n] int32: how many of those are filled (kept after an episode's end until the reset)
+    actions_recorded: jax.Array  # [n] int32: how many of those are filled (kept after an episode ends, until
+    #                              its reset step)
     num_resets: jax.Array  # [n] int32: auto-resets since the first reset
 
 
@@ -50,7 +51,7 @@ class ActionReplay:
 
     @staticmethod
     def record(record: ReplayRecord, action: jax.Array, valid: jax.Array) -> ReplayRecord:
-        """``record`` after one step of its envs with actions ``action [n, A]`` (as the envs got them: clipped).
+        """``record`` after one step of its envs with ``action [n, A]`` (the clipped actions the envs got).
 
         ``valid [n]`` is false on a reset step (envpool's next-step auto-reset: the action is ignored): that
         env's recorded actions empty and its reset count grows by one; elsewhere the action is appended.
