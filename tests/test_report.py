@@ -594,3 +594,11 @@ def test_the_vectorised_statistics_equal_their_loops():
     wide = rows.assign(bin=b).pivot_table(index="seed", columns="bin", values="value", aggfunc="mean")
     np.testing.assert_allclose(values, wide.reindex(columns=range(60)).to_numpy(), rtol=1e-12)
     np.testing.assert_allclose(x, (edges[:-1] + edges[1:]) / 2)
+
+
+def test_a_shipped_experiment_file_is_named_by_its_package_path_not_the_checkout_that_ran_it():
+    from plastix.report.page import shown_path
+
+    assert shown_path("/work/evid/src/plastix/experiments/ocp-fig1.toml") == "plastix/experiments/ocp-fig1.toml"
+    assert shown_path("/home/me/my-exp.toml") == "/home/me/my-exp.toml"  # a user's file: as given
+    assert shown_path("/home/me/experiments/x.toml") == "/home/me/experiments/x.toml"

@@ -104,6 +104,15 @@ INTRO = ("<p>Curves: mean over seeds with a 95% percentile-bootstrap band across
          "sides' 95% CIs overlap, the verdict says it is not resolved at this seed count.</p>")
 
 
+def shown_path(path: str) -> str:
+    """An experiment file as the page names it: a shipped one as ``plastix/experiments/NAME.toml`` (not the
+    absolute path of whichever checkout ran it, which published pages would otherwise carry), a user's as is."""
+    p = Path(path)
+    if p.parent.name == "experiments" and p.parent.parent.name == "plastix":
+        return f"plastix/experiments/{p.name}"
+    return path
+
+
 def page_html(folder: Path, manifest: dict, sections, run_dirs: dict[str, Path] | None = None,
               kind: str = "sweep") -> str:
     """The page of a sweep (one section per experiment) or of one run folder (``kind = "run"``)."""
@@ -125,7 +134,7 @@ def page_html(folder: Path, manifest: dict, sections, run_dirs: dict[str, Path] 
     for name, exp, sec, verdicts, status in sections:
         scale = f" <small>({esc(exp['scale'])} scale)</small>" if exp.get("scale") else ""
         parts.append(f"<section id='{slug(name)}'><h2>{esc(name)}{scale}</h2>")
-        where = f"file: {esc(exp['path'])}; " if kind == "sweep" else ""
+        where = f"file: {esc(shown_path(exp['path']))}; " if kind == "sweep" else ""
         parts.append(f"<p>{esc(exp['description'])}<br><small>{where}seeds: "
                      f"{esc(', '.join(map(str, exp['seeds'])))}</small></p>")
         if verdicts:
