@@ -226,3 +226,15 @@ def test_a_toml_array_option_reaches_the_trainer_as_its_items():
     at = flags.index("--reset.layers")
     assert flags[at + 1:at + 3] == ["policy_output", "value_output"]
     assert parse_train_args(flags) == cfg
+
+
+def test_a_claims_key_glob_stays_within_a_segment_unless_doubled():
+    """``*/layer_*/srank`` is the features' srank of every layer, not also the weight matrices' srank
+    (``policy/layer_1/weight/srank``, logged since), which silently joined ocp-ranks' claim when ``*`` crossed ``/``."""
+    assert ex.matches("policy/layer_1/srank", "*/layer_*/srank")
+    assert not ex.matches("policy/layer_1/weight/srank", "*/layer_*/srank")
+    assert ex.matches("policy/layer_1/weight/srank", "**/srank")
+    assert ex.matches("task_relevance/final_test_loss/alpha=1/lr=0.01", "task_relevance/final_test_loss/alpha=1/*")
+    assert not ex.matches("policy/layer_12/srank", "*/layer_?/srank")
+    assert ex.matches("value/layer_1/dormant_ratio@0.025", "*/layer_*/dormant_ratio@0.025")  # '.' and '@' literal
+    assert not ex.matches("value/layer_1/dormant_ratio@0x025", "*/layer_*/dormant_ratio@0.025")

@@ -77,11 +77,13 @@ def test_verdicts():
     claim = dict(keys="*/layer_*/dormant_ratio@0.025", compare="less", a={"activation": "none"}, b={"activation": "relu"})
     # Seed 4 fails on one key (No-Act 0.5 vs ReLU 0.3): No-Act's IQM CI over seeds there, [0, 0.333], holds 0.3.
     assert evaluate_claim(claim, finals, labels).startswith("not resolved at 5 seeds, 4/5 seeds (4 keys")
-    assert evaluate_claim(dict(claim, keys="policy/*"), finals, labels).startswith("yes, 5/5 seeds")
-    assert evaluate_claim(dict(claim, compare="greater", keys="policy/*"), finals, labels).startswith("no, 0/5 seeds")
-    assert evaluate_claim(dict(claim, keys="*/srank"), finals, labels) == "not measured: no metric matches `*/srank`"
+    assert evaluate_claim(dict(claim, keys="policy/**"), finals, labels).startswith("yes, 5/5 seeds")
+    assert evaluate_claim(dict(claim, compare="greater", keys="policy/**"), finals, labels).startswith("no, 0/5 seeds")
+    assert evaluate_claim(dict(claim, keys="*/srank"), finals, labels) == (
+        "not measured: no metric matches `*/srank` (`*` stays within one `/` segment; `**` crosses them)")
+    assert evaluate_claim(dict(claim, keys="policy/*"), finals, labels).startswith("not measured")  # one segment
     assert evaluate_claim(dict(claim, a={"activation": "tanh"}), finals, labels).startswith("not measured: no run with")
-    at_least = dict(keys="policy/*", compare="at_least", threshold=0.2, a={"activation": "relu"})
+    at_least = dict(keys="policy/**", compare="at_least", threshold=0.2, a={"activation": "relu"})
     assert evaluate_claim(at_least, finals, labels).startswith("yes, 5/5")
     similar = dict(claim, compare="similar", tolerance=0.1, a={"activation": "relu"}, b={"activation": "relu"})
     assert evaluate_claim(similar, finals, labels).startswith("yes, 5/5")

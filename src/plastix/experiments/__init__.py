@@ -59,7 +59,7 @@ about an hour on 2 CPU cores; each shipped file says what it costs) and ``paper`
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
+import functools
 import itertools
 import re
 import tomllib
@@ -615,5 +615,20 @@ def _replace_path(obj, parts: list[str], value):
 
 
 def matches(key: str, pattern: str) -> bool:
-    """Glob match of a metric key (``*`` also crosses ``/``)."""
-    return fnmatch.fnmatchcase(key, pattern)
+    """Glob match of a metric key: ``*`` (any characters) and ``?`` (one) stay within a ``/``-separated
+    segment, ``**`` crosses segments. Within one segment, so that ``*/layer_*/srank`` (a layer's feature srank)
+    does not also match ``policy/layer_1/weight/srank`` (its weight matrix's), a metric added later."""
+    return _glob_regex(pattern).fullmatch(key) is not None
+
+
+@functools.lru_cache(maxsize=256)
+def _glob_regex(pattern: str) -> re.Pattern:
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        out.append({"*": "[^/]*", "?": "[^/]"}.get(pattern[i], re.escape(pattern[i])))
+        i += 1
+    return re.compile("".join(out))

@@ -188,7 +188,8 @@ def evaluate_claim(claim: dict, finals: pd.DataFrame, labels: dict[str, dict]) -
     """
     finals = finals[finals.key.map(lambda k: matches(k, claim["keys"]))]
     if finals.empty:
-        return f"not measured: no metric matches `{claim['keys']}`"
+        hint = " (`*` stays within one `/` segment; `**` crosses them)" if "*" in claim["keys"] and "**" not in claim["keys"] else ""
+        return f"not measured: no metric matches `{claim['keys']}`{hint}"
     nkeys_matched = finals.key.nunique()
 
     def pick(selector: dict) -> pd.DataFrame | None:
