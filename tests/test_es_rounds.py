@@ -59,8 +59,8 @@ class LineBridge:
         done = jnp.zeros(action.shape[:2], bool)
         return (count + 1, rnd), (obs, reward, done, done, {})
 
-    def replay_resets(self, num_resets):
-        self.replayed = np.asarray(num_resets)  # a constant observation: resets change nothing else
+    def restore(self, record):
+        self.replayed = np.asarray(record.num_resets)  # a constant observation: resets change nothing else
 
     def close(self):
         self.closed = True

@@ -1,5 +1,6 @@
 """The env bridge's replay record (plastix.envs.replay) and checkpoints written before PPO's env state carried
-it as one opaque field: they still load and resume to the metrics the older code computed."""
+it as one opaque field, and ES checkpoints written before ES's state carried the bridge's reset record
+(plastix.envs.replay.ResetRecord): they still load and resume to the metrics the older code computed."""
 
 import dataclasses
 import shutil
@@ -8,12 +9,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pandas as pd
 
 from plastix import store
 from plastix.cli import parse_train_args
-from plastix.envs.replay import ActionReplay
-from plastix.training import LEGACY_REPLAY_FIELDS, load_checkpoint, train
+from plastix.envs.replay import ActionReplay, ResetReplay
+from plastix.training import LEGACY_ES_RESETS_FIELD, LEGACY_REPLAY_FIELDS, load_checkpoint, train
 
 # Written by plastix 1dc0eef (the record's arrays were fields of PPO's env state) with
 #   plastix train --env-id HalfCheetah-v4 --total-timesteps 2048 --num-steps 512 --num-minibatches 4
@@ -80,3 +82,38 @@ def test_a_state_checkpoint_of_the_older_layout_loads(tmp_path):
     restored = restore_ppo_checkpoint(path, like)
     assert jax.tree.structure(restored) == jax.tree.structure(tree)
     jax.tree.map(np.testing.assert_array_equal, restored, tree)
+
+
+# Written by plastix fe02107 (ES state counted envpool's auto-resets in ESRunState.env_resets) with
+#   plastix train --optimizer es --env-id Hopper-v4 --shift task --rounds 2 --baseline fresh --es.popsize 4
+#     --es.episode-steps 100 --steps-per-round 800 --hidden-sizes 8 8 --diagnostics-every 2 --log-every 1
+#     --checkpoint-every 2 --seeds 0 --run-dir tests/fixtures/es_run_before_reset_record
+# then its last checkpoint (generation 4) deleted: a resume starts from generation 2's (Hopper's episodes end
+# early, so the pool auto-resets) and recomputes generations 3 and 4 (round 1, new fresh copies).
+OLD_ES_RUN = Path(__file__).parent / "fixtures" / "es_run_before_reset_record"
+
+
+def test_reset_record_counts_reset_steps_and_resets_of_the_pool():
+    book = ResetReplay()
+    rec = book.init(3)
+    action = jnp.zeros((3, 2), jnp.float32)  # not kept: the next reset of the pool discards its effect
+    rec = book.record(rec, action, jnp.array([True, False, True]))  # env 1's episode ended: a reset step
+    rec = book.record(rec, action, jnp.array([False, False, True]))
+    rec = book.reset(rec)  # the trainer resets every env
+    np.testing.assert_array_equal(rec.num_resets, [2, 3, 1])
+
+
+def test_an_es_checkpoint_of_the_older_layout_resumes_to_the_older_codes_metrics(tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(OLD_ES_RUN, run_dir)
+    before = store.read_metrics(run_dir)  # generations 1-4 and both rounds' rows, by the older code
+    checkpoint = run_dir / "checkpoints" / "000000002"
+    assert LEGACY_ES_RESETS_FIELD in store.checkpoint_structure(checkpoint)["run"]
+    auto_resets = ocp.StandardCheckpointer().restore(checkpoint.absolute())["run"][LEGACY_ES_RESETS_FIELD]
+    assert auto_resets.shape == (2, 5) and auto_resets.min() > 0  # lanes x members; every env auto-reset
+    cfg, final = load_checkpoint(run_dir, final=False)
+    # The seed's lane; generation 2 began with the one host reset after the first.
+    np.testing.assert_array_equal(final.run.replay.num_resets, auto_resets[:1] + 1)
+    resumed = store.read_metrics(train(parse_train_args(["--resume", str(run_dir), "--quiet"])))
+    assert resumed["update"].max() == 4
+    pd.testing.assert_frame_equal(deterministic(resumed), deterministic(before))

@@ -27,7 +27,7 @@ from plastix.config import (NETWORK_MITIGATIONS, ConfigError, TrainConfig, canon
                             validate)
 from plastix.envs import make_bridge
 from plastix.envs.heldout import HeldoutEvaluation
-from plastix.envs.replay import ReplayRecord
+from plastix.envs.replay import ReplayRecord, ResetRecord
 from plastix.loggers import check_loggers, open_loggers
 from plastix.runloop import Schedule, latest_return, resume_point, run_loop, usable_checkpoint
 
@@ -271,14 +271,14 @@ def load_checkpoint(run_dir: str | Path, final: bool = True):
     if latest is None or (final and latest[0] < total):
         raise ValueError(f"{run_dir}: no final checkpoint (iteration {total}); finish the run with --resume")
     if cfg.optimizer == "es":
-        return cfg, _load_es_checkpoint(cfg, latest[1])
+        return cfg, _load_es_checkpoint(cfg, *latest)
     bridge, _, fresh = build(cfg)
     tree = restore_ppo_checkpoint(latest[1], _checkpoint_tree(bridge, fresh, bridge.handle()))
     bridge.close()
     return cfg, _warm(cfg, tree["train"])
 
 
-def _load_es_checkpoint(cfg: TrainConfig, path: Path):
+def _load_es_checkpoint(cfg: TrainConfig, generation: int, path: Path):
     from plastix.algos.es import ESFinal, ESRun, holds_es_state
 
     trainer = ESRun(_es_config(cfg))
@@ -287,7 +287,7 @@ def _load_es_checkpoint(cfg: TrainConfig, path: Path):
     if not holds_es_state(path):  # an older ES run: its final policies and observation statistics only
         tree = store.restore_checkpoint(path, {"params": like["params"], "obs_rms": like["obs_rms"]})
         return ESFinal(tree["params"], tree["obs_rms"], None)
-    tree = store.restore_checkpoint(path, like)
+    tree = restore_es_checkpoint(path, like, generation)
     seeds = jax.tree.map(lambda x: x[: len(cfg.seed_list)], tree["run"])
     return ESFinal(tree["params"], tree["obs_rms"], seeds)
 
@@ -367,6 +367,27 @@ def restore_ppo_checkpoint(path: Path, like: dict) -> dict:
                                                           num_resets=saved["num_resets"])
     fields = {name: value for name, value in saved.items() if name not in LEGACY_REPLAY_FIELDS}
     return {**tree, "train": tree["train"].replace(env=type(env)(**fields, replay=replay))}
+
+
+# The field of a checkpoint's ES state (``algos.es.ESRunState``) that counted envpool's auto-resets before the
+# env bridge's replay record (``ESRunState.replay``, an ``envs.replay.ResetRecord``) replaced it.
+LEGACY_ES_RESETS_FIELD = "env_resets"
+
+
+def restore_es_checkpoint(path: Path, like: dict, generation: int) -> dict:
+    """``store.restore_checkpoint`` of an ES checkpoint (``algos.es.ESRun.checkpoint_tree``) taken after
+    ``generation`` generations, also of one written before the env bridge kept its replay record: there
+    ``run.env_resets [L, M]`` counted only envpool's auto-resets, and the host's one reset per generation was
+    implied; the record counts every reset after the first, ``num_resets = env_resets + generation - 1``."""
+    if LEGACY_ES_RESETS_FIELD not in store.checkpoint_structure(path)["run"]:  # the current layout
+        return store.restore_checkpoint(path, like)
+    run = like["run"]
+    old_layout = {f.name: getattr(run, f.name) for f in dataclasses.fields(run) if f.name != "replay"}
+    old_layout[LEGACY_ES_RESETS_FIELD] = run.replay.num_resets
+    tree = store.restore_checkpoint(path, {**like, "run": old_layout})
+    saved = dict(tree["run"])
+    auto_resets = saved.pop(LEGACY_ES_RESETS_FIELD)
+    return {**tree, "run": type(run)(**saved, replay=ResetRecord(num_resets=auto_resets + generation - 1))}
 
 
 class PPOTrainer:

@@ -121,6 +121,7 @@ from jax.flatten_util import ravel_pytree
 from plastix import store
 from plastix.diagnostics import training as diag
 from plastix.envs import normalize as nz
+from plastix.envs.replay import ResetReplay
 from plastix.nets import ACTIVATIONS, MLP, hidden_activations
 from plastix.runloop import NoLoggers, Schedule, latest_return, resume_point, run_loop
 
@@ -128,6 +129,9 @@ from plastix.runloop import NoLoggers, Schedule, latest_return, resume_point, ru
 ES_SHIFTS = ("none", "task")
 # fold_in tag of the fresh copies' keys (fresh_key): a stream no seed's own key ever reaches.
 FRESH_STREAM = 0x0F5E5
+# The env bridge's replay record of the pool, for an exact resume: the host resets every env before each
+# generation, so what the envs did after that reset never matters again and the record keeps only resets.
+REPLAY = ResetReplay()
 
 # openai/evolution-strategies-starter's Adam.
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
@@ -473,7 +477,7 @@ class Rollout:
     lengths: jax.Array  # [S, M] int32: steps until the end (episode_steps if it never ended)
     obs_rms: nz.RunningMeanStd  # [S, ...]: the statistics merged with every observation acted on
     sample: jax.Array  # [S, T * k, D] float32: normalised observations of k random members per step
-    resets: jax.Array  # [S, M] int32: envpool's auto-resets (a step after an episode's end), for exact resume
+    replay: Any  # the env bridge's replay record (envs.replay.ResetRecord [S, M]) after the episodes' steps
 
 
 def member_env_seeds(seed: int, popsize: int, eval_mean_policy: bool, same_start_pairs: bool) -> list[int]:
@@ -511,6 +515,7 @@ def rollout(
     normalize: bool,
     action_low: np.ndarray,
     action_high: np.ndarray,
+    replay: Any,
 ) -> tuple[Any, Rollout]:
     """Run one episode per member, all seeds at once, inside a ``lax.scan`` (``T`` = ``sample_members.shape[1]``).
 
@@ -524,6 +529,8 @@ def rollout(
         sample_members: ``[S, T, k]`` int32 members whose observations are kept for the diagnostics.
         obs_clip, normalize: observation normalisation (static).
         action_low, action_high: action bounds ``[A]``.
+        replay: the env bridge's replay record of the pool (``[S, M]``), advanced by every step
+            (``REPLAY.record``) for an exact resume; the rollout does not look inside.
     """
     s, m = members.shape[:2]
     if normalize:
@@ -533,11 +540,11 @@ def rollout(
     act_fn = jax.vmap(jax.vmap(policy_fn))
 
     def body(carry, idx):
-        handle, raw, alive, ret, length, total, total_sq, count, ended, resets = carry
-        resets = resets + ended.astype(jnp.int32)  # envpool resets an env on the step after its episode ended
+        handle, raw, alive, ret, length, total, total_sq, count, ended, replay = carry
         obs = jax.vmap(normalize_fn)(obs_rms, raw)
         action = jnp.clip(act_fn(members, obs), action_low, action_high)
         handle, (next_raw, reward, terminated, truncated) = pool_step(handle, action)
+        replay = REPLAY.record(replay, action, ~ended)  # envpool resets an env on the step after its episode ended
         weight = alive.astype(jnp.float64)[..., None]
         total = total + jnp.sum(weight * raw, axis=1)
         total_sq = total_sq + jnp.sum(weight * raw**2, axis=1)
@@ -546,17 +553,17 @@ def rollout(
         length = length + alive.astype(jnp.int32)
         alive = alive & ~(terminated | truncated)
         kept = jnp.take_along_axis(obs, idx[..., None], axis=1)  # [S, k, D]
-        return (handle, next_raw, alive, ret, length, total, total_sq, count, terminated | truncated, resets), kept
+        return (handle, next_raw, alive, ret, length, total, total_sq, count, terminated | truncated, replay), kept
 
     d = raw_obs.shape[-1]
     zeros_sd = jnp.zeros((s, d), jnp.float64)
     init = (handle, raw_obs, jnp.ones((s, m), bool), jnp.zeros((s, m), jnp.float64), jnp.zeros((s, m), jnp.int32),
-            zeros_sd, zeros_sd, jnp.zeros((s,), jnp.float64), jnp.zeros((s, m), bool), jnp.zeros((s, m), jnp.int32))
+            zeros_sd, zeros_sd, jnp.zeros((s,), jnp.float64), jnp.zeros((s, m), bool), replay)
     carry, kept = jax.lax.scan(body, init, jnp.swapaxes(sample_members, 0, 1))
-    handle, _, _, ret, length, total, total_sq, count, _, resets = carry
+    handle, _, _, ret, length, total, total_sq, count, _, replay = carry
     new_rms = jax.vmap(merge_moments)(obs_rms, total, total_sq, count)
     sample = jnp.swapaxes(kept, 0, 1).reshape(s, -1, d)
-    return handle, Rollout(ret, length, new_rms, sample, resets)
+    return handle, Rollout(ret, length, new_rms, sample, replay)
 
 
 # =============================================================================================== train
@@ -568,7 +575,7 @@ class ESRunState:
     obs_rms: nz.RunningMeanStd
     diagnostics: diag.DiagnosticsState
     key: jax.Array  # [S] per-seed root keys
-    env_resets: jax.Array  # [S, M] int32: envpool's auto-resets so far (a resume replays them, ESRun.restore)
+    replay: Any  # the env bridge's replay record of the lane's envs (``REPLAY``; ESRun.restore hands it back)
 
 
 class ESTrainer:
@@ -609,7 +616,7 @@ class ESTrainer:
         obs_rms = nz.rms_update(nz.rms_init((self.obs_dim,)), raw_obs)
         tree = {"policy": params}
         return ESRunState(es, obs_rms, diag.diagnostics_init(tree, self.layer_shapes(tree)), run_key,
-                          jnp.zeros(raw_obs.shape[:1], jnp.int32))
+                          REPLAY.init(raw_obs.shape[0]))
 
     def layer_shapes(self, tree: dict) -> dict[str, tuple[int, int]]:
         """``{"policy/layer_i": (output units, kernel columns)}`` (they differ for CReLU)."""
@@ -634,7 +641,7 @@ class ESTrainer:
             lambda k: jax.random.randint(k, (cfg.episode_steps, self.samples_per_step), 0, m, jnp.int32)
         )(sample_keys)
         handle, ro = rollout(self.policy_fn, pool_step, members, state.obs_rms, raw_obs, handle, sample_members,
-                             cfg.obs_clip, cfg.normalize_obs, self.action_low, self.action_high)
+                             cfg.obs_clip, cfg.normalize_obs, self.action_low, self.action_high, state.replay)
         pop_returns = ro.returns[:, : cfg.popsize]
         es, es_metrics = jax.vmap(tell)(state.es, noise, pop_returns.astype(jnp.float32))
         metrics = dict(es_metrics)
@@ -650,7 +657,7 @@ class ESTrainer:
         diag_metrics, diagnostics = self.diagnostics(
             es, state.es.mean, state.diagnostics, ro.sample, diag_keys, measure)
         metrics.update(diag_metrics)
-        return ESRunState(es, obs_rms, diagnostics, state.key, state.env_resets + ro.resets), handle, metrics
+        return ESRunState(es, obs_rms, diagnostics, state.key, ro.replay), handle, metrics
 
     def diagnostics(self, es: ESState, prev_mean: jax.Array, dstate: diag.DiagnosticsState, sample: jax.Array,
                     keys: jax.Array, measure):
@@ -788,9 +795,9 @@ class ESRun:
 
     A checkpoint holds ``{"run": ESRunState of every lane, "params": {"policy": ...}, "obs_rms": ...}`` (the
     last two: the seeds' lanes in the layout of PPO's ``params["policy"]``, for the task-switch probes). On
-    resume the pool is brought back by resetting each env as many times as the interrupted run had (one host
-    reset per generation plus envpool's auto-resets, ``ESRunState.env_resets``): a MuJoCo env's start state
-    depends only on its seed and its number of resets, so the next generation starts where it would have.
+    resume the pool is brought back by the env bridge from the replay record the lanes carry
+    (``ESRunState.replay``: the rollout records its steps, ``reset`` the host's resets after the first), so
+    the next generation starts where it would have.
     """
 
     def __init__(self, cfg: ESConfig, bridge: Any = None):
@@ -815,11 +822,16 @@ class ESRun:
         handle, out = self.bridge.step(handle, action.reshape(lanes * m, 1, -1))
         return handle, tuple(x.reshape((lanes, m) + x.shape[2:]) for x in out[:4])  # obs, reward, terminated, truncated
 
-    def reset(self) -> jax.Array:
+    def reset_obs(self) -> jax.Array:
+        """Reset every env of the pool: its observations ``[lanes, M, D]``."""
         return jnp.asarray(self.bridge.reset().reshape(self.lanes, self.m, -1))
 
+    def reset(self, run: ESRunState) -> tuple[jax.Array, ESRunState]:
+        """A reset of every env after the first (before a generation), recorded in ``run``'s replay record."""
+        return self.reset_obs(), run.replace(replay=REPLAY.reset(run.replay))
+
     def init(self) -> ESLoopState:
-        first_obs = self.first_obs = self.reset()
+        first_obs = self.first_obs = self.reset_obs()
         # Every lane starts from its seed's key: in round 0 a fresh copy is its seed (module docstring).
         keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(self.seeds * self.cfg.lanes_per_seed))
         return ESLoopState(self.init_fn(keys, first_obs), self.bridge.handle(), first_obs, 0)
@@ -830,10 +842,10 @@ class ESRun:
                 "obs_rms": seed_lanes.obs_rms}
 
     def restore(self, run_dir: Path, checkpoint: Path, iteration: int, fresh: ESLoopState) -> ESLoopState:
-        run = store.restore_checkpoint(checkpoint, self.checkpoint_tree(fresh))["run"]
-        # init() reset the pool once; generations 0..iteration-1 reset it `iteration` times in all.
-        resets = np.asarray(run.env_resets).reshape(-1) + iteration - 1
-        self.bridge.replay_resets(resets)
+        from plastix.training import restore_es_checkpoint
+
+        run = restore_es_checkpoint(checkpoint, self.checkpoint_tree(fresh), iteration)["run"]
+        self.bridge.restore(jax.device_get(run.replay))  # init() reset the new pool once, as the first reset
         if self.schedule.writes_rounds:
             self.history = episodic_history(store.read_metrics(run_dir), self.seeds, self.lanes, iteration)
         return ESLoopState(run, fresh.handle, None, iteration)
@@ -843,9 +855,8 @@ class ESRun:
 
     def start_round(self, state: ESLoopState, round_idx: int) -> ESLoopState:
         """The round's reset, its direction, and (``baseline = "fresh"``) new fresh copies."""
-        raw_obs = self.reset()
+        raw_obs, run = self.reset(state.run)
         handle = self.bridge.set_round(round_idx, state.handle)
-        run = state.run
         if self.cfg.lanes_per_seed == 2:
             run = reinit_fresh_lanes(self.init_fn, run, self.seeds, round_idx, raw_obs)
         return ESLoopState(run, handle, raw_obs, state.done)
@@ -858,9 +869,11 @@ class ESRun:
             obs = state.raw_obs if state.raw_obs is not None else self.first_obs
             self.generation = fn.lower(state.run, obs, state.handle, jnp.asarray(True)).compile()
         t0 = time.perf_counter()
-        raw_obs = state.raw_obs if state.raw_obs is not None else self.reset()
+        run, raw_obs = state.run, state.raw_obs
+        if raw_obs is None:  # no round start reset the pool for this generation
+            raw_obs, run = self.reset(run)
         measure = cfg.diagnostics_every > 0 and g % cfg.diagnostics_every == 0
-        run, handle, metrics = self.generation(state.run, raw_obs, state.handle, jnp.asarray(measure))
+        run, handle, metrics = self.generation(run, raw_obs, state.handle, jnp.asarray(measure))
         metrics = jax.device_get(metrics)
         self.history[g + 1] = np.asarray(metrics["return/episodic"])
         metrics = split_lanes(metrics, len(self.seeds))

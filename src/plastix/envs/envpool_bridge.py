@@ -15,7 +15,8 @@ of everything (loss, reward statistics, episode statistics); see ``plastix.algos
 Exact resume: envpool cannot save a simulator state, but MuJoCo tasks draw random numbers only at reset.
 So the rollout keeps this bridge's ``replay.ReplayRecord`` (``spec.replay``): per env, how many auto-resets
 happened and the actions since the last reset; ``restore`` replays it on a fresh pool (reset
-``1 + num_resets`` times, then the actions), which reproduces the simulator state bit for bit.
+``1 + num_resets`` times, then the actions), which reproduces the simulator state bit for bit. A rollout
+that resets the whole pool before every episode (ES) keeps a ``replay.ResetRecord`` instead: resets alone.
 """
 
 from __future__ import annotations
@@ -185,26 +186,26 @@ class EnvpoolBridge:
     def restore(self, record) -> None:
         """Bring a pool that was reset once (``reset()``, as every new run does) to a recorded state.
 
-        ``record``: the rollout's ``replay.ReplayRecord`` of every env (``[S, n, ...]``). Env ``i`` is reset
-        ``num_resets[i]`` more times, then replays its ``actions_recorded[i]`` recorded actions (see module
-        docstring).
+        ``record``: the rollout's record of every env (flat over the pool, any leading shape). A
+        ``replay.ReplayRecord``: env ``i`` is reset ``num_resets[i]`` more times, then replays its
+        ``actions_recorded[i]`` recorded actions (see module docstring). A ``replay.ResetRecord`` (a rollout that
+        resets the pool before every episode): env ``i`` is reset ``num_resets[i]`` more times, so the pool's
+        next reset draws the start states the recorded pool's would.
         """
+        from plastix.envs.replay import ResetRecord
+
         num_resets = np.asarray(record.num_resets).reshape(-1)
-        lengths = np.asarray(record.actions_recorded).reshape(-1)
-        actions = np.asarray(record.episode_actions).reshape(self.num_envs, -1, self.action_dim)
+        if isinstance(record, ResetRecord):
+            lengths, actions = np.zeros_like(num_resets), None
+        else:
+            lengths = np.asarray(record.actions_recorded).reshape(-1)
+            actions = np.asarray(record.episode_actions).reshape(self.num_envs, -1, self.action_dim)
         for env_id in range(self.num_envs):
             ids = np.array([env_id], np.int32)
             for _ in range(int(num_resets[env_id])):
                 self.env.reset(ids)
             for t in range(int(lengths[env_id])):
                 self.env.step(actions[env_id, t][None].astype(np.float64), ids)
-
-    def replay_resets(self, num_resets: np.ndarray) -> None:
-        """Reset env ``i`` ``num_resets[i]`` times (flat over the pool): a MuJoCo env's next start state
-        depends only on its seed and its resets so far, so this brings a new pool to a reset-only history."""
-        for env_id, count in enumerate(np.asarray(num_resets).reshape(-1)):
-            for _ in range(int(count)):
-                self.env.reset(np.array([env_id], np.int32))
 
     def _by_seed(self, x):
         return x.reshape((len(self.seeds), self.envs_per_seed) + tuple(x.shape[1:]))

@@ -9,6 +9,11 @@ the same record.
 The rollout carries a ``ReplayRecord`` per env group without looking inside: ``EnvSpec.replay`` (an
 ``ActionReplay`` when ``EnvSpec.resume == "replay"``, else None) starts it (``init``) and advances it by one
 step (``record``); the trainer checkpoints it and hands it to ``bridge.restore``.
+
+A rollout that resets the whole pool before each of its episodes (ES: one host reset per generation) needs no
+action: what its envs do after their last reset is thrown away by the next one. It keeps a ``ResetRecord``
+(``ResetReplay``: ``init``, ``record`` of a step, ``reset`` of the pool) that ``EnvpoolBridge.restore``
+replays by resets alone: a fresh pool's next reset then draws the start states the recorded pool's would.
 """
 
 from __future__ import annotations
@@ -64,3 +69,38 @@ class ActionReplay:
             actions_recorded=jnp.where(valid, record.actions_recorded + 1, 0),
             num_resets=record.num_resets + (~valid).astype(jnp.int32),
         )
+
+
+class ResetRecord(NamedTuple):
+    """What ``restore`` replays for a rollout that resets the pool before every episode (``ResetReplay``).
+
+    Any leading shape (a trainer may stack groups on leading axes); ``EnvpoolBridge.restore`` reads it flat.
+    """
+
+    num_resets: jax.Array  # [n] int32: resets since the first reset (envpool's auto-resets and the pool's)
+
+
+@dataclass(frozen=True)
+class ResetReplay:
+    """The replay record of a rollout whose episodes all start at a reset of the whole pool: only the resets
+    of each env matter (a MuJoCo env's start state depends only on its seed and its resets so far)."""
+
+    @staticmethod
+    def init(num_envs: int) -> ResetRecord:
+        """The record of ``num_envs`` envs just after the first reset."""
+        return ResetRecord(num_resets=jnp.zeros((num_envs,), jnp.int32))
+
+    @staticmethod
+    def record(record: ResetRecord, action: jax.Array, valid: jax.Array) -> ResetRecord:
+        """``record`` after one step of its envs (``ActionReplay.record``'s arguments; the action is not kept).
+
+        ``valid`` is false on a reset step (envpool resets an env on the step after its episode ended): that
+        env's reset count grows by one.
+        """
+        del action  # the next reset of the pool discards what the actions did
+        return ResetRecord(num_resets=record.num_resets + (~valid).astype(jnp.int32))
+
+    @staticmethod
+    def reset(record: ResetRecord) -> ResetRecord:
+        """``record`` after a reset of every env (the trainer's ``bridge.reset()``)."""
+        return ResetRecord(num_resets=record.num_resets + 1)
