@@ -544,7 +544,7 @@ def rollout(
         obs = jax.vmap(normalize_fn)(obs_rms, raw)
         action = jnp.clip(act_fn(members, obs), action_low, action_high)
         handle, (next_raw, reward, terminated, truncated) = pool_step(handle, action)
-        replay = REPLAY.record(replay, action, ~ended)  # envpool resets an env on the step after its episode ended
+        replay = REPLAY.record(replay, action, ~ended)  # a reset step: the one after an episode ended
         weight = alive.astype(jnp.float64)[..., None]
         total = total + jnp.sum(weight * raw, axis=1)
         total_sq = total_sq + jnp.sum(weight * raw**2, axis=1)
@@ -553,7 +553,8 @@ def rollout(
         length = length + alive.astype(jnp.int32)
         alive = alive & ~(terminated | truncated)
         kept = jnp.take_along_axis(obs, idx[..., None], axis=1)  # [S, k, D]
-        return (handle, next_raw, alive, ret, length, total, total_sq, count, terminated | truncated, replay), kept
+        ended = terminated | truncated
+        return (handle, next_raw, alive, ret, length, total, total_sq, count, ended, replay), kept
 
     d = raw_obs.shape[-1]
     zeros_sd = jnp.zeros((s, d), jnp.float64)

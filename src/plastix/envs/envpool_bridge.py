@@ -188,9 +188,9 @@ class EnvpoolBridge:
 
         ``record``: the rollout's record of every env (flat over the pool, any leading shape). A
         ``replay.ReplayRecord``: env ``i`` is reset ``num_resets[i]`` more times, then replays its
-        ``actions_recorded[i]`` recorded actions (see module docstring). A ``replay.ResetRecord`` (a rollout that
-        resets the pool before every episode): env ``i`` is reset ``num_resets[i]`` more times, so the pool's
-        next reset draws the start states the recorded pool's would.
+        ``actions_recorded[i]`` recorded actions (see module docstring). A ``replay.ResetRecord`` (a rollout
+        that resets the pool before every episode): env ``i`` is reset ``num_resets[i]`` more times, so the
+        pool's next reset draws the start states the recorded pool's would.
         """
         from plastix.envs.replay import ResetRecord
 

@@ -92,7 +92,7 @@ class ResetReplay:
 
     @staticmethod
     def record(record: ResetRecord, action: jax.Array, valid: jax.Array) -> ResetRecord:
-        """``record`` after one step of its envs (``ActionReplay.record``'s arguments; the action is not kept).
+        """``record`` after one step of its envs (``ActionReplay.record``'s arguments; no action is kept).
 
         ``valid`` is false on a reset step (envpool resets an env on the step after its episode ended): that
         env's reset count grows by one.
