@@ -99,8 +99,8 @@ def run_status(run_dirs: dict[str, Path], manifest: dict, runs: list[str], frame
     from plastix import store
 
     rows = frame.run.value_counts() if not frame.empty else pd.Series(dtype=int)
-    sps, peak = (frame[frame.key == key].groupby("run", observed=True).value for key in ("time/sps", "time/peak_rss_mb"))
-    sps, peak = sps.median(), peak.max()
+    by_run = lambda key: frame[frame.key == key].groupby("run", observed=True).value  # noqa: E731
+    sps, peak = by_run("time/sps").median(), by_run("time/peak_rss_mb").max()
     status = []
     for r in runs:
         run_dir = run_dirs.get(r)
@@ -112,7 +112,7 @@ def run_status(run_dirs: dict[str, Path], manifest: dict, runs: list[str], frame
     return pd.DataFrame(status)
 
 
-def _rounded(value) -> float | None:
+def _rounded(value) -> int | None:
     return None if value is None or pd.isna(value) else round(float(value))
 
 

@@ -188,7 +188,8 @@ def evaluate_claim(claim: dict, finals: pd.DataFrame, labels: dict[str, dict]) -
     """
     finals = finals[finals.key.map(lambda k: matches(k, claim["keys"]))]
     if finals.empty:
-        hint = " (`*` stays within one `/` segment; `**` crosses them)" if "*" in claim["keys"] and "**" not in claim["keys"] else ""
+        single = "*" in claim["keys"] and "**" not in claim["keys"]
+        hint = " (`*` stays within one `/` segment; `**` crosses them)" if single else ""
         return f"not measured: no metric matches `{claim['keys']}`{hint}"
     nkeys_matched = finals.key.nunique()
 
