@@ -60,6 +60,9 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.fraction <= 1:
         parser.error(f"--fraction: must be in (0, 1], got {args.fraction}")
+    for name in ("rounds", "variants"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name}: must be >= 1, got {getattr(args, name)}")
     import plastix.experiments as ex
 
     rows = []

@@ -104,6 +104,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child[0], int(args.child[1]), args.updates, args.extra)))
         return
+    if args.repeats < 1:
+        parser.error(f"--repeats: must be >= 1, got {args.repeats}")
     if args.compare_src and not os.path.isdir(os.path.join(args.compare_src, "plastix")):
         parser.error(f"--compare-src {args.compare_src}: no plastix package there (give the tree's src/ folder)")
     rows = []
